@@ -1,0 +1,118 @@
+"""The distillation loss: soft cross-entropy between student logits and recovered targets.
+
+Always computed in float32, whatever the autocast dtype of the logits, so bf16/fp16
+training gets the same loss values as fp32 training.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fkd_dali.errors import ConfigError
+from fkd_dali.recovery import check_recovery, recover_labels
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy against soft targets: ``-(target * log_softmax(logits / T)).sum(1) * T**2``.
+
+    The ``T**2`` factor (Hinton et al., 2015) keeps gradient magnitudes independent of
+    T: softening the logits by 1/T shrinks the gradients by about 1/T**2, so without
+    it changing T would silently rescale the learning rate. ``target`` is expected to
+    be softened already (the store holds probabilities at its label temperature), so
+    use the store's temperature here.
+
+    Args:
+        logits: (B, C) student logits, any float dtype (bf16/fp16 are upcast).
+        target: (B, C) target distribution, e.g. from `recover_labels`.
+        temperature: T > 0 dividing the logits.
+        reduction: "mean" over the batch, "sum", or "none" for the (B,) per-sample losses.
+
+    Returns:
+        A float32 scalar, or (B,) float32 for ``reduction="none"``.
+
+    Raises:
+        ConfigError: T <= 0, unknown reduction, or logits and target widths differ
+            (the model's num_classes does not match the store's).
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if reduction not in _REDUCTIONS:
+        raise ConfigError(f"unknown reduction {reduction!r}; valid: {', '.join(_REDUCTIONS)}")
+    if logits.shape != target.shape:
+        raise ConfigError(
+            f"logits {tuple(logits.shape)} and soft targets {tuple(target.shape)} differ: "
+            "the model's num_classes must equal the label store's num_classes"
+        )
+    scaled = logits.to(torch.float32)
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    loss = -(target.to(torch.float32) * F.log_softmax(scaled, dim=1)).sum(dim=1)
+    if temperature != 1.0:
+        loss = loss * (temperature * temperature)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class SoftTargetLoss(torch.nn.Module):
+    """Recovery of the stored top-K labels followed by `soft_cross_entropy`.
+
+    The recovery kind and k are validated when the loss is built (k against the
+    store's K again at the first batch), so a bad option fails before training starts.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        kind: str = "marginal_smoothing",
+        k: Optional[int] = None,
+        temperature: float = 1.0,
+        smoothing: float = 0.1,
+    ) -> None:
+        """Args: see `recover_labels` (num_classes, kind, k, smoothing) and
+        `soft_cross_entropy` (temperature).
+
+        Raises:
+            ConfigError: unknown kind, k < 1, smoothing outside [0, 1], temperature <= 0 or num_classes < 1.
+        """
+        super().__init__()
+        check_recovery(kind, k, smoothing=smoothing)
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.kind = kind
+        self.k = k
+        self.temperature = temperature
+        self.smoothing = smoothing
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        index: torch.Tensor,
+        prob: torch.Tensor,
+        full: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Mean soft cross-entropy of (B, C) logits against the recovered (B, K) labels."""
+        target = recover_labels(
+            index, prob, self.num_classes, self.kind, self.k, self.smoothing, full
+        )
+        return soft_cross_entropy(logits, target, self.temperature)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, kind={self.kind!r}, k={self.k}, "
+            f"temperature={self.temperature}, smoothing={self.smoothing}"
+        )

@@ -1,0 +1,47 @@
+"""The `fkd-dali` command: argument parsing and dispatch only.
+
+Each command group lives in its own module exposing `add_parser(subparsers)`; a
+handler turns the namespace into a config object, makes one library call and
+returns an exit code. Defaults are read from the config dataclasses, never repeated
+here. `FkdError`s print their message and exit with status 2 (tracebacks with
+--debug).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Sequence
+
+from fkd_dali import __version__
+from fkd_dali.errors import FkdError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fkd_dali.cli import bench, demo, labels, train
+
+    parser = argparse.ArgumentParser(prog="fkd-dali", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"fkd-dali {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (labels, train, bench, demo):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+    try:
+        return int(args.handler(args) or 0)
+    except FkdError as e:
+        if args.debug:
+            raise
+        print(f"fkd-dali: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fkd-dali: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,8 @@
+"""`fkd-dali train` (being written)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    pass

@@ -1,0 +1,54 @@
+"""The exception hierarchy: every error a user can act on derives from `FkdError`.
+
+The CLI catches `FkdError`, prints its message and exits with status 2; anything
+else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class FkdError(Exception):
+    """Base class of all errors meant for the user (bad input, mismatched files)."""
+
+
+class ConfigError(FkdError):
+    """An option or a combination of options is invalid."""
+
+
+class DatasetIndexError(FkdError):
+    """The image folder is missing, empty, or holds an unreadable image."""
+
+
+class CorruptImageError(DatasetIndexError):
+    """An image file cannot be decoded; `path` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot decode image {path}: {reason}")
+        self.path = path
+
+
+class LabelStoreError(FkdError):
+    """A soft-label store is missing, incomplete or malformed."""
+
+
+class StoreSchemaError(LabelStoreError):
+    """The store was written with a schema version this release does not read."""
+
+
+class StoreMismatchError(LabelStoreError):
+    """The store was written for another dataset, teacher or crop plan."""
+
+
+class CropPlanError(FkdError):
+    """The crop plan cannot be built (e.g. more crops per pass than stored)."""
+
+
+class TeacherError(FkdError):
+    """The teacher model or its checkpoint cannot be loaded."""
+
+
+class PipelineError(FkdError):
+    """A DALI pipeline failed for a reason the user can fix."""
+
+
+class CheckpointError(FkdError):
+    """A training checkpoint does not fit the run that tries to resume from it."""

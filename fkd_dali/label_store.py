@@ -1,0 +1,402 @@
+"""The Zarr soft-label store (schema version 1): create, open, validate, write chunks, read passes.
+
+One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept here:
+- chunks are laid out crop-slot-major, (images_per_chunk, slots_per_chunk, ...), so a
+  training pass (a few slots for every image) is one sequential read per array;
+- every field's chunks cover the same image ranges, so a writer owns whole chunks of
+  every array and writers on different image chunks never touch the same file;
+- a chunk's `progress/done` flag (one file per flag) is written only after all of its
+  data, so a killed writer leaves no chunk that claims to be complete but is not;
+- unwritten rows read back as index -1 / NaN probability, never as plausible labels.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.errors import ContainsGroupError
+
+from fkd_dali import __version__
+from fkd_dali.boxes import CropDistribution
+from fkd_dali.errors import ConfigError, LabelStoreError, StoreMismatchError, StoreSchemaError
+from fkd_dali.index import DatasetIndex
+
+SCHEMA_VERSION = 1
+ATTR_KEY = "fkd_dali"
+BOX_ENCODING = "uint16-normalized"
+LABEL_KINDS = ("topk", "full")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """What a stored label is: top-K (or full) softmax of the teacher at `temperature`."""
+
+    kind: str = "topk"
+    k: int = 5
+    num_classes: int = 1000
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise ConfigError(f"label kind must be one of {LABEL_KINDS}, got {self.kind!r}")
+        if not 1 <= self.k <= self.num_classes:
+            raise ConfigError(f"top-k must be in [1, num_classes={self.num_classes}], got {self.k}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher made the labels and the pixels it was given."""
+
+    name: str
+    timm_name: str
+    checkpoint_sha256: str
+    input_size: tuple[int, int, int]
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Chunk shape in (images, crop slots). Chosen for sequential pass reads (see DESIGN.md)."""
+
+    images_per_chunk: int = 4096
+    slots_per_chunk: int = 8
+
+    def __post_init__(self) -> None:
+        if self.images_per_chunk < 1 or self.slots_per_chunk < 1:
+            raise ConfigError(f"chunk sizes must be >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that defines a store's content apart from the dataset itself."""
+
+    crops_per_image: int
+    crop: CropDistribution
+    label: LabelSpec
+    teacher: TeacherSpec
+    layout: StoreLayout = field(default_factory=StoreLayout)
+
+    def __post_init__(self) -> None:
+        if self.crops_per_image < 1:
+            raise ConfigError(f"crops per image must be >= 1, got {self.crops_per_image}")
+
+
+@dataclass
+class CropLabels:
+    """Stored fields for a block of images x slots (numpy, as the store keeps them)."""
+
+    boxes: np.ndarray  # (n, s, 4) uint16 fractions of (H, W, H, W)
+    flips: np.ndarray  # (n, s) bool
+    index: np.ndarray  # (n, s, K) int16, most probable first
+    prob: np.ndarray  # (n, s, K) float16
+    full: np.ndarray | None = None  # (n, s, C) float16, kind "full" only
+
+
+def _json_ready(obj: Any) -> Any:
+    """Tuples -> lists recursively: zarr attributes must be plain JSON."""
+    return json.loads(json.dumps(obj))
+
+
+def spec_to_attrs(spec: StoreSpec, index: DatasetIndex) -> dict[str, Any]:
+    return _json_ready({
+        "schema_version": SCHEMA_VERSION,
+        "dataset": {"n_images": len(index), "fingerprint": index.fingerprint,
+                    "class_names": index.class_names, "skipped": index.skipped},
+        "crops_per_image": spec.crops_per_image,
+        "crop": asdict(spec.crop),
+        "label": asdict(spec.label),
+        "teacher": asdict(spec.teacher),
+        "layout": {**asdict(spec.layout), "box_encoding": BOX_ENCODING},
+        "writer_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def spec_from_attrs(meta: dict[str, Any]) -> StoreSpec:
+    t = meta["teacher"]
+    layout = {k: v for k, v in meta["layout"].items() if k != "box_encoding"}
+    return StoreSpec(
+        crops_per_image=int(meta["crops_per_image"]),
+        crop=CropDistribution(scale=tuple(meta["crop"]["scale"]), ratio=tuple(meta["crop"]["ratio"]),
+                              flip_prob=float(meta["crop"]["flip_prob"]), seed=int(meta["crop"]["seed"])),
+        label=LabelSpec(**meta["label"]),
+        teacher=TeacherSpec(name=t["name"], timm_name=t["timm_name"], checkpoint_sha256=t["checkpoint_sha256"],
+                            input_size=tuple(t["input_size"]), interpolation=t["interpolation"],
+                            mean=tuple(t["mean"]), std=tuple(t["std"])),
+        layout=StoreLayout(**layout),
+    )
+
+
+def _compressors() -> list[Any]:
+    # zstd + bit-shuffle packs float16/int16 fields tightly; crc32c turns a flipped byte
+    # into a read error instead of silently wrong labels.
+    return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+class LabelStore:
+    """An opened store. Use `create_store`, `open_store` or `open_or_create_store`."""
+
+    def __init__(self, group: zarr.Group, url: str) -> None:
+        self.group = group
+        self.url = url
+        meta = group.attrs.get(ATTR_KEY)
+        if meta is None:
+            raise LabelStoreError(f"{url} is a Zarr group but not an fkd-dali soft-label store "
+                                  f"(no '{ATTR_KEY}' attributes)")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"store {url} has schema version {version}; this fkd-dali ({__version__}) reads only "
+                f"version {SCHEMA_VERSION}. Use the fkd-dali release that wrote it, or regenerate the labels.")
+        self.meta: dict[str, Any] = meta
+        self.spec = spec_from_attrs(meta)
+
+    # -- shape and progress -------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return int(self.meta["dataset"]["n_images"])
+
+    @property
+    def crops_per_image(self) -> int:
+        return self.spec.crops_per_image
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["dataset"]["fingerprint"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["dataset"]["class_names"])
+
+    @property
+    def n_chunks(self) -> int:
+        ipc = self.spec.layout.images_per_chunk
+        return (self.n_images + ipc - 1) // ipc
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        ipc = self.spec.layout.images_per_chunk
+        return chunk * ipc, min((chunk + 1) * ipc, self.n_images)
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.group["progress/done"][:], dtype=bool)
+
+    def missing_chunks(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(~self.done())]
+
+    def check_complete(self) -> None:
+        """Raise naming the unfinished image ranges and how to finish them."""
+        missing = self.missing_chunks()
+        if missing:
+            ranges = ", ".join(f"{a}-{b - 1}" for a, b in (self.chunk_range(c) for c in missing[:5]))
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise LabelStoreError(
+                f"store {self.url} is incomplete: {len(missing)} of {self.n_chunks} chunks unfinished "
+                f"(images {ranges}{more}). Rerun the same `fkd-dali labels generate` command to resume.")
+
+    # -- dataset ------------------------------------------------------------
+    def load_index(self, root: str = "") -> DatasetIndex:
+        """The dataset index saved at creation (paths relative to `root`)."""
+        g = self.group
+        return DatasetIndex(root=root, paths=[str(p) for p in g["images/path"][:]],
+                            classes=np.asarray(g["images/class"][:], np.int32),
+                            sizes=np.asarray(g["images/size"][:], np.int32),
+                            nbytes=np.asarray(g["images/nbytes"][:], np.int64),
+                            class_names=self.class_names, skipped=list(self.meta["dataset"].get("skipped", [])))
+
+    def check_dataset(self, index: DatasetIndex) -> None:
+        """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""
+        if index.fingerprint == self.fingerprint:
+            return
+        stored = self.load_index()
+        raise StoreMismatchError(
+            f"store {self.url} was made for another dataset: fingerprint {self.fingerprint[:12]} "
+            f"(store) != {index.fingerprint[:12]} ({index.root}); {describe_difference(stored, index)}. "
+            "Point --data at the folder the labels were generated for, or regenerate the labels.")
+
+    # -- writing ------------------------------------------------------------
+    def write_chunk(self, chunk: int, labels: CropLabels) -> None:
+        """Write all fields of one image chunk (all slots), then its done flag."""
+        start, stop = self.chunk_range(chunk)
+        n, m = stop - start, self.crops_per_image
+        k = self.spec.label.k
+        _check_shape("crops/box", labels.boxes, (n, m, 4))
+        _check_shape("crops/flip", labels.flips, (n, m))
+        _check_shape("labels/index", labels.index, (n, m, k))
+        _check_shape("labels/prob", labels.prob, (n, m, k))
+        g = self.group
+        g["crops/box"][start:stop] = labels.boxes.astype(np.uint16)
+        g["crops/flip"][start:stop] = labels.flips.astype(bool)
+        g["labels/index"][start:stop] = labels.index.astype(np.int16)
+        g["labels/prob"][start:stop] = labels.prob.astype(np.float16)
+        if self.spec.label.kind == "full":
+            if labels.full is None:
+                raise LabelStoreError("a store of label kind 'full' needs full probabilities")
+            g["labels/full"][start:stop] = labels.full.astype(np.float16)
+        g["progress/done"][chunk] = True
+
+    # -- reading ------------------------------------------------------------
+    def read_images(self, start: int, stop: int, with_full: bool = False) -> CropLabels:
+        """All slots of images [start, stop) (for tools and interop, not the training hot path)."""
+        return self._read((slice(start, stop), slice(None)), with_full)
+
+    def read_slots(self, slots: Sequence[int], with_full: bool = False) -> CropLabels:
+        """The given slots of every image: the pass table read, one sequential read per run of slots."""
+        slots = [int(s) for s in slots]
+        runs = _contiguous_runs(slots)
+        parts = [self._read((slice(None), slice(a, b)), with_full) for a, b in runs]
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda f: np.concatenate([getattr(p, f) for p in parts], axis=1)  # noqa: E731
+        return CropLabels(cat("boxes"), cat("flips"), cat("index"), cat("prob"),
+                          cat("full") if with_full else None)
+
+    def _read(self, sel: tuple[slice, slice], with_full: bool) -> CropLabels:
+        g = self.group
+        full = None
+        if with_full and self.spec.label.kind == "full":
+            full = np.asarray(g["labels/full"][sel])
+        return CropLabels(boxes=np.asarray(g["crops/box"][sel]), flips=np.asarray(g["crops/flip"][sel]),
+                          index=np.asarray(g["labels/index"][sel]), prob=np.asarray(g["labels/prob"][sel]),
+                          full=full)
+
+    def nbytes_stored(self) -> int:
+        """Bytes of all chunk files, as the store reports them (0 where it cannot)."""
+        try:
+            return int(sum(self.group[k].nbytes_stored() for k in ARRAY_KEYS if k in self.group))
+        except Exception:  # remote stores may not list sizes
+            return 0
+
+
+ARRAY_KEYS = ("images/path", "images/class", "images/size", "images/nbytes", "crops/box", "crops/flip",
+              "labels/index", "labels/prob", "labels/full", "progress/done")
+
+
+def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
+    if tuple(arr.shape) != shape:
+        raise LabelStoreError(f"{name}: expected shape {shape}, got {tuple(arr.shape)}")
+
+
+def _contiguous_runs(slots: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for s in slots:
+        if runs and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], s + 1)
+        else:
+            runs.append((s, s + 1))
+    return runs
+
+
+def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
+    """A one-line account of the first way two indexes differ."""
+    if a.class_names != b.class_names:
+        return f"class folders differ ({len(a.class_names)} in store vs {len(b.class_names)} on disk)"
+    if len(a) != len(b):
+        return f"image count differs ({len(a)} in store vs {len(b)} on disk)"
+    for i, (pa, pb) in enumerate(zip(a.paths, b.paths)):
+        if pa != pb:
+            return f"image {i} is {pa!r} in the store but {pb!r} on disk"
+    for i, (na, nb) in enumerate(zip(a.nbytes, b.nbytes)):
+        if na != nb:
+            return f"file {a.paths[i]!r} has {na} bytes in the store but {nb} on disk"
+    return "paths and byte sizes agree, so the fingerprint recipe differs"
+
+
+def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
+    n, m = len(index), spec.crops_per_image
+    ipc = min(spec.layout.images_per_chunk, n)
+    spc = min(spec.layout.slots_per_chunk, m)
+    k, c = spec.label.k, spec.label.num_classes
+    comp = _compressors()
+    g.create_array("images/path", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(index.paths, dtype=object)
+    g.create_array("images/class", shape=(n,), dtype="int32", chunks=(n,), compressors=comp)[:] = index.classes
+    g.create_array("images/size", shape=(n, 2), dtype="int32", chunks=(n, 2), compressors=comp)[:] = index.sizes
+    g.create_array("images/nbytes", shape=(n,), dtype="int64", chunks=(n,), compressors=comp)[:] = index.nbytes
+    g.create_array("crops/box", shape=(n, m, 4), dtype="uint16", chunks=(ipc, spc, 4), compressors=comp)
+    g.create_array("crops/flip", shape=(n, m), dtype="bool", chunks=(ipc, spc), compressors=comp)
+    g.create_array("labels/index", shape=(n, m, k), dtype="int16", chunks=(ipc, spc, k),
+                   fill_value=-1, compressors=comp)
+    g.create_array("labels/prob", shape=(n, m, k), dtype="float16", chunks=(ipc, spc, k),
+                   fill_value=float("nan"), compressors=comp)
+    if spec.label.kind == "full":
+        g.create_array("labels/full", shape=(n, m, c), dtype="float16", chunks=(ipc, spc, c),
+                       fill_value=float("nan"), compressors=comp)
+    n_chunks = (n + spec.layout.images_per_chunk - 1) // spec.layout.images_per_chunk
+    # one file per flag: concurrent writers never share a progress chunk
+    g.create_array("progress/done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False)
+
+
+def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
+                 storage_options: dict[str, Any] | None = None) -> LabelStore:
+    """Create a new, empty store. The attributes are written last: they mark creation complete."""
+    try:
+        g = zarr.open_group(url, mode="w-", storage_options=storage_options)
+    except (ContainsGroupError, FileExistsError) as e:
+        raise LabelStoreError(f"{url} already exists; open it or choose another --out") from e
+    _create_arrays(g, index, spec)
+    g.attrs[ATTR_KEY] = spec_to_attrs(spec, index)
+    return LabelStore(g, url)
+
+
+def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:
+    """Open an existing store (mode "r" or "r+"), refusing unknown schema versions."""
+    try:
+        g = zarr.open_group(url, mode=mode, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise LabelStoreError(f"no soft-label store at {url}") from e
+    except Exception as e:
+        raise LabelStoreError(f"cannot open soft-label store {url}: {e}") from e
+    return LabelStore(g, url)
+
+
+def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = 120.0,
+                         storage_options: dict[str, Any] | None = None) -> LabelStore:
+    """Open the store a resumed or parallel writer shares, or create it.
+
+    A store that exists must have been made for the same dataset and spec (else
+    `StoreMismatchError` says what differs). Another process may be creating it at
+    this moment: wait until its attributes appear.
+    """
+    try:
+        store = create_store(url, index, spec, storage_options)
+    except LabelStoreError:
+        store = _wait_for_store(url, wait_s, storage_options)
+    store.check_dataset(index)
+    check_same_spec(store, spec)
+    return store
+
+
+def _wait_for_store(url: str, wait_s: float, storage_options: dict[str, Any] | None) -> LabelStore:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_store(url, mode="r+", storage_options=storage_options)
+        except StoreSchemaError:
+            raise
+        except LabelStoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:
+    """Raise if a resumed run asks for different crops, labels or teacher than the store holds."""
+    have, want = _json_ready(asdict(store.spec)), _json_ready(asdict(spec))
+    diffs = [f"{sec}.{key}: store has {have[sec][key]!r}, run asks {want[sec][key]!r}"
+             for sec in ("crop", "label", "teacher", "layout") for key in want[sec]
+             if have[sec][key] != want[sec][key]]
+    if have["crops_per_image"] != want["crops_per_image"]:
+        diffs.insert(0, f"crops_per_image: store has {have['crops_per_image']}, run asks {want['crops_per_image']}")
+    if diffs:
+        raise StoreMismatchError(
+            f"store {store.url} was written with other settings: " + "; ".join(diffs)
+            + ". Use the same options to resume, or write to a new --out.")

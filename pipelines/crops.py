@@ -1,0 +1,49 @@
+"""The stored-crop pipeline: `decode_and_crop` fed by an external source.
+
+Label generation (teacher resolution and normalization) and training replay
+(student resolution and normalization) both build this one graph, so the teacher
+and the student see the same pixels for a stored box.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+from pipelines.fragments import decode_and_crop
+
+OUTPUT_NAMES = ("crops", "meta")
+
+
+@pipeline_def
+def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
+                std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float):
+    encoded, rois, flips, meta = fn.external_source(
+        source=source, num_outputs=4, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT32, types.INT64])
+    crops = decode_and_crop(encoded, rois, flips, n_crops, size, interpolation, mean, std, gpu, half,
+                            hw_decoder_load)
+    return crops, meta
+
+
+def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
+                       std: Sequence[float], batch_size: int, num_threads: int, device_id: int | None,
+                       half: bool | None = None, prefetch: int = 2, hw_decoder_load: float = 0.65,
+                       seed: int = 0) -> Pipeline:
+    """Build (not yet started) the stored-crop pipeline.
+
+    Args:
+        source: callable returning a batch `(encoded, rois, flips, meta)` of lists,
+            one entry per image (at most `batch_size`), or raising StopIteration at
+            the end of an epoch. `meta` is an int64 row carried through unchanged
+            (image id, round, ...) so outputs can be matched to inputs.
+        device_id: CUDA device, or None for the CPU-only pipeline.
+        half: float16 output; defaults to True on GPU, False on CPU.
+    """
+    gpu = device_id is not None
+    if half is None:
+        half = gpu
+    return _crop_graph(source, n_crops, size, interpolation, tuple(mean), tuple(std), gpu, half,
+                       hw_decoder_load, batch_size=batch_size, num_threads=num_threads,
+                       device_id=device_id, prefetch_queue_depth=prefetch, seed=seed,
+                       exec_dynamic=True)

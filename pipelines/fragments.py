@@ -1,0 +1,72 @@
+"""Graph fragments shared by the pipelines: decode once, then cut n crops from stored boxes.
+
+Boxes arrive as float32 pixel corners (y0, x0, y1, x1) per crop and flips as int32,
+through `fn.external_source`; they never come from DALI's RNG. EXIF orientation is
+ignored (`adjust_orientation=False`) because boxes were drawn on the stored pixels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode
+
+from fkd_dali.errors import ConfigError
+
+INTERPOLATIONS = {
+    "nearest": types.INTERP_NN,
+    "bilinear": types.INTERP_LINEAR,
+    "linear": types.INTERP_LINEAR,
+    "bicubic": types.INTERP_CUBIC,
+    "cubic": types.INTERP_CUBIC,
+    "lanczos": types.INTERP_LANCZOS3,
+}
+
+
+def interp_type(name: str) -> types.DALIInterpType:
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown interpolation {name!r}; valid: {', '.join(sorted(INTERPOLATIONS))}") from None
+
+
+def decode(encoded: DataNode, gpu: bool, hw_decoder_load: float = 0.65) -> DataNode:
+    """Decode to RGB uint8 HWC: nvJPEG (`mixed`) on a GPU, libjpeg-turbo on the CPU."""
+    if gpu:
+        return fn.decoders.image(encoded, device="mixed", output_type=types.RGB, adjust_orientation=False,
+                                 hw_decoder_load=hw_decoder_load)
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, adjust_orientation=False)
+
+
+def normalize(image: DataNode, mirror: DataNode | int, mean: Sequence[float], std: Sequence[float],
+              half: bool) -> DataNode:
+    """Flip, (x/255 - mean) / std, HWC -> CHW; float16 on GPU halves the copy to torch."""
+    return fn.crop_mirror_normalize(
+        image, mirror=mirror, mean=[255.0 * v for v in mean], std=[255.0 * v for v in std],
+        dtype=types.FLOAT16 if half else types.FLOAT, output_layout="CHW")
+
+
+def decode_and_crop(encoded: DataNode, rois: DataNode, flips: DataNode, n_crops: int, size: int,
+                    interpolation: str, mean: Sequence[float], std: Sequence[float], gpu: bool,
+                    half: bool = False, hw_decoder_load: float = 0.65) -> DataNode:
+    """Decode each image once and cut its `n_crops` stored crops.
+
+    Args:
+        encoded: encoded image bytes (uint8, one sample per image).
+        rois: (n_crops, 4) float32 (y0, x0, y1, x1) pixel corners per image.
+        flips: (n_crops,) int32 horizontal flips per image.
+        size: output side (square crops, like RandomResizedCrop).
+
+    Returns:
+        One sample per image of shape (n_crops, 3, size, size): crops of one image
+        stay adjacent when the batch is flattened.
+    """
+    image = decode(encoded, gpu, hw_decoder_load)
+    interp = interp_type(interpolation)
+    crops = []
+    for k in range(n_crops):
+        roi = rois[k]
+        crop = fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], size=(size, size),
+                         interp_type=interp, antialias=True)
+        crops.append(normalize(crop, flips[k], mean, std, half))
+    return fn.stack(*crops)

@@ -1,0 +1,104 @@
+"""Feeding DALI from Python and iterating its output as torch tensors.
+
+`BatchSource` is the external source: an epoch is whatever iterable of `FeedBatch`
+was handed to it last, so one built pipeline serves every chunk (label generation)
+or pass (training). `CropIterator` wraps DALI's torch iterator and turns a decoding
+failure into an error that names the file.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from fkd_dali.errors import CorruptImageError, PipelineError
+from fkd_dali.index import read_image_header
+from pipelines.crops import OUTPUT_NAMES
+
+
+@dataclass
+class FeedBatch:
+    """One pipeline batch: per image its bytes, crop corners, flips and a meta row."""
+
+    encoded: list[np.ndarray]
+    rois: list[np.ndarray]  # (n_crops, 4) float32 (y0, x0, y1, x1)
+    flips: list[np.ndarray]  # (n_crops,) int32
+    meta: list[np.ndarray]  # (j,) int64, carried through
+    paths: list[str] = field(default_factory=list)
+
+
+class BatchSource:
+    """Callable external source over the batches of the current epoch."""
+
+    def __init__(self, remember: int = 8) -> None:
+        self._batches: Iterator[FeedBatch] = iter(())
+        self.recent: collections.deque[list[str]] = collections.deque(maxlen=remember)
+
+    def set_epoch(self, batches: Iterable[FeedBatch]) -> None:
+        self._batches = iter(batches)
+
+    def __call__(self) -> tuple[list[np.ndarray], ...]:
+        batch = next(self._batches)  # StopIteration ends DALI's epoch
+        self.recent.append(batch.paths)
+        return batch.encoded, batch.rois, batch.flips, batch.meta
+
+
+class CropIterator:
+    """Iterate `(crops, meta)` torch batches, one epoch per `epoch(batches)` call."""
+
+    def __init__(self, pipe, source: BatchSource) -> None:
+        self.pipe = pipe
+        self.source = source
+        self._it: DALIGenericIterator | None = None
+
+    def epoch(self, batches: Iterable[FeedBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.source.set_epoch(batches)
+        if self._it is None:
+            self._it = DALIGenericIterator([self.pipe], list(OUTPUT_NAMES), size=-1,
+                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        else:
+            self._it.reset()
+        while True:
+            try:
+                out = next(self._it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                raise self._explain(e) from e
+            yield out[0]["crops"], out[0]["meta"]
+
+    def _explain(self, err: Exception) -> Exception:
+        """Find the file DALI failed on among the batches in flight."""
+        for paths in self.source.recent:
+            for path in paths:
+                try:
+                    read_image_header(path, full_decode=True)
+                except CorruptImageError as bad:
+                    return bad
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return PipelineError(f"DALI pipeline failed: {first_line}")
+
+
+def read_encoded(path: str) -> np.ndarray:
+    """Read an image file and reject truncated JPEG/PNG data before DALI sees it.
+
+    libjpeg-turbo decodes a truncated JPEG into grey pixels without failing, which
+    would silently poison labels; the end-of-image marker check costs nothing.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise CorruptImageError(path, f"cannot read: {e}") from e
+    head = data[:8].tobytes()
+    tail = data[-1024:].tobytes()
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
+    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        raise CorruptImageError(path, "truncated PNG (no IEND chunk)")
+    if len(data) == 0:
+        raise CorruptImageError(path, "empty file")
+    return data

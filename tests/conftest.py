@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny real-photo dataset and a store labelled by the real teacher.
+
+Session-scoped because label generation with the real teacher takes seconds on CPU;
+tests that modify a store must copy it first (`copy_store`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (runs on the accelerator machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def photo_root(tmp_path_factory) -> Path:
+    """7 classes x 3 real-photo JPEGs (one PNG, one CMYK, one grayscale class)."""
+    from fkd_dali.sample_data import build_photo_dataset
+
+    return build_photo_dataset(tmp_path_factory.mktemp("photos") / "train", images_per_class=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def photo_index(photo_root):
+    from fkd_dali.index import build_index
+
+    return build_index(photo_root)
+
+
+@pytest.fixture(scope="session")
+def small_store(photo_root, tmp_path_factory) -> Path:
+    """M=8 crops per image, K=5, labelled by the real efficientnet_lite0 teacher."""
+    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+
+    out = tmp_path_factory.mktemp("stores") / "small.zarr"
+    generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), crops_per_image=8, top_k=5,
+                                   batch_size=64, crops_per_round=8, images_per_chunk=8, slots_per_chunk=4,
+                                   threads=2, progress=False))
+    return out
+
+
+@pytest.fixture
+def copy_store(tmp_path):
+    def copy(src: Path) -> Path:
+        dst = tmp_path / Path(src).name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy

@@ -154,17 +154,15 @@ class _TeacherRunner:
     """Teacher forward + top-K on the device (bf16 autocast and channels_last on GPU)."""
 
     def __init__(self, teacher: Teacher, spec: LabelSpec, device: torch.device) -> None:
-        self.model = teacher.model.to(device)
+        # channels_last: ~2x faster depthwise convolutions on CPU as well as on GPU
+        self.model = teacher.model.to(device, memory_format=torch.channels_last)
         self.device = device
         self.spec = spec
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        x = crops.to(self.device, non_blocking=True)
+        x = crops.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = self.model(x)
         else:

@@ -233,16 +233,21 @@ class LabelStore:
         _check_shape("crops/flip", labels.flips, (n, m))
         _check_shape("labels/index", labels.index, (n, m, k))
         _check_shape("labels/prob", labels.prob, (n, m, k))
+        if self.spec.label.kind == "full" and labels.full is None:
+            raise LabelStoreError("a store of label kind 'full' needs full probabilities")
         g = self.group
-        g["crops/box"][start:stop] = labels.boxes.astype(np.uint16)
-        g["crops/flip"][start:stop] = labels.flips.astype(bool)
-        g["labels/index"][start:stop] = labels.index.astype(np.int16)
-        g["labels/prob"][start:stop] = labels.prob.astype(np.float16)
-        if self.spec.label.kind == "full":
-            if labels.full is None:
-                raise LabelStoreError("a store of label kind 'full' needs full probabilities")
-            g["labels/full"][start:stop] = labels.full.astype(np.float16)
-        g["progress/done"][chunk] = True
+        try:
+            g["crops/box"][start:stop] = labels.boxes.astype(np.uint16)
+            g["crops/flip"][start:stop] = labels.flips.astype(bool)
+            g["labels/index"][start:stop] = labels.index.astype(np.int16)
+            g["labels/prob"][start:stop] = labels.prob.astype(np.float16)
+            if labels.full is not None and self.spec.label.kind == "full":
+                g["labels/full"][start:stop] = labels.full.astype(np.float16)
+            g["progress/done"][chunk] = True
+        except OSError as e:  # e.g. ENOSPC: the chunk stays unflagged, so a rerun redoes it
+            raise LabelStoreError(
+                f"writing images {start}-{stop - 1} to {self.url} failed ({e}); the store is still valid: "
+                "fix the cause (free disk space?) and rerun the same command to resume") from e
 
     # -- reading ------------------------------------------------------------
     def read_images(self, start: int, stop: int, with_full: bool = False) -> CropLabels:

@@ -343,6 +343,8 @@ def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
 def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
                  storage_options: dict[str, Any] | None = None) -> LabelStore:
     """Create a new, empty store. The attributes are written last: they mark creation complete."""
+    if url.startswith("file://") and storage_options is None:
+        storage_options = {"auto_mkdir": True}  # fsspec's local filesystem does not create folders itself
     try:
         g = zarr.open_group(url, mode="w-", storage_options=storage_options)
     except (ContainsGroupError, FileExistsError) as e:

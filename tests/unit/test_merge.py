@@ -1,0 +1,48 @@
+"""Teacher ensembles: sparse top-K averaging, hand-computed, and a store-level merge."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fkd_dali.errors import StoreMismatchError
+from fkd_dali.label_store import open_store
+from fkd_dali.merge import merge_stores, merge_topk
+
+
+@pytest.mark.parametrize("weights, expect_i, expect_p", [
+    # class 2: .5*.3 + .5*.6 = .45; class 1: .5*.5 + .5*.1 = .30; class 4: .5*.2 = .10
+    ((0.5, 0.5), [2, 1, 4], [0.45, 0.30, 0.10]),
+    # class 1: .75*.5 + .25*.1 = .40; class 2: .75*.3 + .25*.6 = .375; class 3: .75*.1 = .075
+    ((0.75, 0.25), [1, 2, 3], [0.40, 0.375, 0.075]),
+])
+def test_merge_topk_hand_computed(weights, expect_i, expect_p):
+    i1, p1 = np.array([[1, 2, 3]]), np.array([[0.5, 0.3, 0.1]])
+    i2, p2 = np.array([[2, 4, 1]]), np.array([[0.6, 0.2, 0.1]])
+    idx, prob = merge_topk([i1, i2], [p1, p2], weights, k=3)
+    assert idx.tolist() == [expect_i]
+    np.testing.assert_allclose(prob[0].astype(np.float64), expect_p, atol=1e-3)
+
+
+def test_merge_of_a_store_with_itself_is_the_store(small_store, tmp_path):
+    merged = merge_stores([str(small_store), str(small_store)], str(tmp_path / "ens.zarr"))
+    a = open_store(str(small_store)).read_images(0, merged.n_images)
+    b = merged.read_images(0, merged.n_images)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.flips, b.flips)
+    np.testing.assert_allclose(a.prob.astype(np.float32), b.prob.astype(np.float32), atol=1e-3)
+    # ties between equal probabilities may reorder; the sets of classes must agree
+    assert (np.sort(a.index, -1) == np.sort(b.index, -1)).mean() > 0.99
+    assert merged.spec.teacher.name.startswith("ensemble(")
+    assert merged.missing_chunks() == []
+
+
+def test_merge_refuses_stores_with_other_crops(small_store, copy_store):
+    other = copy_store(small_store)
+    import zarr
+
+    g = zarr.open_group(str(other), mode="r+")
+    meta = dict(g.attrs["fkd_dali"])
+    meta["crop"] = {**meta["crop"], "seed": 99}
+    g.attrs["fkd_dali"] = meta
+    with pytest.raises(StoreMismatchError, match="different crops"):
+        merge_stores([str(small_store), str(other)], str(other) + "-ens")

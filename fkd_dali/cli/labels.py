@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fkd_dali.cli._common import default, float_pair, float_triple
+from fkd_dali.cli._common import default, float_pair, float_triple, print_json
 from fkd_dali.labelgen import LabelGenConfig
 
 
@@ -12,6 +12,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     labels = sub.add_parser("labels", help="create and inspect soft-label stores")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
     _add_generate(lsub)
+    _add_info(lsub)
+    _add_verify(lsub)
+    _add_show(lsub)
+    _add_import(lsub)
+    _add_export(lsub)
 
 
 def _add_generate(lsub: argparse._SubParsersAction) -> None:
@@ -63,4 +68,103 @@ def _generate(args: argparse.Namespace) -> int:
         interpolation=args.interpolation, mean=args.mean, std=args.std, progress=not args.no_progress)
     summary = generate_labels(cfg)
     print(json.dumps({"store": args.out, **summary.as_dict()}))
+    return 0
+
+
+def _add_info(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser("info", help="summarize a store: dataset, teacher, crops, labels, completeness, size")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from fkd_dali.store_tools import format_store_info, store_info
+
+    info = store_info(args.store)
+    if args.json:
+        print_json(info)
+    else:
+        print(format_store_info(info))
+    return 0
+
+
+def _add_verify(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser("verify", help="check completeness, dataset fingerprint and every stored value",
+                        description="Exit status 0: no problems; 1: problems found (listed); 2: cannot check.")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--data", default=None, help="dataset folder to check the store's fingerprint against")
+    p.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fkd_dali.store_tools import verify_store
+
+    report = verify_store(args.store, args.data)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _add_show(lsub: argparse._SubParsersAction) -> None:
+    from fkd_dali.store_tools import DEFAULT_MAX_CROPS
+
+    p = lsub.add_parser("show", help="draw one image's stored crops with their top-3 labels as a PNG")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--image", required=True, help="image index or path relative to the dataset root")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--data", default=None, help="dataset folder holding the image files (required)")
+    p.add_argument("--max-crops", type=int, default=DEFAULT_MAX_CROPS,
+                   help="show at most this many crops (default %(default)s)")
+    p.set_defaults(handler=_show)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from fkd_dali.store_tools import render_crops
+
+    out = render_crops(args.store, args.image, args.out, args.data, max_crops=args.max_crops)
+    print(out)
+    return 0
+
+
+def _add_import(lsub: argparse._SubParsersAction) -> None:
+    from fkd_dali.interop import DEFAULT_NUM_CLASSES, DEFAULT_TEACHER_NAME
+    from fkd_dali.label_store import StoreLayout
+
+    p = lsub.add_parser("import-fkd", help="build a store from FKD's per-image label files",
+                        description="Read <DIR>/<class>/<stem>.tar for every image of --data into a new store.")
+    p.add_argument("fkd_dir", metavar="DIR", help="root of the FKD label files")
+    p.add_argument("--data", required=True, help="the ImageNet-style dataset folder the files label")
+    p.add_argument("--out", required=True, help="new store path or fsspec URL")
+    p.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
+                   help="classes of the teacher that made the files (default %(default)s)")
+    p.add_argument("--teacher-name", default=DEFAULT_TEACHER_NAME,
+                   help="teacher name recorded in the store (default %(default)s)")
+    p.add_argument("--images-per-chunk", type=int, default=default(StoreLayout, "images_per_chunk"))
+    p.add_argument("--slots-per-chunk", type=int, default=default(StoreLayout, "slots_per_chunk"))
+    p.set_defaults(handler=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from fkd_dali.interop import import_fkd
+    from fkd_dali.label_store import StoreLayout
+
+    store = import_fkd(args.fkd_dir, args.data, args.out, teacher_name=args.teacher_name,
+                       num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk))
+    print(json.dumps({"store": args.out, "images": store.n_images, "crops_per_image": store.crops_per_image,
+                      "k": store.spec.label.k}))
+    return 0
+
+
+def _add_export(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser("export-fkd", help="write a complete store as FKD per-image label files")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--out", required=True, help="folder for <class>/<stem>.tar files")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fkd_dali.interop import export_fkd
+
+    n = export_fkd(args.store, args.out)
+    print(json.dumps({"out": args.out, "files": n}))
     return 0

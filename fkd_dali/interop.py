@@ -1,0 +1,141 @@
+"""Moving labels between a soft-label store and FKD's per-image label files, both ways.
+
+FKD keeps one file per image at `<root>/<class>/<stem>.tar` (format in
+`fkd_dali.fkd_format`). Export writes one such file per store image; import builds a
+store from a folder of them plus the dataset they label. Boxes travel as float32
+fractions (i/H, j/W, h/H, w/W), which carry the store's uint16 encoding exactly, and
+probabilities as float32, which carry float16 exactly: export followed by import
+gives back the same boxes, flips, class ids and probabilities. Both sides work one
+store chunk at a time.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from fkd_dali.boxes import CropDistribution, boxes_to_fractions, fractions_to_boxes
+from fkd_dali.errors import FkdError, LabelStoreError
+from fkd_dali.fkd_format import FkdLabels, fkd_file_path, read_fkd_file, write_fkd_file
+from fkd_dali.index import build_index
+from fkd_dali.label_store import (CropLabels, LabelSpec, LabelStore, StoreLayout, StoreSpec, TeacherSpec,
+                                  create_store, open_store)
+
+DEFAULT_TEACHER_NAME = "imported"
+DEFAULT_NUM_CLASSES = 1000
+IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of an imported store, beside the schema attributes
+
+
+def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
+    """Write every image's crops of a complete store as FKD label files under `out_dir`.
+
+    Each file is written atomically, so an interrupted export leaves only whole files
+    (rerunning it overwrites them). A `full`-kind store exports its top-K part.
+
+    Returns:
+        The number of files written (one per image).
+
+    Raises:
+        LabelStoreError: the store is missing or incomplete.
+    """
+    store = open_store(url)
+    store.check_complete()
+    paths = [str(p) for p in store.group["images/path"][:]]
+    written = 0
+    for chunk in range(store.n_chunks):
+        start, stop = store.chunk_range(chunk)
+        labels = store.read_images(start, stop)
+        coords = boxes_to_fractions(labels.boxes)
+        for row, rel in enumerate(paths[start:stop]):
+            write_fkd_file(fkd_file_path(out_dir, rel), coords[row], labels.flips[row], labels.index[row],
+                           labels.prob[row].astype(np.float32))
+            written += 1
+    return written
+
+
+def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], out: str,
+               teacher_name: str = DEFAULT_TEACHER_NAME, num_classes: int = DEFAULT_NUM_CLASSES,
+               timm_name: str = "unknown", checkpoint_sha256: str = "",
+               input_size: tuple[int, int, int] = (3, 224, 224), interpolation: str = "bicubic",
+               mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+               std: tuple[float, float, float] = IMAGENET_DEFAULT_STD, temperature: float = 1.0,
+               layout: StoreLayout | None = None) -> LabelStore:
+    """Build a new store at `out` from FKD label files, one per image of the dataset at `data`.
+
+    M and K come from the first image's file; every other file must agree. FKD files
+    do not say which crop distribution or teacher made them, so the store records the
+    given teacher fields and the default crop distribution with seed 0 as
+    placeholders, and notes in its `fkd_dali_import` attribute that both are
+    unknown. Crops whose probabilities are not sorted most probable first are
+    reordered (class ids with them), as the store requires.
+
+    Args:
+        fkd_dir: root of the label files (`<fkd_dir>/<class>/<stem>.tar`).
+        data: the ImageNet-style dataset folder the files label.
+        out: the new store (must not exist).
+        teacher_name .. temperature: recorded in the store's teacher and label specs.
+        num_classes: size of the teacher's class space (class ids must lie below it).
+        layout: chunk shape of the new store (default `StoreLayout()`).
+
+    Raises:
+        LabelStoreError: a label file is missing, malformed, disagrees with the first
+            file in M or K, or holds a class id >= num_classes (the message names the
+            file); `out` already exists. A store this call created is removed again
+            when a local import fails.
+    """
+    index = build_index(data)
+    first = _read(fkd_dir, index.paths[0], None, num_classes)
+    m, k = first.coords.shape[0], first.index.shape[1]
+    spec = StoreSpec(
+        crops_per_image=m, crop=CropDistribution(seed=0),
+        label=LabelSpec(kind="topk", k=k, num_classes=num_classes, temperature=temperature),
+        teacher=TeacherSpec(name=teacher_name, timm_name=timm_name, checkpoint_sha256=checkpoint_sha256,
+                            input_size=tuple(input_size), interpolation=interpolation,  # type: ignore[arg-type]
+                            mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]
+        layout=layout or StoreLayout())
+    store = create_store(out, index, spec)
+    try:
+        store.group.attrs[IMPORT_ATTR_KEY] = {"source": str(fkd_dir), "format": "FKD per-image files",
+                                              "crop_distribution": "unknown (placeholder recorded)",
+                                              "teacher": "as given to import-fkd"}
+        for chunk in range(store.n_chunks):
+            start, stop = store.chunk_range(chunk)
+            files = [_read(fkd_dir, rel, (m, k), num_classes) for rel in index.paths[start:stop]]
+            store.write_chunk(chunk, _stack(files))
+    except FkdError:
+        _remove_local(out)
+        raise
+    return store
+
+
+def _read(fkd_dir: str | os.PathLike[str], rel: str, mk: tuple[int, int] | None, num_classes: int) -> FkdLabels:
+    """One image's FKD file, checked against the store's M, K and class count, sorted by probability."""
+    path = fkd_file_path(fkd_dir, rel)
+    labels = read_fkd_file(path)
+    shape = (labels.coords.shape[0], labels.index.shape[1])
+    if mk is not None and shape != mk:
+        raise LabelStoreError(f"FKD label file {path} holds M={shape[0]} crops with K={shape[1]} classes, but "
+                              f"the first file holds M={mk[0]}, K={mk[1]}: all files of one import must agree")
+    if labels.index.max() >= num_classes:
+        raise LabelStoreError(f"FKD label file {path} has class id {int(labels.index.max())}, not below "
+                              f"num_classes={num_classes}; pass the teacher's class count (--num-classes)")
+    order = np.argsort(-labels.prob, axis=1, kind="stable")
+    return FkdLabels(labels.coords, labels.flip, np.take_along_axis(labels.index, order, 1),
+                     np.take_along_axis(labels.prob, order, 1))
+
+
+def _stack(files: list[FkdLabels]) -> CropLabels:
+    return CropLabels(boxes=fractions_to_boxes(np.stack([f.coords for f in files])),
+                      flips=np.stack([f.flip for f in files]),
+                      index=np.stack([f.index for f in files]).astype(np.int16),
+                      prob=np.clip(np.stack([f.prob for f in files]), 0.0, 1.0).astype(np.float16))
+
+
+def _remove_local(url: str) -> None:
+    """Delete a store this import created, when it is a local folder (remote ones are left)."""
+    if "://" not in url and Path(url).is_dir():
+        shutil.rmtree(url, ignore_errors=True)
+

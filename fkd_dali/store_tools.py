@@ -1,0 +1,345 @@
+"""Tools over an existing soft-label store: summary (`info`), integrity check (`verify`), crop preview (`show`).
+
+All of them only read the store. `verify_store` reads whole image chunks at a time
+(the store's write unit), never one image at a time, so it runs at pass-read speed
+on ImageNet-size stores; `render_crops` reads the crops of a single image, which is
+fine for a preview of one image.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fkd_dali.boxes import decode_boxes
+from fkd_dali.errors import DatasetIndexError, StoreMismatchError
+from fkd_dali.index import build_index
+from fkd_dali.label_store import CropLabels, LabelStore, open_store
+
+MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
+PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
+_PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
+DEFAULT_MAX_CROPS = 16
+
+
+# -- info ---------------------------------------------------------------------
+def store_info(url: str) -> dict[str, Any]:
+    """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
+
+    Keys: url, schema_version, dataset, crops_per_image, label, teacher, crop, layout,
+    completeness (done/total chunks, missing image ranges), storage (bytes stored,
+    bytes per image), created, writer_version, and `imported` where the store came
+    from FKD files (`fkd_dali.interop.import_fkd`).
+    """
+    store = open_store(url)
+    meta, spec = store.meta, store.spec
+    missing = store.missing_chunks()
+    stored = store.nbytes_stored()
+    t = spec.teacher
+    info: dict[str, Any] = {
+        "url": str(url),
+        "schema_version": meta["schema_version"],
+        "dataset": {"n_images": store.n_images, "fingerprint": store.fingerprint,
+                    "n_classes": len(store.class_names), "skipped": len(meta["dataset"].get("skipped", []))},
+        "crops_per_image": spec.crops_per_image,
+        "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
+                  "temperature": spec.label.temperature},
+        "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
+                    "input_size": list(t.input_size), "interpolation": t.interpolation,
+                    "mean": list(t.mean), "std": list(t.std)},
+        "crop": {"scale": list(spec.crop.scale), "ratio": list(spec.crop.ratio),
+                 "flip_prob": spec.crop.flip_prob, "seed": spec.crop.seed},
+        "layout": dict(meta["layout"]),
+        "completeness": {"chunks_done": store.n_chunks - len(missing), "chunks_total": store.n_chunks,
+                         "complete": not missing,
+                         "missing_images": [list(_inclusive(store.chunk_range(c))) for c in missing]},
+        "storage": {"bytes_stored": stored, "bytes_per_image": round(stored / max(1, store.n_images), 1)},
+        "created": meta.get("created"),
+        "writer_version": meta.get("writer_version"),
+    }
+    imported = store.group.attrs.get("fkd_dali_import")
+    if imported is not None:
+        info["imported"] = imported
+    return info
+
+
+def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
+    return rng[0], rng[1] - 1
+
+
+def format_store_info(info: dict[str, Any]) -> str:
+    """The human-readable form of `store_info` that `fkd-dali labels info` prints."""
+    d, lab, t, c, comp, st = (info[k] for k in ("dataset", "label", "teacher", "crop", "completeness", "storage"))
+    missing = ", ".join(f"{a}-{b}" for a, b in comp["missing_images"][:8])
+    if len(comp["missing_images"]) > 8:
+        missing += f" and {len(comp['missing_images']) - 8} more ranges"
+    lines = [
+        f"store           {info['url']}",
+        f"schema          v{info['schema_version']} (written by fkd-dali {info['writer_version']}, "
+        f"{info['created']})",
+        f"dataset         {d['n_images']} images, {d['n_classes']} classes, fingerprint {d['fingerprint'][:16]}"
+        + (f", {d['skipped']} skipped" if d["skipped"] else ""),
+        f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
+        f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
+        f"labels          {lab['kind']} K={lab['k']} of {lab['num_classes']} classes, temperature "
+        f"{lab['temperature']}",
+        f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
+        f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
+        f"normalization   mean {t['mean']}, std {t['std']}",
+        f"layout          {info['layout']}",
+        f"completeness    {comp['chunks_done']}/{comp['chunks_total']} chunks done"
+        + (f"; missing images {missing}" if missing else ""),
+        f"storage         {st['bytes_stored']:,} bytes, {st['bytes_per_image']:,.1f} bytes/image",
+    ]
+    if "imported" in info:
+        lines.append(f"imported        {info['imported']}")
+    return "\n".join(lines)
+
+
+# -- verify -------------------------------------------------------------------
+@dataclass
+class Problem:
+    """One kind of defect: how many crops (or chunks) have it and the first few where."""
+
+    kind: str
+    description: str
+    count: int = 0
+    examples: list[tuple[str, int]] = field(default_factory=list)  # (image path, slot); slot -1: whole image
+
+    def line(self) -> str:
+        where = ", ".join(f"{p}[slot {s}]" if s >= 0 else p for p, s in self.examples)
+        return f"{self.kind}: {self.description} ({self.count} found" + (f"; first: {where})" if where else ")")
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of `verify_store`: counters plus the problems found (empty when clean)."""
+
+    url: str
+    n_images: int
+    chunks_total: int
+    chunks_checked: int = 0
+    crops_checked: int = 0
+    dataset_checked: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, kind: str) -> Problem | None:
+        return next((p for p in self.problems if p.kind == kind), None)
+
+    def summary(self) -> str:
+        head = (f"{self.url}: checked {self.chunks_checked}/{self.chunks_total} chunks, "
+                f"{self.crops_checked} crops" + (", dataset fingerprint" if self.dataset_checked else ""))
+        if self.ok:
+            return head + ": no problems found"
+        return "\n".join([head + f": {len(self.problems)} kind(s) of problem"]
+                         + [f"  - {p.line()}" for p in self.problems])
+
+
+class _Problems:
+    """Collects problems in first-seen order, keeping a few examples of each."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, Problem] = {}
+
+    def add(self, kind: str, description: str, examples: list[tuple[str, int]], count: int) -> None:
+        if count == 0:
+            return
+        p = self.by_kind.setdefault(kind, Problem(kind, description))
+        p.count += count
+        p.examples.extend(examples[:MAX_EXAMPLES - len(p.examples)])
+
+
+def verify_store(url: str, data: str | None = None) -> VerifyReport:
+    """Check a store's completeness, its dataset fingerprint (with `data`) and every stored value.
+
+    Value checks run over every chunk flagged done, one whole chunk at a time:
+    probabilities finite, in [0, 1], non-increasing along K and summing to at most
+    1 + `PROB_SUM_TOLERANCE`; class ids in [0, num_classes) and distinct within a
+    crop; boxes non-empty and inside the image (decoded with `images/size`). A chunk
+    that cannot be read (e.g. a crc32c mismatch) is reported as `unreadable`.
+
+    Args:
+        url: the store.
+        data: the dataset folder the store should describe; None skips that check.
+
+    Raises:
+        LabelStoreError: the store cannot be opened at all.
+        DatasetIndexError: `data` is not a readable dataset folder.
+    """
+    store = open_store(url)
+    report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
+    found = _Problems()
+    index = store.load_index()
+    missing = store.missing_chunks()
+    if missing:
+        ranges = [store.chunk_range(c) for c in missing]
+        found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written (rerun "
+                                "`fkd-dali labels generate` to finish)",
+                  [(f"images {a}-{b - 1}", -1) for a, b in ranges], len(missing))
+    if data is not None:
+        report.dataset_checked = True
+        try:
+            store.check_dataset(build_index(data))
+        except StoreMismatchError as e:
+            found.add("dataset", str(e), [], 1)
+    skip = set(missing)
+    for chunk in (c for c in range(store.n_chunks) if c not in skip):
+        start, stop = store.chunk_range(chunk)
+        try:
+            labels = store.read_images(start, stop)
+        except Exception as e:  # codec / checksum / missing-file errors of any kind
+            found.add("unreadable", f"chunk data cannot be read ({type(e).__name__}: {e})",
+                      [(f"images {start}-{stop - 1}", -1)], 1)
+            continue
+        _check_values(labels, index.paths[start:stop], index.sizes[start:stop],
+                      store.spec.label.num_classes, found)
+        report.chunks_checked += 1
+        report.crops_checked += labels.flips.size
+    report.problems = list(found.by_kind.values())
+    return report
+
+
+def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_classes: int,
+                  found: _Problems) -> None:
+    """Per-crop value checks of one chunk; each mask is (images, slots)."""
+    prob = labels.prob.astype(np.float32)
+    idx = labels.index.astype(np.int64)
+    finite = np.isfinite(prob)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            ("prob_nonfinite", "probability is NaN or infinite (unwritten or corrupt)", ~finite.all(-1)),
+            ("prob_range", "probability outside [0, 1]", ((prob < 0) | (prob > 1)).any(-1)),
+            ("prob_order", "probabilities not sorted most probable first", (np.diff(prob, axis=-1) > 0).any(-1)),
+            ("prob_sum", f"top-K probabilities sum above 1 + {PROB_SUM_TOLERANCE}",
+             prob.sum(-1) > 1 + PROB_SUM_TOLERANCE),
+            ("index_range", f"class id outside [0, {num_classes})", ((idx < 0) | (idx >= num_classes)).any(-1)),
+            ("index_duplicate", "a class id repeats within one crop",
+             (np.diff(np.sort(idx, axis=-1), axis=-1) == 0).any(-1)),
+        ]
+    y, x, h, w = np.moveaxis(decode_boxes(labels.boxes, sizes).astype(np.int64), -1, 0)
+    height, width = sizes[:, 0:1].astype(np.int64), sizes[:, 1:2].astype(np.int64)
+    checks += [
+        ("box_empty", "box has zero height or width", (h <= 0) | (w <= 0)),
+        ("box_outside", "box extends past the image border", (y + h > height) | (x + w > width)),
+    ]
+    for kind, description, bad in checks:
+        rows, slots = np.nonzero(bad)
+        found.add(kind, description, [(paths[r], int(s)) for r, s in zip(rows[:MAX_EXAMPLES], slots)],
+                  int(bad.sum()))
+
+
+# -- show ---------------------------------------------------------------------
+def resolve_image(store: LabelStore, image: int | str) -> int:
+    """An image index from an index or a dataset-relative path (a string of digits is an index)."""
+    paths = [str(p) for p in store.group["images/path"][:]]
+    if isinstance(image, str):
+        rel = image.replace(os.sep, "/")
+        if rel in paths:
+            return paths.index(rel)
+        if not rel.isdigit():
+            raise DatasetIndexError(f"image {image!r} is not in store {store.url}; give an index in "
+                                    f"[0, {len(paths)}) or a path like {paths[0]!r}")
+        image = int(rel)
+    if not 0 <= image < len(paths):
+        raise DatasetIndexError(f"image index {image} is out of range: store {store.url} has {len(paths)} images")
+    return int(image)
+
+
+def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int], str]:
+    """index -> readable class name: ImageNet descriptions, else the dataset's folders, else 'class i'."""
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return lambda i: info.index_to_description(int(i))
+    if num_classes == len(dataset_classes):
+        return lambda i: dataset_classes[int(i)]
+    return lambda i: f"class {int(i)}"
+
+
+def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
+                 max_crops: int = DEFAULT_MAX_CROPS) -> Path:
+    """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes.
+
+    The first panel is the image as stored on disk (no EXIF rotation, as everywhere in
+    fkd-dali) with the boxes outlined and numbered by slot; then each crop cut from
+    it, flipped where stored, resized to 160x160 as a teacher sees it.
+
+    Args:
+        url: the store.
+        image: image index, or its path relative to the dataset root.
+        out_png: the file to write (parent folders are created).
+        data_root: the dataset folder the store was made for.
+        max_crops: show at most this many slots (the first ones).
+
+    Raises:
+        DatasetIndexError: no `data_root`, or the image file is missing there or has
+            another size than the store recorded.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    if data_root is None:
+        raise DatasetIndexError("showing crops needs the image files: pass --data DIR, the dataset folder "
+                                "the labels were generated for")
+    store = open_store(url)
+    i = resolve_image(store, image)
+    index = store.load_index(str(data_root))
+    path = index.abspath(i)
+    if not os.path.isfile(path):
+        raise DatasetIndexError(f"image {index.paths[i]} of store {url} is not at {path}; pass the dataset "
+                                "folder the labels were generated for as --data")
+    with Image.open(path) as im:
+        pil = im.convert("RGB")
+    height, width = (int(v) for v in index.sizes[i])
+    if pil.size != (width, height):
+        raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
+                                "it is not the file the labels were made for")
+    labels = store.read_images(i, i + 1)
+    n = min(max_crops, store.crops_per_image)
+    boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
+    name = class_namer(store.spec.label.num_classes, store.class_names)
+
+    ncols = min(5, n + 1)
+    nrows = -(-(n + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.9 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    first = axes.flat[0]
+    first.imshow(pil)
+    first.set_title(f"#{i} {index.paths[i]}\n{width}x{height}, class {index.class_names[index.classes[i]]}",
+                    fontsize=6.5)
+    for s, (y, x, h, w) in enumerate(boxes):
+        colour = plt.cm.tab10(s % 10)
+        first.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=1))
+        first.text(x + 2, y + 2, str(s), color=colour, fontsize=6, va="top")
+    for s, (y, x, h, w) in enumerate(boxes):
+        crop = pil.crop((int(x), int(y), int(x + w), int(y + h)))
+        if labels.flips[0, s]:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        ax = axes.flat[s + 1]
+        ax.imshow(crop.resize((_PREVIEW_SIDE, _PREVIEW_SIDE), Image.Resampling.BICUBIC))
+        top = [f"{_short(name(c))} {p:.2f}" for c, p in zip(labels.index[0, s, :3], labels.prob[0, s, :3])]
+        ax.set_title(f"slot {s}{' (flipped)' if labels.flips[0, s] else ''}\n" + "\n".join(top), fontsize=6.5)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _short(text: str, limit: int = 24) -> str:
+    text = text.split(",")[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_show(lsub)
     _add_import(lsub)
     _add_export(lsub)
+    _add_merge(lsub)
 
 
 def _add_generate(lsub: argparse._SubParsersAction) -> None:
@@ -167,4 +168,23 @@ def _export(args: argparse.Namespace) -> int:
 
     n = export_fkd(args.store, args.out)
     print(json.dumps({"out": args.out, "files": n}))
+    return 0
+
+
+def _add_merge(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser("merge", help="average the labels of stores that hold the same crops (teacher ensemble)",
+                        description="Stores made with `labels generate --reference` share boxes and flips; "
+                                    "merge writes their weighted top-K average to a new store.")
+    p.add_argument("stores", nargs="+", help="two or more stores with the same crops")
+    p.add_argument("--out", required=True, help="the ensemble store (resumed if it exists)")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per store (default equal)")
+    p.add_argument("--top-k", "-K", type=int, default=None, help="K of the result (default: the largest input K)")
+    p.set_defaults(handler=_merge)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from fkd_dali.merge import merge_stores
+
+    store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k)
+    print(json.dumps({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k}))
     return 0

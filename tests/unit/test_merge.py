@@ -46,3 +46,13 @@ def test_merge_refuses_stores_with_other_crops(small_store, copy_store):
     g.attrs["fkd_dali"] = meta
     with pytest.raises(StoreMismatchError, match="different crops"):
         merge_stores([str(small_store), str(other)], str(other) + "-ens")
+
+
+def test_cli_merge(small_store, tmp_path, capsys):
+    from fkd_dali.cli import main
+
+    out = tmp_path / "cli-ens.zarr"
+    assert main(["labels", "merge", str(small_store), str(small_store), "--out", str(out), "-K", "3"]) == 0
+    assert open_store(str(out)).spec.label.k == 3
+    assert main(["labels", "merge", str(small_store), "--out", str(tmp_path / "one.zarr")]) == 2
+    assert "at least two stores" in capsys.readouterr().err

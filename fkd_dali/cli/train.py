@@ -1,8 +1,105 @@
-"""`fkd-dali train` (being written)."""
+"""`fkd-dali train` and `fkd-dali eval`: namespace -> config -> one library call -> exit code."""
 from __future__ import annotations
 
 import argparse
+import json
+
+from fkd_dali.cli._common import default, float_pair, float_triple
+from fkd_dali.evaluate import EvalConfig
+from fkd_dali.train import AMP_CHOICES, TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    _add_train(sub)
+    _add_eval(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    d = lambda name: default(TrainConfig, name)  # noqa: E731
+    p = sub.add_parser("train", help="train a timm student on replayed crops and stored soft labels",
+                       description="FKD training: one pass = m epochs (every image's m stored crops of the pass). "
+                                   "Single process, or one process per GPU with torchrun.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="training folder root/<class>/<image> the labels were made for")
+    g.add_argument("--labels", required=True, help="soft-label store, or 'none' for vanilla (hard-label) training")
+    g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
+    g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
+    g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),
+                   help="global batch in crops, divisible by m x processes (default %(default)s)")
+    g.add_argument("--image-size", type=int, default=None, help="training resolution (default: the arch's)")
+    g.add_argument("--interpolation", default=None, help="resize interpolation (default: the arch's)")
+    g.add_argument("--mean", type=float_triple, default=None, help="normalization mean (default: the arch's)")
+    g.add_argument("--std", type=float_triple, default=None, help="normalization std (default: the arch's)")
+    g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop fraction")
+    g.add_argument("--scale", type=float_pair, default=d("scale"), help="vanilla crop area range")
+    g.add_argument("--ratio", type=float_pair, default=d("ratio"), help="vanilla crop aspect range")
+    g.add_argument("--threads", "-j", type=int, default=d("threads"), help="DALI CPU threads per process")
+    g.add_argument("--synthetic", action="store_true", help="random tensors on the device instead of data")
+    g = p.add_argument_group("model and optimization")
+    g.add_argument("--arch", default=d("arch"), help="timm model name (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=d("epochs"), help="FKD epochs (default %(default)s)")
+    g.add_argument("--lr", type=float, default=d("lr"))
+    g.add_argument("--opt", default=d("opt"), help="timm optimizer name (default %(default)s)")
+    g.add_argument("--momentum", type=float, default=d("momentum"))
+    g.add_argument("--weight-decay", type=float, default=d("weight_decay"))
+    g.add_argument("--sched", default=d("sched"), choices=["cosine", "serrated", "step"])
+    g.add_argument("--warmup-epochs", type=float, default=d("warmup_epochs"))
+    g.add_argument("--warmup-lr", type=float, default=d("warmup_lr"))
+    g.add_argument("--min-lr", type=float, default=d("min_lr"))
+    g.add_argument("--decay-epochs", type=float, default=d("decay_epochs"), help="step schedule period")
+    g.add_argument("--decay-rate", type=float, default=d("decay_rate"), help="step schedule factor")
+    g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
+    g.add_argument("--recovery", default=d("recovery"),
+                   choices=["hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"])
+    g.add_argument("--recovery-k", type=int, default=None, help="top-k kept by the marginal kinds (<= store K)")
+    g.add_argument("--smoothing", type=float, default=d("smoothing"))
+    g.add_argument("--temperature", type=float, default=None, help="loss temperature (default: the store's)")
+    g.add_argument("--amp", default=d("amp"), choices=list(AMP_CHOICES))
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", "-o", default=d("output"), help="folder for checkpoints, metrics and config")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/last.pth)")
+    g.add_argument("--seed", type=int, default=d("seed"))
+    g.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    g.add_argument("--log-interval", type=int, default=d("log_interval"), help="steps between metric lines")
+    g.add_argument("--val-every", type=int, default=d("val_every"), help="passes between validations")
+    g.add_argument("--val-batch-size", type=int, default=d("val_batch_size"), help="validation images per rank")
+    g.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard")
+    g.add_argument("--save-every-pass", action="store_true", help="keep OUTPUT/pass_XXX.pth too")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (with a checkpoint)")
+    g.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fkd_dali.train import fit
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
+    result = fit(TrainConfig(**fields, progress=not args.no_progress))
+    summary = {k: v for k, v in vars(result).items() if k != "history"}
+    print(json.dumps(summary, default=str))
+    return 128 + result.signal if result.interrupted and result.signal else 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    d = lambda name: default(EvalConfig, name)  # noqa: E731
+    p = sub.add_parser("eval", help="top-1/top-5 of a training checkpoint on a labelled folder",
+                       description="Resize, centre crop (the arch's crop_pct), normalize; counts reduced over ranks.")
+    p.add_argument("--data", required=True, help="validation folder root/<class>/<image>")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `fkd-dali train`")
+    p.add_argument("--labels", default=None, help="the store the model was trained with (checked against it)")
+    p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"), help="images per rank")
+    p.add_argument("--threads", "-j", type=int, default=d("threads"))
+    p.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default=d("amp"), choices=list(AMP_CHOICES))
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fkd_dali.evaluate import evaluate_checkpoint
+
+    cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
+                     threads=args.threads, device=args.device, amp=args.amp)
+    print(json.dumps({"checkpoint": args.checkpoint, **evaluate_checkpoint(cfg).as_dict()}))
+    return 0

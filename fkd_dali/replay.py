@@ -1,0 +1,236 @@
+"""The FKD replay loader: stored crops and their stored soft labels, batch by batch, on the device.
+
+A chain of stages, each a pure function of (seed, pass, rank, world):
+
+1. plan: `make_pass_plan` -> this rank's images (in order) and the pass's m slots;
+2. pass table: the store's boxes, flips and labels of those slots for those images,
+   read once per pass in a background thread (`fkd_dali.pass_table`);
+3. feed: per step, the images' encoded bytes plus their m pixel boxes and flips (array
+   slices of the table), and a meta row (image id, table row);
+4. crop pipeline: `pipelines.crops.make_crop_pipeline` (the graph label generation
+   uses, so the student sees the pixels the teacher saw), decode once, m crops;
+5. labels: each crop's top-K gathered from the table on the device, by image id.
+
+Batches are `ReplayBatch(images, index, prob, meta)` with crops of one image adjacent in
+slot order. `start_step` skips steps without reading or decoding them (resume).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from fkd_dali.crop_plan import PassPlan, make_pass_plan
+from fkd_dali.errors import ConfigError
+from fkd_dali.index import DatasetIndex
+from fkd_dali.label_store import LabelStore
+from fkd_dali.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
+
+
+class ReplayBatch(NamedTuple):
+    """One training step of one rank.
+
+    images: (B, 3, S, S) float (float16 on GPU) on the device, B = images_per_step * m.
+    index: (B, K) int64 stored top-K class ids per crop (None without labels; for hard
+        labels, (B,) class ids).
+    prob: (B, K) float32 probabilities (None without labels or for hard labels).
+    meta: (B, 2) int64 CPU tensor, per crop (image id, store slot); -1 slots for vanilla.
+    """
+
+    images: torch.Tensor
+    index: torch.Tensor | None
+    prob: torch.Tensor | None
+    meta: torch.Tensor
+
+
+def _device_id(device: torch.device) -> int | None:
+    return device.index if device.type == "cuda" and device.index is not None else (
+        torch.cuda.current_device() if device.type == "cuda" else None)
+
+
+class _Feeder:
+    """Turns a table's rows into `FeedBatch`es, reading the next batch's files in a thread."""
+
+    def __init__(self, index: DatasetIndex) -> None:
+        self.index = index
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fkd-read")
+
+    def _read(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+        from pipelines.iterators import read_encoded
+
+        paths = [self.index.abspath(int(i)) for i in ids]
+        return paths, [read_encoded(p) for p in paths]
+
+    def batches(self, table: PassTable, row_blocks: Sequence[slice]) -> Iterator:
+        from pipelines.iterators import FeedBatch
+
+        pending = self._pool.submit(self._read, table.images[row_blocks[0]]) if row_blocks else None
+        for n, rows in enumerate(row_blocks):
+            paths, data = pending.result()  # type: ignore[union-attr]
+            if n + 1 < len(row_blocks):
+                pending = self._pool.submit(self._read, table.images[row_blocks[n + 1]])
+            ids = table.images[rows]
+            r = np.arange(rows.start, rows.stop)
+            yield FeedBatch(encoded=data, rois=list(table.rois[rows]), flips=list(table.flips[rows]),
+                            meta=[np.array([i, j], np.int64) for i, j in zip(ids, r)], paths=paths)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ReplayLoader:
+    """Replays a store's crops for one rank: `pass_batches(p)` yields the `ReplayBatch`es of pass p.
+
+    Args:
+        store: an opened, complete store made for `index` (the caller checks that).
+        index: the dataset index (paths relative to its root).
+        m: crops of each image per pass (num_crops).
+        batch_size: crops per step on this rank; a multiple of m (images per step = batch_size / m).
+        size: output side in pixels (the student's training resolution).
+        mean, std: the student's normalization (fractions of 255).
+        interpolation: the student's resize interpolation ("bilinear", "bicubic", ...).
+        seed: the crop-plan seed (image order per pass).
+        rank, world: this process's place in DDP.
+        device: where batches are delivered; a CUDA device also decodes on the GPU.
+        threads: DALI CPU threads.
+        with_labels: gather stored labels (False: index and prob are None).
+        half: float16 crops (default: on GPU only).
+        prefetch_tables: read the next pass's table in the background.
+    """
+
+    def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
+                 mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic", seed: int = 0,
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
+                 threads: int | None = None, with_labels: bool = True, half: bool | None = None,
+                 prefetch_tables: bool = True) -> None:
+        if batch_size < 1 or batch_size % m:
+            raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
+        self.store, self.index = store, index
+        self.m, self.M = m, store.crops_per_image
+        self.batch_size = batch_size
+        self.images_per_step = batch_size // m
+        self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
+        self.seed, self.rank, self.world = seed, rank, world
+        self.device = torch.device(device)
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.with_labels = with_labels
+        self.half = half
+        make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
+        self.tables = PassTablePrefetcher(store, index.sizes, self.plan) if prefetch_tables else None
+        self._feeder = _Feeder(index)
+        self._iter = None
+        self._dirty = False
+
+    # -- stage 1: plan ---------------------------------------------------------
+    def plan(self, pass_idx: int) -> PassPlan:
+        return make_pass_plan(self.seed, pass_idx, self.m, self.M, len(self.index), self.rank, self.world)
+
+    @property
+    def steps_per_pass(self) -> int:
+        return self.plan(0).steps(self.images_per_step)
+
+    # -- stage 2: pass table ---------------------------------------------------
+    def table(self, pass_idx: int) -> PassTable:
+        if self.tables is not None:
+            return self.tables.get(pass_idx)
+        plan = self.plan(pass_idx)
+        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx)
+
+    # -- stage 4: crop pipeline ------------------------------------------------
+    def _crop_iterator(self):
+        from pipelines.crops import make_crop_pipeline
+        from pipelines.iterators import BatchSource, CropIterator
+
+        if self._iter is None or self._dirty:
+            source = BatchSource()
+            pipe = make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
+                                      mean=self.mean, std=self.std, batch_size=self.images_per_step,
+                                      num_threads=self.threads, device_id=_device_id(self.device),
+                                      half=self.half, seed=self.seed)
+            self._iter, self._dirty = CropIterator(pipe, source), False
+        return self._iter
+
+    # -- the chain ---------------------------------------------------------------
+    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
+        """The batches of pass `pass_idx`, from step `start_step` (earlier steps are not decoded)."""
+        table = self.table(pass_idx)
+        steps = len(table.images) // self.images_per_step
+        ipb = self.images_per_step
+        blocks = [slice(s * ipb, (s + 1) * ipb) for s in range(start_step, steps)]
+        yield from self._run(table, blocks)
+
+    def table_batches(self, table: PassTable, images_per_batch: int | None = None) -> Iterator[ReplayBatch]:
+        """Every row of an ad-hoc table (e.g. held-out slots), the last batch possibly smaller."""
+        if table.m != self.m:
+            raise ConfigError(f"table has {table.m} slots per image; this loader cuts m={self.m}")
+        ipb = images_per_batch or self.images_per_step
+        if ipb > self.images_per_step:
+            raise ConfigError(f"batches of {ipb} images exceed this loader's {self.images_per_step}")
+        n = len(table.images)
+        yield from self._run(table, [slice(a, min(a + ipb, n)) for a in range(0, n, ipb)])
+
+    def _run(self, table: PassTable, blocks: list[slice]) -> Iterator[ReplayBatch]:
+        if not blocks:
+            return
+        labels: DeviceLabels | None = table.to_device(self.device) if self.with_labels else None
+        slots = torch.from_numpy(np.array(table.slots))
+        crop_iter = self._crop_iterator()
+        self._dirty = True  # until the epoch is drained, the pipeline may hold prefetched batches
+        for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks)):
+            yield self._assemble(crops, meta, labels, slots)
+        self._dirty = False
+
+    def _assemble(self, crops: torch.Tensor, meta: torch.Tensor, labels: DeviceLabels | None,
+                  slots: torch.Tensor) -> ReplayBatch:
+        b = crops.shape[0]
+        images = crops.reshape(b * self.m, *crops.shape[2:])
+        if images.device != self.device:
+            images = images.to(self.device, non_blocking=True)
+        ids = meta[:, 0].to(torch.int64).cpu()
+        crop_meta = torch.stack([ids.repeat_interleave(self.m), slots.repeat(b)], dim=1)
+        index = prob = None
+        if labels is not None:
+            index, prob = labels.gather(ids.to(self.device, non_blocking=True))
+        return ReplayBatch(images, index, prob, crop_meta)
+
+    def close(self) -> None:
+        if self.tables is not None:
+            self.tables.close()
+        self._feeder.close()
+        self._iter = None
+
+
+class SyntheticLoader:
+    """Random tensors made once on the device, replayed every step: no file, decode or label cost.
+
+    For measuring the training step alone (`fkd-dali train --synthetic`); batches have the
+    same shapes and dtypes as the real loader's, and `steps_per_pass` matches it.
+    """
+
+    def __init__(self, batch_size: int, size: int, steps_per_pass: int, num_classes: int, k: int | None,
+                 device: torch.device | str, half: bool = False, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
+        self.steps_per_pass = steps_per_pass
+        self.batch_size = batch_size
+        dtype = torch.float16 if half else torch.float32
+        images = torch.randn(batch_size, 3, size, size, generator=gen).to(self.device, dtype)
+        if k is None:  # hard labels
+            index = torch.randint(0, num_classes, (batch_size,), generator=gen).to(self.device)
+            prob = None
+        else:
+            index = torch.stack([torch.randperm(num_classes, generator=gen)[:k] for _ in range(batch_size)])
+            prob = torch.softmax(torch.randn(batch_size, k, generator=gen), dim=1)
+            index, prob = index.to(self.device), prob.to(self.device)
+        meta = torch.full((batch_size, 2), -1, dtype=torch.int64)
+        self._batch = ReplayBatch(images, index, prob, meta)
+
+    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
+        for _ in range(start_step, self.steps_per_pass):
+            yield self._batch
+
+    def close(self) -> None:
+        pass

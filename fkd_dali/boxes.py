@@ -9,8 +9,8 @@ the ratio range.
 
 Boxes are integer pixels (y, x, h, w) in the image as stored on disk (no EXIF
 rotation). The store keeps them as uint16 fractions of the image height/width
-(FKD's (i/H, j/W, h/H, w/W) convention), from which `decode_boxes` recovers the
-exact pixels for any side shorter than 65,535.
+(FKD's (i/H, j/W, h/H, w/W) convention, times 65535), from which `decode_boxes`
+recovers the exact pixels for any side up to 65,535.
 """
 from __future__ import annotations
 
@@ -132,9 +132,21 @@ def _centre_boxes(sizes: np.ndarray, ratio: tuple[float, float]) -> np.ndarray:
 
 
 def encode_boxes(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Pixel (y, x, h, w) -> uint16 fractions of (H, W, H, W), as the store keeps them."""
+    """Pixel (y, x, h, w) -> uint16 fractions of (H, W, H, W), as the store keeps them.
+
+    Any q with round(q / 65535 * D) == v decodes to pixel v, and for a side D those q
+    span an interval about 65535 / D wide. We pick the one that is a multiple of the
+    largest power of two below that width: the decoded pixels are unchanged, but the
+    low bits of every stored value are zero, which bit-shuffle + zstd store almost for
+    free (8.0 -> ~4.5 bytes per box on ImageNet-sized images).
+    """
     dims = _dims(sizes, boxes.ndim)
-    return np.rint(boxes.astype(np.float64) / dims * BOX_SCALE).astype(np.uint16)
+    exact = boxes.astype(np.float64) / dims * BOX_SCALE
+    step = np.exp2(np.floor(np.log2(np.maximum(BOX_SCALE / dims, 1.0)) - 1e-9))
+    step = np.where(BOX_SCALE / dims > step, step, step / 2)  # strictly below the interval width
+    step = np.maximum(step, 1.0)
+    q = np.clip(np.rint(exact / step) * step, 0, BOX_SCALE)
+    return q.astype(np.uint16)
 
 
 def decode_boxes(encoded: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -143,14 +155,17 @@ def decode_boxes(encoded: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.rint(encoded.astype(np.float64) / BOX_SCALE * dims).astype(np.int32)
 
 
-def boxes_to_fractions(encoded: np.ndarray) -> np.ndarray:
-    """uint16 store boxes -> float32 fractions (FKD's (i/H, j/W, h/H, w/W))."""
-    return (encoded.astype(np.float64) / BOX_SCALE).astype(np.float32)
+def boxes_to_fractions(encoded: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """uint16 store boxes -> float32 exact pixel fractions (FKD's (i/H, j/W, h/H, w/W))."""
+    dims = _dims(sizes, encoded.ndim)
+    return (decode_boxes(encoded, sizes) / dims).astype(np.float32)
 
 
-def fractions_to_boxes(fractions: np.ndarray) -> np.ndarray:
-    """float fractions (FKD files) -> uint16 store encoding."""
-    return np.rint(np.clip(np.asarray(fractions, np.float64), 0, 1) * BOX_SCALE).astype(np.uint16)
+def fractions_to_boxes(fractions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Float fractions (FKD files) -> uint16 store encoding, via the nearest pixel box."""
+    dims = _dims(sizes, np.ndim(fractions))
+    pixels = np.rint(np.clip(np.asarray(fractions, np.float64), 0, 1) * dims).astype(np.int64)
+    return encode_boxes(pixels, sizes)
 
 
 def _dims(sizes: np.ndarray, ndim: int) -> np.ndarray:

@@ -43,13 +43,13 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
     """
     store = open_store(url)
     store.check_complete()
-    paths = [str(p) for p in store.group["images/path"][:]]
+    index = store.load_index()
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
         labels = store.read_images(start, stop)
-        coords = boxes_to_fractions(labels.boxes)
-        for row, rel in enumerate(paths[start:stop]):
+        coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
+        for row, rel in enumerate(index.paths[start:stop]):
             write_fkd_file(fkd_file_path(out_dir, rel), coords[row], labels.flips[row], labels.index[row],
                            labels.prob[row].astype(np.float32))
             written += 1
@@ -104,7 +104,7 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
         for chunk in range(store.n_chunks):
             start, stop = store.chunk_range(chunk)
             files = [_read(fkd_dir, rel, (m, k), num_classes) for rel in index.paths[start:stop]]
-            store.write_chunk(chunk, _stack(files))
+            store.write_chunk(chunk, _stack(files, index.sizes[start:stop]))
     except FkdError:
         _remove_local(out)
         raise
@@ -127,8 +127,8 @@ def _read(fkd_dir: str | os.PathLike[str], rel: str, mk: tuple[int, int] | None,
                      np.take_along_axis(labels.prob, order, 1))
 
 
-def _stack(files: list[FkdLabels]) -> CropLabels:
-    return CropLabels(boxes=fractions_to_boxes(np.stack([f.coords for f in files])),
+def _stack(files: list[FkdLabels], sizes: np.ndarray) -> CropLabels:
+    return CropLabels(boxes=fractions_to_boxes(np.stack([f.coords for f in files]), sizes),
                       flips=np.stack([f.flip for f in files]),
                       index=np.stack([f.index for f in files]).astype(np.int16),
                       prob=np.clip(np.stack([f.prob for f in files]), 0.0, 1.0).astype(np.float16))

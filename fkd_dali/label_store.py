@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
-from zarr.errors import ContainsGroupError
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from fkd_dali import __version__
 from fkd_dali.boxes import CropDistribution
@@ -367,7 +367,13 @@ def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
         g = zarr.open_group(url, mode="w-", storage_options=storage_options)
     except (ContainsGroupError, FileExistsError) as e:
         raise LabelStoreError(f"{url} already exists; open it or choose another --out") from e
-    _create_arrays(g, index, spec)
+    try:
+        _create_arrays(g, index, spec)
+    except (ContainsArrayError, ContainsGroupError) as e:
+        # Writers started together (torchrun, --shard) can all pass the "w-" check; the
+        # first to find an array made by another stops here and waits for that one's
+        # attributes (creation order is fixed, so at least one writer always finishes).
+        raise LabelStoreError(f"{url} is being created by another writer or already exists") from e
     g.attrs[ATTR_KEY] = spec_to_attrs(spec, index)
     return LabelStore(g, url)
 

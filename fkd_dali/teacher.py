@@ -151,6 +151,8 @@ def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | No
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = timm.create_model(timm_name, pretrained=False, **kwargs)
     path = checkpoint or entry.weights_path()  # type: ignore[union-attr]
+    if not os.path.isfile(path):
+        raise TeacherError(f"checkpoint {path} does not exist")
     sha = file_sha256(path)
     if checkpoint is None and entry is not None and sha != entry.sha256:
         raise TeacherError(f"weights {path} of teacher {name!r} have sha256 {sha[:12]}, expected "

@@ -1,0 +1,216 @@
+"""Dataset index: class numbering, header sizes, fingerprint, and errors that name the bad file."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.datasets.folder import find_classes
+
+from fkd_dali.errors import CorruptImageError, DatasetIndexError
+from fkd_dali.index import build_index, dataset_fingerprint, read_image_header
+from pipelines.iterators import read_encoded
+
+
+def _jpeg(path: Path, size=(40, 30), color=(200, 30, 30), **save) -> Path:
+    """A small real JPEG of PIL size (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, **({"quality": 90} | save))
+    return path
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    """Three classes created in unsorted order, two images each, varied sizes."""
+    root = tmp_path / "data"
+    for ci, cls in enumerate(["zebra", "Apple", "mango"]):
+        for j in range(2):
+            _jpeg(root / cls / f"img_{j}.JPEG", size=(40 + 10 * ci + j, 30 + 5 * j))
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- content ---------------------------------------------------------------------------------
+
+def test_class_ids_follow_sorted_folder_names_like_imagefolder(tiny_root):
+    index = build_index(tiny_root, workers=2)
+    tv_names, tv_ids = find_classes(str(tiny_root))
+    assert index.class_names == tv_names == ["Apple", "mango", "zebra"]
+    for path, cid in zip(index.paths, index.classes):
+        assert tv_ids[path.split("/")[0]] == cid
+    assert index.paths == sorted(index.paths, key=lambda p: (tv_ids[p.split("/")[0]], p))
+    assert index.classes.dtype == np.int32 and list(index.classes) == [0, 0, 1, 1, 2, 2]
+
+
+def test_sizes_from_headers_match_pil(photo_index):
+    assert len(photo_index) == 21
+    for i, rel in enumerate(photo_index.paths):
+        path = os.path.join(photo_index.root, rel)
+        with Image.open(path) as im:
+            width, height = im.size
+        assert tuple(photo_index.sizes[i]) == (height, width), rel
+        assert photo_index.nbytes[i] == os.path.getsize(path)
+    assert photo_index.sizes.dtype == np.int32
+    # odd formats are indexed like the rest
+    assert any(p.endswith(".png") for p in photo_index.paths)
+
+
+def test_index_ignores_exif_orientation(tmp_path):
+    """Sizes are the stored pixels' (height, width) even when EXIF says 'rotate 90'."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW
+    path = _jpeg(tmp_path / "d" / "c" / "rot.JPEG", size=(64, 16), exif=exif.tobytes())
+    index = build_index(tmp_path / "d", workers=1)
+    assert tuple(index.sizes[0]) == (16, 64)
+    assert read_image_header(str(path))[:2] == (16, 64)
+
+
+def test_abspath_and_bytes(tiny_root):
+    index = build_index(tiny_root, workers=1)
+    assert index.abspath(0) == str(tiny_root.resolve() / "Apple" / "img_0.JPEG")
+    data = index.read_bytes(0)
+    assert data.dtype == np.uint8 and len(data) == index.nbytes[0]
+
+
+# -- fingerprint -----------------------------------------------------------------------------
+
+def _append_byte(root: Path) -> None:
+    with open(root / "mango" / "img_1.JPEG", "ab") as f:
+        f.write(b"\0")
+
+
+def _rename_file(root: Path) -> None:
+    os.rename(root / "mango" / "img_1.JPEG", root / "mango" / "img_9.JPEG")
+
+
+def _rename_class(root: Path) -> None:
+    os.rename(root / "zebra", root / "zz")
+
+
+def _move_between_classes(root: Path) -> None:
+    os.rename(root / "mango" / "img_1.JPEG", root / "zebra" / "img_5.JPEG")
+
+
+@pytest.mark.parametrize("change", [_append_byte, _rename_file, _rename_class, _move_between_classes])
+def test_fingerprint_changes(tiny_root, tmp_path, change):
+    before = build_index(tiny_root, workers=1).fingerprint
+    other = _copy(tiny_root, tmp_path / "other")
+    assert build_index(other, workers=1).fingerprint == before  # independent of the root folder
+    change(other)
+    assert build_index(other, workers=1).fingerprint != before
+
+
+def test_fingerprint_is_stable_function():
+    fp = dataset_fingerprint(["a/1.JPEG", "b/2.JPEG"], [10, 20], ["a", "b"])
+    assert fp == dataset_fingerprint(["a/1.JPEG", "b/2.JPEG"], np.array([10, 20]), ["a", "b"])
+    assert len(fp) == 64
+    assert fp != dataset_fingerprint(["a/1.JPEG", "b/2.JPEG"], [10, 21], ["a", "b"])
+    assert fp != dataset_fingerprint(["a/1.JPEG", "b/2.JPEG"], [10, 20], ["a", "c"])
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetIndexError, match="does not exist") as e:
+        build_index(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(e.value)
+
+
+def test_folder_without_classes(tmp_path):
+    _jpeg(tmp_path / "flat" / "x.JPEG")  # images, but not in class folders
+    with pytest.raises(DatasetIndexError, match="no class folders"):
+        build_index(tmp_path / "flat")
+
+
+def test_empty_class_folder_named(tiny_root):
+    (tiny_root / "empty_cls").mkdir()
+    (tiny_root / "empty_cls" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetIndexError) as e:
+        build_index(tiny_root)
+    assert "empty_cls" in str(e.value) and "holds no images" in str(e.value)
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(3000))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _empty])
+def test_corrupt_header_names_the_file(tiny_root, damage):
+    bad = tiny_root / "mango" / "img_0.JPEG"
+    damage(bad)
+    with pytest.raises(CorruptImageError) as e:
+        build_index(tiny_root, workers=2)
+    assert e.value.path == str(bad.resolve())
+    assert "mango/img_0.JPEG" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate, _empty])
+def test_skip_corrupt_records_and_excludes(tiny_root, damage):
+    big = _jpeg(tiny_root / "mango" / "img_0.JPEG", size=(200, 150), color=(1, 2, 3))
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))
+    noisy.save(big, quality=90)  # large scan data so truncation cuts into it
+    damage(big)
+    index = build_index(tiny_root, workers=2, skip_corrupt=True)
+    assert index.skipped == ["mango/img_0.JPEG"]
+    assert "mango/img_0.JPEG" not in index.paths
+    assert len(index) == 5
+    assert index.class_names == ["Apple", "mango", "zebra"]  # the class keeps its id
+    assert list(index.classes) == [0, 0, 1, 2, 2]
+
+
+def test_skip_corrupt_all_bad(tmp_path):
+    _garbage(_jpeg(tmp_path / "d" / "c" / "a.JPEG"))
+    with pytest.raises(DatasetIndexError, match="no readable images"):
+        build_index(tmp_path / "d", skip_corrupt=True)
+
+
+def test_truncated_jpeg_passes_header_but_read_encoded_names_it(tmp_path):
+    path = tmp_path / "d" / "c" / "trunc.JPEG"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path, quality=90)
+    _truncate(path)
+    index = build_index(tmp_path / "d")  # headers only: the truncation is not seen here
+    assert tuple(index.sizes[0]) == (120, 160)
+    with pytest.raises(CorruptImageError, match="truncated JPEG") as e:
+        read_encoded(str(path))
+    assert e.value.path == str(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "empty"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "truncated PNG"),
+])
+def test_read_encoded_rejects(tmp_path, content, reason):
+    path = tmp_path / "x.img"
+    path.write_bytes(content)
+    with pytest.raises(CorruptImageError, match=reason):
+        read_encoded(str(path))
+
+
+def test_read_encoded_missing_file(tmp_path):
+    with pytest.raises(CorruptImageError) as e:
+        read_encoded(str(tmp_path / "gone.JPEG"))
+    assert "gone.JPEG" in str(e.value)
+
+
+def test_read_encoded_accepts_good_files(photo_index):
+    for i in range(len(photo_index)):
+        data = read_encoded(photo_index.abspath(i))
+        assert len(data) == photo_index.nbytes[i]

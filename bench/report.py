@@ -1,0 +1,78 @@
+"""Benchmark outputs: one JSON document and one PNG bar chart per run.
+
+The JSON holds everything needed to judge a figure (machine, config, every round);
+the chart shows the medians with min-max whiskers, fkd-dali rows in their own colour.
+Matplotlib's Agg canvas is used directly, so no display or pyplot state is involved.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+GROUP_COLOURS = {"fkd-dali": "#2a7ab9", "baseline": "#9a9a9a"}
+
+
+def write_json(path: str | os.PathLike[str], doc: dict) -> Path:
+    """Write `doc` (plus a UTC creation time) as indented JSON; NaN/inf become null."""
+    doc = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **doc}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    return out
+
+
+def _finite(obj: object) -> object:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def bar_chart(path: str | os.PathLike[str], rows: Sequence[dict], title: str, subtitle: str = "") -> Path:
+    """Two panels of horizontal bars: crops/s and crops per CPU-second, one bar per row.
+
+    Args:
+        path: the PNG to write.
+        rows: report rows with `label`, `group`, `crops_per_s` (+ `_min`/`_max`) and
+            `cpu_s_per_1000_crops`.
+        title: first title line; `subtitle` (machine, settings) goes below it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = [r["label"] for r in rows]
+    colours = [GROUP_COLOURS.get(r.get("group", "baseline"), "#9a9a9a") for r in rows]
+    speed = [r["crops_per_s"] for r in rows]
+    err = [[s - r.get("crops_per_s_min", s) for s, r in zip(speed, rows)],
+           [r.get("crops_per_s_max", s) - s for s, r in zip(speed, rows)]]
+    per_cpu = [1000.0 / r["cpu_s_per_1000_crops"] if r.get("cpu_s_per_1000_crops") else 0.0 for r in rows]
+
+    fig = Figure(figsize=(11, 1.2 + 0.45 * len(rows)), dpi=120)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, sharey=True)
+    ys = list(range(len(rows)))[::-1]
+    for ax, values, name, whiskers in ((left, speed, "crops / s (median)", err),
+                                       (right, per_cpu, "crops per CPU-second (median)", None)):
+        ax.barh(ys, values, color=colours, xerr=whiskers, capsize=3 if whiskers else 0)
+        ax.set_xlabel(name)
+        ax.grid(axis="x", alpha=0.3)
+        ends = [v + (whiskers[1][i] if whiskers else 0.0) for i, v in enumerate(values)]
+        top = max(ends) if ends else 1.0
+        for y, v, end in zip(ys, values, ends):
+            ax.text(end + 0.015 * top, y, f"{v:,.0f}" if v >= 100 else f"{v:.1f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.2 * top if top > 0 else 1)
+    left.set_yticks(ys)
+    left.set_yticklabels(labels)
+    fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

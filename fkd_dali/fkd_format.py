@@ -1,0 +1,160 @@
+"""FKD's published per-image soft-label files: one torch-saved list per image.
+
+A file `<root>/<class>/<stem>.tar` holds `[coords, flip, labels]` for the M crops of
+one image: coords (M, 4) float32 (i/H, j/W, h/H, w/W) — top, left, height, width as
+fractions of the stored image, the convention of the store's `crops/box`; flip (M,)
+bool; labels (M, 2, K) float32 with [:, 0, :] the top-K class ids (as floats, most
+probable first) and [:, 1, :] their probabilities. Despite the suffix the file is a
+plain `torch.save` archive, not a tar. This module reads and writes that format and
+nothing else; moving labels between it and a store is the importer's job.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fkd_dali.errors import ConfigError, LabelStoreError
+
+FKD_SUFFIX = ".tar"
+_BOX_TOLERANCE = 1e-3  # float32 fractions of sides up to ~10k pixels stay well inside this
+_PROB_TOLERANCE = 1e-2  # float16-quantized probabilities may exceed 1 slightly
+
+
+class FkdLabels(NamedTuple):
+    """The content of one FKD label file, as numpy arrays."""
+
+    coords: np.ndarray  # (M, 4) float32 (y, x, h, w) fractions of H, W
+    flip: np.ndarray  # (M,) bool
+    index: np.ndarray  # (M, K) int64 class ids, most probable first
+    prob: np.ndarray  # (M, K) float32
+
+
+def fkd_file_path(root: str | os.PathLike[str], rel_image_path: str) -> Path:
+    """Where FKD keeps the labels of `rel_image_path` (`<class>/<file>`): `<root>/<class>/<stem>.tar`.
+
+    The stem is everything before the last dot (`a.b.JPEG` -> `a.b.tar`).
+
+    Raises:
+        ConfigError: the image path is absolute or climbs out of the root with `..`,
+            which would put a label file outside `root`.
+    """
+    rel = PurePosixPath(str(rel_image_path).replace(os.sep, "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.name:
+        raise ConfigError(f"image path {rel_image_path!r} must be relative to the dataset root "
+                          "(like 'n01440764/img.JPEG')")
+    return Path(root).joinpath(*rel.parent.parts, rel.stem + FKD_SUFFIX)
+
+
+def write_fkd_file(path: str | os.PathLike[str], coords: np.ndarray | torch.Tensor,
+                   flip: np.ndarray | torch.Tensor, index: np.ndarray | torch.Tensor,
+                   prob: np.ndarray | torch.Tensor) -> None:
+    """Write one image's M crops in FKD's format, atomically (temp file + rename).
+
+    Args:
+        path: the label file, usually from `fkd_file_path`; parent folders are created.
+        coords: (M, 4) crop boxes (y, x, h, w) as fractions of the image height/width.
+        flip: (M,) horizontal flips.
+        index: (M, K) top-K class ids, most probable first.
+        prob: (M, K) probabilities of those classes.
+
+    Raises:
+        LabelStoreError: the arrays disagree in shape or hold values the format cannot
+            represent (negative or non-integral ids, boxes outside the image); nothing
+            is written then.
+    """
+    labels = _validated(str(path), _as_numpy(coords), _as_numpy(flip), _as_numpy(index), _as_numpy(prob))
+    stacked = np.stack([labels.index.astype(np.float32), labels.prob], axis=1)  # (M, 2, K)
+    payload = [torch.from_numpy(labels.coords.copy()), torch.from_numpy(labels.flip.copy()),
+               torch.from_numpy(stacked)]
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:
+    """Read one FKD label file (ours or one published with FKD's code).
+
+    Accepts coords/flip/labels as tensors or nested lists, flips as bools or 0/1, and
+    labels of shape (M, 2) as K = 1. Loads with `weights_only=True`: a label file is
+    data and must not run code.
+
+    Raises:
+        LabelStoreError: the file is missing, not a torch archive, or its content does
+            not have FKD's structure; the message names the file and the defect.
+    """
+    name = str(path)
+    try:
+        obj = torch.load(name, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LabelStoreError(f"FKD label file {name} does not exist") from None
+    except Exception as e:
+        raise LabelStoreError(f"FKD label file {name} is not a readable torch archive "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(obj, (list, tuple)) or len(obj) != 3:
+        kind = type(obj).__name__ + (f" of length {len(obj)}" if isinstance(obj, (list, tuple)) else "")
+        raise LabelStoreError(f"FKD label file {name} holds a {kind}, expected [coords, flip, labels]")
+    try:
+        coords, flip, labels = (_as_numpy(x) for x in obj)
+    except (TypeError, ValueError) as e:
+        raise LabelStoreError(f"FKD label file {name}: an entry is not a numeric array ({e})") from e
+    if labels.ndim == 2 and labels.shape[1:] == (2,):
+        labels = labels[:, :, None]
+    if labels.ndim != 3 or labels.shape[1] != 2:
+        raise LabelStoreError(f"FKD label file {name}: labels have shape {labels.shape}, expected (M, 2, K)")
+    raw_index = labels[:, 0, :].astype(np.float64)
+    if not np.all(np.isfinite(raw_index)) or np.any(raw_index != np.round(raw_index)):
+        raise LabelStoreError(f"FKD label file {name}: class ids in labels[:, 0] are not whole numbers")
+    return _validated(name, coords, flip, raw_index.astype(np.int64), labels[:, 1, :])
+
+
+def _as_numpy(x: object) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, torch.Tensor) for v in x):
+        return torch.stack([v.detach().cpu() for v in x]).numpy()  # type: ignore[arg-type]
+    return np.asarray(x)
+
+
+def _validated(name: str, coords: np.ndarray, flip: np.ndarray, index: np.ndarray,
+               prob: np.ndarray) -> FkdLabels:
+    """Check shapes and value ranges and convert to the canonical dtypes."""
+    def bad(what: str) -> LabelStoreError:
+        return LabelStoreError(f"FKD label file {name}: {what}")
+
+    if coords.ndim != 2 or coords.shape[1] != 4:
+        raise bad(f"coords have shape {coords.shape}, expected (M, 4)")
+    m = coords.shape[0]
+    if m == 0:
+        raise bad("holds no crops (M = 0)")
+    if flip.shape != (m,):
+        raise bad(f"flip has shape {flip.shape}, expected ({m},) to match {m} crops")
+    if index.ndim != 2 or index.shape[0] != m or prob.shape != index.shape:
+        raise bad(f"class ids {index.shape} and probabilities {prob.shape} must both be (M={m}, K)")
+    if not np.issubdtype(index.dtype, np.integer) and np.any(index != np.round(index)):
+        raise bad("class ids are not whole numbers")
+    if flip.dtype != np.bool_ and not np.all(np.isin(flip, (0, 1))):
+        raise bad("flip holds values other than 0/1")
+    coords = coords.astype(np.float32)
+    prob = prob.astype(np.float32)
+    if not np.all(np.isfinite(coords)):
+        raise bad("coords hold NaN or infinity")
+    y, x, h, w = coords.T
+    tol = _BOX_TOLERANCE
+    if np.any(h <= 0) or np.any(w <= 0) or np.any(y < -tol) or np.any(x < -tol) \
+            or np.any(y + h > 1 + tol) or np.any(x + w > 1 + tol):
+        raise bad("a box lies outside the image; coords must be (i/H, j/W, h/H, w/W) fractions in [0, 1]")
+    if np.any(index < 0):
+        raise bad("negative class ids")
+    if not np.all(np.isfinite(prob)) or np.any(prob < 0) or np.any(prob > 1 + _PROB_TOLERANCE):
+        raise bad("probabilities outside [0, 1]")
+    return FkdLabels(coords, flip.astype(bool), index.astype(np.int64), prob)

@@ -41,6 +41,7 @@ class PassTable:
         prob: (n, m, K) float16 their probabilities.
         row_of: (n_images_total,) int64 row of each dataset image id, -1 where absent.
         read_s: seconds the store read and decoding took.
+        full: (n, m, C) float16 dense labels, only when read `with_full` from a "full" store.
     """
 
     pass_idx: int
@@ -53,6 +54,7 @@ class PassTable:
     prob: np.ndarray
     row_of: np.ndarray
     read_s: float = 0.0
+    full: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, m = len(self.images), len(self.slots)
@@ -91,12 +93,15 @@ class DeviceLabels:
     index: torch.Tensor  # (n, m, K) int16
     prob: torch.Tensor  # (n, m, K) float16
     m: int
+    full: torch.Tensor | None = None  # (n, m, C) float16
 
     @classmethod
     def from_table(cls, table: PassTable, device: torch.device) -> "DeviceLabels":
-        return cls(row_of=torch.from_numpy(np.array(table.row_of)).to(device),
-                   index=torch.from_numpy(np.array(table.index)).to(device),
-                   prob=torch.from_numpy(np.array(table.prob)).to(device), m=table.m)
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(a)).to(device)
+
+        return cls(row_of=put(table.row_of), index=put(table.index), prob=put(table.prob), m=table.m,
+                   full=put(table.full) if table.full is not None else None)
 
     def gather(self, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b,) image ids (on the device) -> per crop (b*m, K) int64 index and float32 prob.
@@ -107,9 +112,16 @@ class DeviceLabels:
         k = self.index.shape[2]
         return (self.index[rows].reshape(-1, k).long(), self.prob[rows].reshape(-1, k).float())
 
+    def gather_full(self, image_ids: torch.Tensor) -> torch.Tensor | None:
+        """(b*m, C) float32 dense labels of the images' crops (None without dense labels)."""
+        if self.full is None:
+            return None
+        rows = self.row_of[image_ids.to(self.row_of.device, torch.int64)]
+        return self.full[rows].reshape(-1, self.full.shape[2]).float()
+
 
 def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, images: np.ndarray,
-                    pass_idx: int = -1) -> PassTable:
+                    pass_idx: int = -1, with_full: bool = False) -> PassTable:
     """Read `slots` of every image in one sequential read and keep the rows of `images`.
 
     Args:
@@ -119,13 +131,16 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
         slots: the crop slots, e.g. `PassPlan.slots`.
         images: image ids wanted, e.g. `PassPlan.images`; their order is the row order.
         pass_idx: recorded in the table.
+        with_full: also read the dense labels (stores of label kind "full" only).
     """
     t0 = time.perf_counter()
     slots = np.asarray(slots, dtype=np.int64)
     images = np.asarray(images, dtype=np.int64)
     if slots.size and (slots.min() < 0 or slots.max() >= store.crops_per_image):
         raise LabelStoreError(f"slots {slots.tolist()} outside [0, {store.crops_per_image}) of store {store.url}")
-    block = store.read_slots(slots.tolist())
+    if with_full and store.spec.label.kind != "full":
+        raise LabelStoreError(f"store {store.url} holds top-{store.spec.label.k} labels, not full ones")
+    block = store.read_slots(slots.tolist(), with_full=with_full)
     boxes = np.ascontiguousarray(block.boxes[images])
     pixel = decode_boxes(boxes, np.asarray(sizes)[images])
     row_of = np.full(store.n_images, -1, dtype=np.int64)
@@ -133,12 +148,13 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
     return PassTable(pass_idx=pass_idx, slots=slots, images=images, boxes=boxes, rois=roi_corners(pixel),
                      flips=block.flips[images].astype(np.int32), index=np.ascontiguousarray(block.index[images]),
                      prob=np.ascontiguousarray(block.prob[images]), row_of=row_of,
-                     read_s=time.perf_counter() - t0)
+                     read_s=time.perf_counter() - t0,
+                     full=np.ascontiguousarray(block.full[images]) if block.full is not None else None)
 
 
-def plan_table(store: LabelStore, sizes: np.ndarray, plan: PassPlan) -> PassTable:
+def plan_table(store: LabelStore, sizes: np.ndarray, plan: PassPlan, with_full: bool = False) -> PassTable:
     """The pass table of a rank's pass plan."""
-    return read_pass_table(store, sizes, plan.slots, plan.images, plan.pass_idx)
+    return read_pass_table(store, sizes, plan.slots, plan.images, plan.pass_idx, with_full)
 
 
 class PassTablePrefetcher:
@@ -149,8 +165,9 @@ class PassTablePrefetcher:
     """
 
     def __init__(self, store: LabelStore, sizes: np.ndarray, make_plan: Callable[[int], PassPlan],
-                 last_pass: int | None = None) -> None:
+                 last_pass: int | None = None, with_full: bool = False) -> None:
         self.store = store
+        self.with_full = with_full
         self.sizes = np.asarray(sizes)
         self.make_plan = make_plan
         self.last_pass = last_pass
@@ -159,7 +176,7 @@ class PassTablePrefetcher:
         self._lock = threading.Lock()
 
     def _read(self, pass_idx: int) -> PassTable:
-        return plan_table(self.store, self.sizes, self.make_plan(pass_idx))
+        return plan_table(self.store, self.sizes, self.make_plan(pass_idx), self.with_full)
 
     def prefetch(self, pass_idx: int) -> None:
         """Start reading pass `pass_idx` in the background (no-op past `last_pass`)."""

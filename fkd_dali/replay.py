@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,55 +31,65 @@ from fkd_dali.label_store import LabelStore
 from fkd_dali.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
 
 
-class ReplayBatch(NamedTuple):
-    """One training step of one rank.
+@dataclass(frozen=True)
+class ReplayBatch:
+    """One training step of one rank; unpacks as ``images, index, prob, meta = batch``.
 
     images: (B, 3, S, S) float (float16 on GPU) on the device, B = images_per_step * m.
     index: (B, K) int64 stored top-K class ids per crop (None without labels; for hard
         labels, (B,) class ids).
     prob: (B, K) float32 probabilities (None without labels or for hard labels).
     meta: (B, 2) int64 CPU tensor, per crop (image id, store slot); -1 slots for vanilla.
+    full: (B, C) float32 dense labels, only from a "full" store read `with_full`.
     """
 
     images: torch.Tensor
     index: torch.Tensor | None
     prob: torch.Tensor | None
     meta: torch.Tensor
+    full: torch.Tensor | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.images, self.index, self.prob, self.meta))
 
 
 def _device_id(device: torch.device) -> int | None:
-    return device.index if device.type == "cuda" and device.index is not None else (
-        torch.cuda.current_device() if device.type == "cuda" else None)
+    """DALI's device_id: the CUDA ordinal, or None for the CPU-only pipeline."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 class _Feeder:
-    """Turns a table's rows into `FeedBatch`es, reading the next batch's files in a thread."""
+    """Turns a table's rows into `FeedBatch`es; the next batch's files are read ahead, in threads."""
 
-    def __init__(self, index: DatasetIndex) -> None:
+    def __init__(self, index: DatasetIndex, io_threads: int = 4) -> None:
         self.index = index
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fkd-read")
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fkd-read-ahead")
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fkd-read")
 
     def _read(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
-        from pipelines.iterators import read_encoded
+        from pipelines import iterators
 
         paths = [self.index.abspath(int(i)) for i in ids]
-        return paths, [read_encoded(p) for p in paths]
+        return paths, list(self._io.map(iterators.read_encoded, paths))
 
     def batches(self, table: PassTable, row_blocks: Sequence[slice]) -> Iterator:
         from pipelines.iterators import FeedBatch
 
-        pending = self._pool.submit(self._read, table.images[row_blocks[0]]) if row_blocks else None
+        pending = self._ahead.submit(self._read, table.images[row_blocks[0]]) if row_blocks else None
         for n, rows in enumerate(row_blocks):
             paths, data = pending.result()  # type: ignore[union-attr]
             if n + 1 < len(row_blocks):
-                pending = self._pool.submit(self._read, table.images[row_blocks[n + 1]])
+                pending = self._ahead.submit(self._read, table.images[row_blocks[n + 1]])
             ids = table.images[rows]
             r = np.arange(rows.start, rows.stop)
             yield FeedBatch(encoded=data, rois=list(table.rois[rows]), flips=list(table.flips[rows]),
                             meta=[np.array([i, j], np.int64) for i, j in zip(ids, r)], paths=paths)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ahead.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
 
 class ReplayLoader:
@@ -99,13 +110,14 @@ class ReplayLoader:
         with_labels: gather stored labels (False: index and prob are None).
         half: float16 crops (default: on GPU only).
         prefetch_tables: read the next pass's table in the background.
+        with_full: also deliver the dense labels of a store of label kind "full".
     """
 
     def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
                  mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic", seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, with_labels: bool = True, half: bool | None = None,
-                 prefetch_tables: bool = True) -> None:
+                 prefetch_tables: bool = True, with_full: bool = False) -> None:
         if batch_size < 1 or batch_size % m:
             raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
         self.store, self.index = store, index
@@ -117,9 +129,11 @@ class ReplayLoader:
         self.device = torch.device(device)
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.with_labels = with_labels
+        self.with_full = with_full and with_labels
         self.half = half
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
-        self.tables = PassTablePrefetcher(store, index.sizes, self.plan) if prefetch_tables else None
+        self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full)
+                       if prefetch_tables else None)
         self._feeder = _Feeder(index)
         self._iter = None
         self._dirty = False
@@ -137,7 +151,7 @@ class ReplayLoader:
         if self.tables is not None:
             return self.tables.get(pass_idx)
         plan = self.plan(pass_idx)
-        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx)
+        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx, self.with_full)
 
     # -- stage 4: crop pipeline ------------------------------------------------
     def _crop_iterator(self):
@@ -191,10 +205,12 @@ class ReplayLoader:
             images = images.to(self.device, non_blocking=True)
         ids = meta[:, 0].to(torch.int64).cpu()
         crop_meta = torch.stack([ids.repeat_interleave(self.m), slots.repeat(b)], dim=1)
-        index = prob = None
+        index = prob = full = None
         if labels is not None:
-            index, prob = labels.gather(ids.to(self.device, non_blocking=True))
-        return ReplayBatch(images, index, prob, crop_meta)
+            dev_ids = ids.to(self.device, non_blocking=True)
+            index, prob = labels.gather(dev_ids)
+            full = labels.gather_full(dev_ids)
+        return ReplayBatch(images, index, prob, crop_meta, full)
 
     def close(self) -> None:
         if self.tables is not None:
@@ -211,7 +227,7 @@ class SyntheticLoader:
     """
 
     def __init__(self, batch_size: int, size: int, steps_per_pass: int, num_classes: int, k: int | None,
-                 device: torch.device | str, half: bool = False, seed: int = 0) -> None:
+                 device: torch.device | str, half: bool = False, seed: int = 0, full: bool = False) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.device = torch.device(device)
         self.steps_per_pass = steps_per_pass
@@ -226,7 +242,8 @@ class SyntheticLoader:
             prob = torch.softmax(torch.randn(batch_size, k, generator=gen), dim=1)
             index, prob = index.to(self.device), prob.to(self.device)
         meta = torch.full((batch_size, 2), -1, dtype=torch.int64)
-        self._batch = ReplayBatch(images, index, prob, meta)
+        dense = torch.softmax(torch.randn(batch_size, num_classes, generator=gen), 1).to(self.device) if full else None
+        self._batch = ReplayBatch(images, index, prob, meta, dense)
 
     def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
         for _ in range(start_step, self.steps_per_pass):

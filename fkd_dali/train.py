@@ -287,6 +287,9 @@ def _open_checked_store(cfg: TrainConfig, index: DatasetIndex) -> LabelStore:
     store.check_complete()
     pass_slots(0, cfg.num_crops, store.crops_per_image)  # --num-crops <= M, with an explanation
     check_recovery(cfg.recovery, cfg.recovery_k, stored_k=store.spec.label.k, smoothing=cfg.smoothing)
+    if cfg.recovery == "full" and store.spec.label.kind != "full":
+        raise ConfigError(f"--recovery full needs a store with dense labels; {store.url} holds top-"
+                          f"{store.spec.label.k} only: pick another --recovery or regenerate with --full")
     return store
 
 
@@ -310,7 +313,7 @@ def _make_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: Da
     if cfg.vanilla:
         loader = VanillaLoader(index, per_rank, scale=cfg.scale, ratio=cfg.ratio, **common)
     else:
-        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, **common)
+        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full", **common)
     if loader.steps_per_pass < 1:
         raise ConfigError(f"{len(index)} images over {env.world} rank(s) do not fill one step of "
                           f"{per_rank // cfg.m} images per rank: lower --batch-size")
@@ -318,8 +321,8 @@ def _make_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: Da
         steps = loader.steps_per_pass
         loader.close()
         k = None if cfg.vanilla else store.spec.label.k  # type: ignore[union-attr]
-        loader = SyntheticLoader(per_rank, dc["size"], steps, num_classes, k, device,
-                                 half=device.type == "cuda", seed=cfg.seed + env.rank)
+        loader = SyntheticLoader(per_rank, dc["size"], steps, num_classes, k, device, half=device.type == "cuda",
+                                 seed=cfg.seed + env.rank, full=cfg.recovery == "full" and not cfg.vanilla)
     return loader
 
 
@@ -328,7 +331,7 @@ def _make_loss(cfg: TrainConfig, store: LabelStore | None, num_classes: int) -> 
         return lambda logits, batch: F.cross_entropy(logits.float(), batch.index)
     soft = SoftTargetLoss(num_classes, cfg.recovery, cfg.recovery_k, cfg.temperature or store.spec.label.temperature,
                           cfg.smoothing)
-    return lambda logits, batch: soft(logits, batch.index, batch.prob)
+    return lambda logits, batch: soft(logits, batch.index, batch.prob, batch.full)
 
 
 def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
@@ -363,11 +366,15 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
                    _make_loss(cfg, store, num_classes), loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
                    num_classes)
-    if cfg.resume:
-        _resume(run, cfg.resume)
-    _wrap(run)
-    if cfg.val:
-        _make_val(run)
+    try:
+        if cfg.resume:
+            _resume(run, cfg.resume)
+        _wrap(run)
+        if cfg.val:
+            _make_val(run)
+    except BaseException:
+        loader.close()
+        raise
     return run
 
 
@@ -479,7 +486,11 @@ class _Metrics:
 
 
 class _StopOnSignal:
-    """SIGTERM/SIGINT set `signum` (finish the step, checkpoint, stop); a second one interrupts."""
+    """SIGTERM/SIGINT set `signum` (finish the step, checkpoint, stop); a second SIGINT interrupts at once.
+
+    Repeated SIGTERMs are ignored: launchers forward the signal they got to workers that
+    already received it from the process group, and that must not cancel the checkpoint.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -487,7 +498,9 @@ class _StopOnSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT and self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def __enter__(self) -> "_StopOnSignal":
@@ -640,7 +653,8 @@ def _loop(run: TrainRun, metrics: _Metrics, stop: _StopOnSignal) -> TrainResult:
         if stats.steps_done < run.steps_per_pass:
             ckpt = _save(run, pass_idx, stats.steps_done)
             break
-        record = {"kind": "pass", "pass": pass_idx, "global_step": run.global_step, "loss": stats.loss,
+        record = {"kind": "pass", "pass": pass_idx, "step": stats.steps_done, "global_step": run.global_step,
+                  "loss": stats.loss,
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m

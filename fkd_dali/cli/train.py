@@ -42,7 +42,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--opt", default=d("opt"), help="timm optimizer name (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d("momentum"))
     g.add_argument("--weight-decay", type=float, default=d("weight_decay"))
-    g.add_argument("--sched", default=d("sched"), choices=["cosine", "serrated", "step"])
+    g.add_argument("--sched", default=d("sched"), choices=["cosine", "serrated", "step"],
+                   help="per-iteration cosine; serrated = FKD's per-pass cosine (lr fixed within a pass); step")
     g.add_argument("--warmup-epochs", type=float, default=d("warmup_epochs"))
     g.add_argument("--warmup-lr", type=float, default=d("warmup_lr"))
     g.add_argument("--min-lr", type=float, default=d("min_lr"))

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -74,6 +75,7 @@ def _torchrun(photo_root, store, out: Path, *extra: str) -> list[str]:
             "-j", "1", "--log-interval", "1", "--no-progress", "--output", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_stop_on_sigterm_and_resume(photo_root, small_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = tmp_path / "run"

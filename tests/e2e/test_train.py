@@ -259,6 +259,32 @@ def test_class_map_errors(names, num_classes, model_classes):
         resolve_class_map(names, num_classes, model_classes)
 
 
+def _full_store(index, url: str):
+    """A store with dense labels (kind "full", 7 classes) and random content."""
+    from fkd_dali.boxes import CropDistribution, encode_boxes, sample_crops
+    from fkd_dali.label_store import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+
+    spec = StoreSpec(crops_per_image=4, crop=CropDistribution(), label=LabelSpec(kind="full", k=2, num_classes=7),
+                     teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),
+                     layout=StoreLayout(images_per_chunk=32, slots_per_chunk=4))
+    store = create_store(url, index, spec)
+    n = len(index)
+    full = np.random.default_rng(0).dirichlet(np.ones(7), size=(n, 4)).astype(np.float16)
+    top = np.argsort(-full.astype(np.float32), axis=2)[..., :2]
+    boxes, flips = sample_crops(index.sizes, np.arange(n), np.arange(4), spec.crop)
+    store.write_chunk(0, CropLabels(encode_boxes(boxes, index.sizes), flips, top.astype(np.int16),
+                                    np.take_along_axis(full, top, 2), full))
+    return store
+
+
+def test_full_recovery_trains_on_dense_labels(photo_root, photo_index, small_store, tmp_path):
+    store = _full_store(photo_index, str(tmp_path / "full.zarr"))
+    result = fit(cfg(photo_root, store.url, tmp_path / "out", recovery="full", max_steps=2))
+    assert result.steps == 2 and np.isfinite(result.final_loss)
+    with pytest.raises(ConfigError, match="--recovery full needs a store with dense labels"):
+        fit(cfg(photo_root, small_store, tmp_path / "out2", recovery="full"))
+
+
 @pytest.mark.gpu
 def test_gpu_bf16_channels_last_training(photo_root, small_store, tmp_path):
     result = fit(cfg(photo_root, small_store, tmp_path, amp="bf16", channels_last=True, device="cuda",

@@ -122,3 +122,25 @@ def test_prefetcher_reads_the_next_pass_in_the_background(fake_store, photo_inde
         assert pre.get(2).pass_idx == 2 and pre._futures == {}
     finally:
         pre.close()
+
+
+def test_dense_labels_of_a_full_store(photo_index, tmp_path):
+    spec = StoreSpec(crops_per_image=2, crop=CropDistribution(), label=LabelSpec(kind="full", k=2, num_classes=4),
+                     teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),
+                     layout=StoreLayout(images_per_chunk=32, slots_per_chunk=2))
+    store = create_store(str(tmp_path / "full.zarr"), photo_index, spec)
+    n = len(photo_index)
+    full = np.random.default_rng(1).dirichlet(np.ones(4), size=(n, 2)).astype(np.float16)
+    top = np.argsort(-full.astype(np.float32), axis=2)[..., :2]
+    boxes, flips = sample_crops(photo_index.sizes, np.arange(n), np.arange(2), spec.crop)
+    store.write_chunk(0, CropLabels(encode_boxes(boxes, photo_index.sizes), flips, top.astype(np.int16),
+                                    np.take_along_axis(full, top, 2), full))
+    table = read_pass_table(store, photo_index.sizes, [1], np.array([3, 9]), with_full=True)
+    dense = table.to_device(torch.device("cpu")).gather_full(torch.tensor([9, 3]))
+    np.testing.assert_array_equal(dense.numpy(), full[[9, 3], 1].astype(np.float32))
+    assert read_pass_table(store, photo_index.sizes, [1], np.arange(2)).full is None
+
+
+def test_dense_labels_need_a_full_store(fake_store, photo_index):
+    with pytest.raises(LabelStoreError, match="not full"):
+        read_pass_table(fake_store, photo_index.sizes, [0], np.arange(2), with_full=True)

@@ -1,10 +1,13 @@
 """`bench loaders`: data-loading speed of every registered loader on the same JPEGs, side by side.
 
-Prepares what the loaders need (a corpus or the user's folder, FKD label files and
-ReLabel maps from a real teacher, a store), runs the harness (alternating rounds,
+Prepares what the loaders need (a corpus or the user's folder; a soft-label store from
+fkd-dali's label generation with a real teacher, the FKD label files exported from that
+same store, ReLabel maps from the same teacher), runs the harness (alternating rounds,
 medians), and writes `<out>/loaders.json` and `<out>/loaders.png`; prints one JSON
 line with their paths and the median crops/s. Rows of the "fkd-dali" group get their
-ratios to every baseline row. Tests call `run_loaders_benchmark`, never `main`.
+ratios to every baseline row, the design's targets are checked from those ratios, and
+the label overhead compares fkd-dali with its no-labels twin. Tests call
+`run_loaders_benchmark`, never `main`.
 """
 from __future__ import annotations
 
@@ -17,13 +20,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from bench.corpus import CorpusConfig, build_corpus
-from bench.harness import Entry, machine_description, ratios, run_rounds, summarize
-from bench.labels import write_fkd_labels, write_relabel_maps
+from bench.corpus import prepare_dataset
+from bench.harness import Entry, RoundResult, load_average, load_note, machine_description, ratios, run_rounds, summarize
+from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
 from bench.loaders import LOADERS, LoaderInfo, LoaderSpec
 from bench.report import bar_chart, write_json
 from fkd_dali.errors import ConfigError, FkdError
-from fkd_dali.index import DatasetIndex, build_index
+from fkd_dali.index import DatasetIndex
 from fkd_dali.teacher import Teacher, load_teacher
 
 
@@ -42,8 +45,11 @@ class LoadersConfig:
         loaders: names from the registry; empty means all.
         out: folder of loaders.json / loaders.png; `assets` (default out/assets)
             keeps the corpus and label files for reuse by later runs.
-        fkd_crops: M crops stored per image in generated FKD files.
-        fkd_labels, label_maps, store: existing label files to use instead of generating.
+        fkd_crops: M crops stored per image in the generated store (and so in the FKD
+            files exported from it); top_k: K classes kept per crop (store, FKD files,
+            ReLabel maps).
+        fkd_labels, label_maps, store: existing label files to use instead of generating;
+            a given store is also what FKD files are exported from.
         device: where batches are delivered: "auto" (CUDA when present), "cpu", "cuda[:N]".
     """
 
@@ -81,7 +87,7 @@ class LoadersConfig:
         for m in self.m:
             if m < 1 or self.batch_size % m:
                 raise ConfigError(f"every m must divide the batch size {self.batch_size}; got m={m}")
-            if m > self.fkd_crops and not self.fkd_labels:
+            if m > self.fkd_crops and not (self.fkd_labels or self.store):
                 raise ConfigError(f"m={m} exceeds the {self.fkd_crops} crops stored per image; raise --fkd-crops")
 
     @property
@@ -117,13 +123,34 @@ class _Assets:
         return self.teacher
 
 
+def _asset_dir(a: _Assets, kind: str, with_mk: bool = True) -> Path:
+    """assets/<kind>-<dataset fingerprint>[-M<M>-K<K>]: corpora of other sizes keep their own assets."""
+    mk = f"-M{a.cfg.fkd_crops}-K{a.cfg.top_k}" if with_mk else f"-K{a.cfg.top_k}"
+    return a.cfg.assets_dir / f"{kind}-{a.index.fingerprint[:8]}{mk}"
+
+
+def _store(a: _Assets) -> None:
+    if "store" in a.spec_fields:
+        return
+    if a.cfg.store:
+        a.spec_fields["store"] = a.cfg.store
+        a.labels["store"] = {"path": a.cfg.store, "given": True}
+        return
+    info, url = write_store_labels(a.index, _asset_dir(a, "store"), a.cfg.teacher, a.cfg.checkpoint,
+                                   a.cfg.fkd_crops, a.cfg.top_k, a.cfg.seed, device=a.cfg.resolved_device,
+                                   threads=max(1, a.cfg.workers), progress=a.cfg.progress)
+    a.spec_fields.update(store=url, num_classes=info.num_classes)
+    a.labels["store"] = {**asdict(info), "path": url}
+
+
 def _fkd_labels(a: _Assets) -> None:
+    """FKD files exported from the store the fkd-dali rows replay: both loaders cut the same crops."""
     if a.cfg.fkd_labels:
         a.spec_fields["fkd_labels"] = a.cfg.fkd_labels
         return
-    root = a.cfg.assets_dir / "fkd-labels"
-    info = write_fkd_labels(a.index, root, a.get_teacher(), a.cfg.fkd_crops, a.cfg.top_k, a.cfg.seed,
-                            progress=a.cfg.progress)
+    _store(a)
+    root = _asset_dir(a, "fkd-labels")
+    info = export_store_fkd(a.spec_fields["store"], root)
     a.spec_fields.update(fkd_labels=str(root), num_classes=info.num_classes)
     a.labels["fkd_labels"] = asdict(info)
 
@@ -132,38 +159,72 @@ def _label_maps(a: _Assets) -> None:
     if a.cfg.label_maps:
         a.spec_fields["label_maps"] = a.cfg.label_maps
         return
-    root = a.cfg.assets_dir / "relabel-maps"
+    root = _asset_dir(a, "relabel-maps", with_mk=False)
     info = write_relabel_maps(a.index, root, a.get_teacher(), a.cfg.top_k, progress=a.cfg.progress)
     a.spec_fields.update(label_maps=str(root), num_classes=info.num_classes)
     a.labels["label_maps"] = asdict(info)
 
 
-def _store(a: _Assets) -> None:
-    if not a.cfg.store:
-        raise ConfigError("the fkd-dali loader needs a soft-label store over the same images: pass --store PATH")
-    a.spec_fields["store"] = a.cfg.store
-
-
-#: Asset name (as in LoaderInfo.needs) -> function that prepares it; a replay loader
-#: can replace "store" with one that imports the generated FKD files.
+#: Asset name (as in LoaderInfo.needs) -> function that prepares it.
 ASSET_PREPARERS: dict[str, Callable[[_Assets], None]] = {
     "fkd_labels": _fkd_labels, "label_maps": _label_maps, "store": _store}
 
 
 def resolve_dataset(cfg: LoadersConfig) -> tuple[DatasetIndex, dict]:
     """The index to benchmark on and a description of it (corpus config when built here)."""
-    corpus = None
-    root = cfg.data
-    if root is None:
-        built = build_corpus(cfg.assets_dir / f"corpus-{cfg.corpus_images}-seed{cfg.corpus_seed}",
-                             CorpusConfig(n_images=cfg.corpus_images, seed=cfg.corpus_seed),
-                             progress=cfg.progress)
-        root, corpus = built.root, asdict(built.config)
-    index = build_index(root)
-    desc = {"root": index.root, "n_images": len(index), "n_classes": len(index.class_names),
-            "mean_kb": float(index.nbytes.mean()) / 1000, "mean_height": float(index.sizes[:, 0].mean()),
-            "mean_width": float(index.sizes[:, 1].mean()), "fingerprint": index.fingerprint, "corpus": corpus}
-    return index, desc
+    return prepare_dataset(cfg.data, cfg.corpus_images, cfg.corpus_seed, cfg.assets_dir, cfg.progress)
+
+
+#: The design's targets for the fkd-dali replay at m=4 (DESIGN.md, "Targets"): per device
+#: kind, (baseline row, metric of `ratios`, minimum).
+TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "cpu": (("fkd-reference m=4", "cpu_efficiency", 2.0), ("relabel", "cpu_efficiency", 2.5)),
+    "cuda": (("fkd-reference m=4", "speed", 5.0),),
+}
+TARGET_SUBJECT = "fkd-dali m=4"
+GPU_CROPS_PER_S = 20_000.0  # replay at m=4 on one H100
+GPU_LABEL_OVERHEAD = 0.03
+
+
+def check_targets(device: str, rows: Sequence[dict], ratio_rows: Sequence[dict],
+                  overhead: Sequence[dict]) -> list[dict]:
+    """Each target that this run's rows can judge, with its value and whether it is met."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    out = []
+    for baseline, metric, need in TARGETS[kind]:
+        r = next((r for r in ratio_rows if r["subject"] == TARGET_SUBJECT and r["baseline"] == baseline), None)
+        if r is not None:
+            value = r[metric]
+            what = "crops per CPU-second" if metric == "cpu_efficiency" else "crops/s"
+            out.append({"target": f"{TARGET_SUBJECT} >= {need:g}x {baseline} in {what}", "subject": TARGET_SUBJECT,
+                        "baseline": baseline, "metric": metric, "minimum": need, "value": value,
+                        "met": value is not None and value >= need})
+    if kind == "cuda":
+        row = next((r for r in rows if r["label"] == TARGET_SUBJECT), None)
+        if row is not None:
+            out.append({"target": f"{TARGET_SUBJECT} >= {GPU_CROPS_PER_S:,.0f} crops/s", "metric": "crops_per_s",
+                        "minimum": GPU_CROPS_PER_S, "value": row["crops_per_s"],
+                        "met": row["crops_per_s"] >= GPU_CROPS_PER_S})
+        lo = next((o for o in overhead if o["m"] == 4), None)
+        if lo is not None:
+            out.append({"target": f"labels add < {GPU_LABEL_OVERHEAD:.0%} to pipeline time (m=4)",
+                        "metric": "time_overhead", "maximum": GPU_LABEL_OVERHEAD, "value": lo["time_overhead"],
+                        "met": lo["time_overhead"] < GPU_LABEL_OVERHEAD})
+    return out
+
+
+def label_overhead(entries: Sequence[Entry], results: dict[str, list[RoundResult]]) -> list[dict]:
+    """Per m: how much attaching labels adds to time and CPU per crop (paired per round)."""
+    out = []
+    for e in entries:
+        twin = f"fkd-dali-nolabels m={e.meta['m']}"
+        if e.meta["loader"] != "fkd-dali" or twin not in results:
+            continue
+        (r,) = ratios([twin], [e.label], results)  # speed = no-labels / labels crops/s
+        cpu = r["cpu_efficiency"]
+        out.append({"m": e.meta["m"], "with_labels": e.label, "without_labels": twin,
+                    "time_overhead": r["speed"] - 1.0, "cpu_overhead": None if cpu is None else cpu - 1.0})
+    return out
 
 
 def build_entries(cfg: LoadersConfig, spec: LoaderSpec,
@@ -191,7 +252,8 @@ def run_loaders_benchmark(cfg: LoadersConfig, teacher: Teacher | None = None,
     """
     names = list(cfg.loaders) or LOADERS.names()
     chosen = [(n, LOADERS.get(n)) for n in names] + list(extra)
-    chosen.sort(key=lambda c: (c[1].group != "fkd-dali", c[0]))
+    chosen.sort(key=lambda c: ({"fkd-dali": 0, "ablation": 1}.get(c[1].group, 2), c[0]))
+    load_start = load_average()
     index, dataset = resolve_dataset(cfg)
     assets = _Assets(cfg, index, teacher, {"num_classes": cfg.num_classes})
     for need in sorted({n for _, info in chosen for n in info.needs}):
@@ -205,15 +267,23 @@ def run_loaders_benchmark(cfg: LoadersConfig, teacher: Teacher | None = None,
     results = run_rounds(entries, cfg.rounds, cfg.warmup_batches, cfg.batches, progress=cfg.progress)
     rows = [summarize(e, results[e.label]) for e in entries]
     subjects = [e.label for e in entries if e.meta["group"] == "fkd-dali"]
-    baselines = [e.label for e in entries if e.meta["group"] != "fkd-dali"]
+    baselines = [e.label for e in entries if e.meta["group"] == "baseline"]
+    ratio_rows = ratios(subjects, baselines, results)
+    overhead = label_overhead(entries, results)
     machine = machine_description()
-    doc = {"benchmark": "loaders", "machine": machine,
+    load = {"start": load_start, "end": load_average()}
+    notes = ["crops/s and CPU-seconds are medians over rounds; ratios are medians of per-round "
+             "ratios; CPU time covers this process and all its worker processes; peak RSS sums "
+             "the process tree (shared pages counted per process); PSS at the window's end shares them out",
+             "fkd-dali and fkd-reference replay the same stored crops: the FKD files are exported from the store"]
+    busy = load_note(load["start"], load["end"])
+    if busy:
+        notes.append(busy)
+    doc = {"benchmark": "loaders", "machine": machine, "load_average": load,
            "config": {**asdict(cfg), "warmup_batches": cfg.warmup_batches, "device": spec.device}, "dataset": dataset,
-           "labels": assets.labels, "num_classes": spec.num_classes, "rows": rows,
-           "ratios": ratios(subjects, baselines, results),
-           "notes": ["crops/s and CPU-seconds are medians over rounds; ratios are medians of per-round "
-                     "ratios; CPU time covers this process and all its worker processes; peak RSS sums "
-                     "the process tree (shared pages counted per process); PSS at the window's end shares them out"]}
+           "labels": assets.labels, "num_classes": spec.num_classes, "rows": rows, "ratios": ratio_rows,
+           "label_overhead": overhead, "targets": check_targets(spec.device, rows, ratio_rows, overhead),
+           "notes": notes}
     out = Path(cfg.out)
     write_json(out / "loaders.json", doc)
     gpu = ", ".join(machine["gpus"]) or "no GPU"
@@ -245,13 +315,15 @@ def parse_args(argv: Sequence[str] | None) -> LoadersConfig:
     p.add_argument("--assets", default=d.assets, metavar="DIR", help="corpus and label files (default OUT/assets)")
     p.add_argument("--teacher", default=d.teacher)
     p.add_argument("--checkpoint", default=d.checkpoint)
-    p.add_argument("--fkd-crops", type=int, default=d.fkd_crops, help="M crops per image in FKD files")
+    p.add_argument("--fkd-crops", "-M", type=int, default=d.fkd_crops,
+                   help="M crops per image in the generated store and the FKD files exported from it")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--fkd-labels", metavar="DIR", help="existing FKD label files (<class>/<stem>.tar)")
     p.add_argument("--label-maps", metavar="DIR", help="existing ReLabel maps (<class>/<stem>.pt)")
     p.add_argument("--num-classes", type=int, default=d.num_classes,
                    help="classes of existing label files (generated ones know theirs)")
-    p.add_argument("--store", metavar="PATH", help="fkd-dali soft-label store for the replay rows")
+    p.add_argument("--store", metavar="PATH", help="existing fkd-dali store over the same images (default: "
+                   "generate one with --teacher; FKD files are exported from it)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="where batches go: auto (CUDA if present), cpu, cuda[:N]")
     p.add_argument("--no-progress", action="store_true")
@@ -276,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"json": str(out / "loaders.json"), "png": str(out / "loaders.png"),
                       "crops_per_s": {r["label"]: round(r["crops_per_s"], 1) for r in doc["rows"]},
                       "ratios": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                                 for r in doc["ratios"]]}))
+                                 for r in doc["ratios"]],
+                      "targets": [{"target": t["target"], "value": round(t["value"], 3) if t["value"] is not None
+                                   else None, "met": t["met"]} for t in doc["targets"]]}))
     return 0
 
 

@@ -17,11 +17,15 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from fkd_dali.errors import ConfigError, DatasetIndexError
+
+if TYPE_CHECKING:
+    from fkd_dali.index import DatasetIndex
 
 # (package, path inside the package, class name). Photographs only: no synthetic
 # test charts, logos or tiny images.
@@ -144,6 +148,31 @@ def build_corpus(out_dir: str | os.PathLike[str], config: CorpusConfig = CorpusC
                       mean_width=float(hw[:, 1].mean()), classes=sorted(set(classes)))
     manifest.write_text(json.dumps(asdict(info), indent=1))
     return info
+
+
+def prepare_dataset(data: str | None, corpus_images: int, corpus_seed: int, assets_dir: str | os.PathLike[str],
+                    progress: bool = False) -> tuple["DatasetIndex", dict]:
+    """The image folder a benchmark reads, and a description of it for its JSON.
+
+    Args:
+        data: an ImageNet-style folder to use as is; None builds (or reuses) the corpus
+            of `corpus_images` images from `corpus_seed` under
+            `assets_dir/corpus-<n>-seed<seed>`.
+        progress: show a progress bar while building.
+    """
+    from fkd_dali.index import build_index
+
+    corpus = None
+    root = data
+    if root is None:
+        built = build_corpus(Path(assets_dir) / f"corpus-{corpus_images}-seed{corpus_seed}",
+                             CorpusConfig(n_images=corpus_images, seed=corpus_seed), progress=progress)
+        root, corpus = built.root, asdict(built.config)
+    index = build_index(root)
+    desc = {"root": index.root, "n_images": len(index), "n_classes": len(index.class_names),
+            "mean_kb": float(index.nbytes.mean()) / 1000, "mean_height": float(index.sizes[:, 0].mean()),
+            "mean_width": float(index.sizes[:, 1].mean()), "fingerprint": index.fingerprint, "corpus": corpus}
+    return index, desc
 
 
 def make_corpus_jpeg(pixels: np.ndarray, rng: np.random.Generator,

@@ -285,15 +285,30 @@ def ratios(subjects: Sequence[str], baselines: Sequence[str],
     return out
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (runnable processes, all users)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def load_note(start: Sequence[float], end: Sequence[float]) -> str | None:
+    """A warning for the JSON when other work shared the cores during the run, else None."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if start[0] <= 0.5 * cores and end[0] <= 1.5 * cores:  # the run itself keeps ~all cores busy
+        return None
+    return (f"the machine was shared: 1-minute load average {start[0]:.1f} at the start and {end[0]:.1f} at the "
+            f"end on {cores} cores (this benchmark itself adds up to ~{cores}); absolute speeds are lower than on "
+            "an idle machine, and CPU-seconds per crop (and ratios from the same rounds) are the robust figures")
+
+
 def machine_description() -> dict:
-    """CPU model, cores (logical, usable, cgroup quota), memory, GPUs and library versions."""
+    """CPU model, cores (logical, usable, cgroup quota), memory, load, GPUs and library versions."""
     import torch
 
     info: dict = {"platform": platform.platform(), "python": platform.python_version(),
                   "cpu_model": _cpu_model(), "logical_cores": os.cpu_count(),
                   "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                   "cgroup_cpu_quota": _cgroup_quota(), "memory_gb": _mem_total_gb(),
-                  "torch_threads": torch.get_num_threads()}
+                  "torch_threads": torch.get_num_threads(), "load_average": load_average()}
     info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
     info["versions"] = library_versions()

@@ -1,31 +1,32 @@
-"""Label files for the baseline loaders, made with a real teacher: FKD per-image files and ReLabel maps.
+"""Label assets of the benchmarks, made with a real teacher: a store, FKD files exported from it, ReLabel maps.
 
-Stand-alone on purpose: the FKD files can later come from the project's labelgen +
-`labels export-fkd` instead, with the same layout. Boxes follow torchvision's
-`RandomResizedCrop.get_params` (scale 0.08-1, ratio 3/4-4/3) under a torch RNG seeded
-per image from (seed, image number), so a rerun writes the same boxes. Each asset
-folder gets a `manifest.json`; a folder whose manifest matches is reused as is.
+The store comes from fkd-dali's own label generation (`generate_labels`) and the FKD
+per-image files from `export_fkd` of that same store, so the fkd-dali replay loader
+and the FKD-reference loader replay the same boxes, flips and labels. ReLabel maps
+run the teacher over whole images. Each asset folder gets a `manifest.json` written
+after the asset is complete; a folder whose manifest matches is reused as is.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import InterpolationMode
 
-from fkd_dali.fkd_format import fkd_file_path, write_fkd_file
 from fkd_dali.index import DatasetIndex
 from fkd_dali.relabel import MAP_SIZE, dense_label_map, label_map_path, write_label_map
 from fkd_dali.teacher import Teacher
 
 MANIFEST = "manifest.json"
+STORE_NAME = "store.zarr"
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 _STRIDE = 32  # output stride of timm's classification CNNs
@@ -35,15 +36,16 @@ _STRIDE = 32  # output stride of timm's classification CNNs
 class LabelAssetInfo:
     """What an asset folder holds; compared field by field to decide on reuse."""
 
-    kind: str  # "fkd" or "relabel"
+    kind: str  # "store", "fkd" or "relabel"
     dataset_fingerprint: str
     teacher: str
     teacher_sha256: str
     top_k: int
     num_classes: int
-    crops_per_image: int = 0  # FKD files only
+    crops_per_image: int = 0  # store and FKD files
     map_size: int = 0  # ReLabel maps only
-    seed: int = 0
+    seed: int = 0  # crop seed of the store and FKD files
+    source: str = ""  # FKD files: identity of the store they were exported from
 
 
 def load_pil_rgb(path: str) -> Image.Image:
@@ -51,16 +53,6 @@ def load_pil_rgb(path: str) -> Image.Image:
     with open(path, "rb") as f:
         img = Image.open(f)
         return img.convert("RGB")
-
-
-def crop_params(img: Image.Image, n: int, seed: int, image_number: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` (i, j, h, w) pixel boxes from RandomResizedCrop.get_params and n flips, seeded per image."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 1_000_003 + image_number)
-        boxes = np.array([RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
-                          for _ in range(n)], dtype=np.int64)
-        flips = (torch.rand(n) < 0.5).numpy()
-    return boxes, flips
 
 
 def teacher_crop(img: Image.Image, box: Sequence[int], flip: bool, teacher: Teacher) -> torch.Tensor:
@@ -74,44 +66,85 @@ def teacher_crop(img: Image.Image, box: Sequence[int], flip: bool, teacher: Teac
     return TF.normalize(TF.to_tensor(crop), teacher.mean, teacher.std)
 
 
-def write_fkd_labels(index: DatasetIndex, out_root: str | os.PathLike[str], teacher: Teacher,
-                     crops_per_image: int = 16, top_k: int = 5, seed: int = 0, batch_size: int = 64,
-                     progress: bool = False) -> LabelAssetInfo:
-    """One FKD label file per image of `index`: M random boxes, flips and the teacher's top-K.
+def teacher_sha256(name: str, checkpoint: str | None) -> str:
+    """sha256 of the weights `load_teacher(name, checkpoint)` would load ("" if not found)."""
+    from fkd_dali.teacher import file_sha256, resolve_teacher_name
+
+    _, entry = resolve_teacher_name(name)
+    path = checkpoint or (entry.weights_path() if entry is not None else "")
+    return file_sha256(path) if path and os.path.isfile(path) else ""
+
+
+def store_identity(url: str) -> str:
+    """A short hash of a store's attributes (dataset, teacher, crops, creation time)."""
+    from fkd_dali.label_store import open_store
+
+    meta = open_store(url).meta
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def labelgen_device(device: str) -> str:
+    """`generate_labels` takes auto/cpu/cuda; a loader device "cuda:N" means cuda."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+def write_store_labels(index: DatasetIndex, out_root: str | os.PathLike[str], teacher: str,
+                       checkpoint: str | None = None, crops_per_image: int = 16, top_k: int = 5, seed: int = 0,
+                       device: str = "auto", threads: int = 2, batch_size: int = 256,
+                       progress: bool = False) -> tuple[LabelAssetInfo, str]:
+    """A soft-label store over `index` made by fkd-dali's label generation: `out_root/store.zarr`.
 
     Args:
-        index: the images to label.
-        out_root: root of the `<class>/<stem>.tar` files.
-        teacher: the real teacher (its input size, interpolation and normalization are used).
-        crops_per_image: M crops stored per image.
-        top_k: K probabilities kept per crop (softmax over all classes, then top-K).
-        seed: box seed (image i uses the torch seed `seed * 1000003 + i`).
-        batch_size: crops per teacher forward pass.
-        progress: show a progress bar.
+        index: the images to label (its root is the dataset folder).
+        out_root: the asset folder (store + manifest); rebuilt when the manifest differs.
+        teacher, checkpoint: as `fkd-dali labels generate --teacher/--checkpoint`.
+        crops_per_image, top_k, seed: the store's M, K and crop seed.
+        device: "auto", "cpu" or "cuda[:N]".
+        threads: DALI threads; batch_size: crops per teacher forward pass.
+
+    Returns:
+        The manifest and the store's path.
     """
-    info = LabelAssetInfo("fkd", index.fingerprint, teacher.name, teacher.checkpoint_sha256, top_k,
-                          teacher.num_classes,
+    from fkd_dali.label_store import open_store
+    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+
+    url = str(Path(out_root) / STORE_NAME)
+    want = LabelAssetInfo("store", index.fingerprint, teacher, teacher_sha256(teacher, checkpoint), top_k, 0,
                           crops_per_image=crops_per_image, seed=seed)
+    old = _read_manifest(out_root)
+    if old is not None and replace(old, num_classes=0) == want and Path(url).is_dir():
+        return old, url
+    _forget_manifest(out_root)
+    shutil.rmtree(url, ignore_errors=True)
+    generate_labels(LabelGenConfig(data=index.root, out=url, teacher=teacher, checkpoint=checkpoint,
+                                   crops_per_image=crops_per_image, top_k=top_k, seed=seed, batch_size=batch_size,
+                                   crops_per_round=min(8, crops_per_image), device=labelgen_device(device),
+                                   threads=max(1, threads), progress=progress))
+    store = open_store(url)
+    info = replace(want, num_classes=store.spec.label.num_classes,
+                   teacher_sha256=store.spec.teacher.checkpoint_sha256)
+    _write_manifest(out_root, info)
+    return info, url
+
+
+def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelAssetInfo:
+    """FKD per-image label files of every image of a store (`export_fkd`), reused when current.
+
+    The manifest records the store's identity, so a regenerated store is exported again.
+    """
+    from fkd_dali.interop import export_fkd
+    from fkd_dali.label_store import open_store
+
+    store = open_store(store_url)
+    info = LabelAssetInfo("fkd", store.fingerprint, store.spec.teacher.name, store.spec.teacher.checkpoint_sha256,
+                          store.spec.label.k, store.spec.label.num_classes, crops_per_image=store.crops_per_image,
+                          seed=store.spec.crop.seed, source=store_identity(store_url))
     if _reusable(out_root, info):
         return info
     _forget_manifest(out_root)
-    images_per_step = max(1, batch_size // crops_per_image)
-    for first in _steps(len(index), images_per_step, "FKD labels", progress):
-        numbers = range(first, min(first + images_per_step, len(index)))
-        crops, metas = [], []
-        for i in numbers:
-            img = load_pil_rgb(index.abspath(i))
-            boxes, flips = crop_params(img, crops_per_image, seed, i)
-            crops += [teacher_crop(img, b, f, teacher) for b, f in zip(boxes, flips)]
-            metas.append((i, boxes, flips, img.height, img.width))
-        with torch.inference_mode():
-            probs = teacher.model(torch.stack(crops)).float().softmax(dim=1)
-        prob, ids = probs.topk(top_k, dim=1)
-        for n, (i, boxes, flips, height, width) in enumerate(metas):
-            rows = slice(n * crops_per_image, (n + 1) * crops_per_image)
-            coords = (boxes / np.array([height, width, height, width], dtype=np.float64)).astype(np.float32)
-            write_fkd_file(fkd_file_path(out_root, index.paths[i]), coords, flips,
-                           ids[rows].numpy(), prob[rows].numpy())
+    if Path(out_root).is_dir():
+        shutil.rmtree(out_root)  # files of images the new store may not have
+    export_fkd(store_url, out_root)
     _write_manifest(out_root, info)
     return info
 
@@ -170,12 +203,15 @@ def _steps(n: int, step: int, desc: str, progress: bool) -> Iterator[int]:
             bar.update(min(step, n - s))
 
 
-def _reusable(out_root: str | os.PathLike[str], info: LabelAssetInfo) -> bool:
-    path = Path(out_root) / MANIFEST
+def _read_manifest(out_root: str | os.PathLike[str]) -> LabelAssetInfo | None:
     try:
-        return LabelAssetInfo(**json.loads(path.read_text())) == info
+        return LabelAssetInfo(**json.loads((Path(out_root) / MANIFEST).read_text()))
     except (OSError, ValueError, TypeError):
-        return False
+        return None
+
+
+def _reusable(out_root: str | os.PathLike[str], info: LabelAssetInfo) -> bool:
+    return _read_manifest(out_root) == info
 
 
 def _forget_manifest(out_root: str | os.PathLike[str]) -> None:

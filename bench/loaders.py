@@ -17,6 +17,10 @@ Baselines, re-implemented from the papers' descriptions:
 - `torchvision`: ImageFolder + RandomResizedCrop + flip, hard labels.
 - `dali`: DALI file reader + random-resized-crop decoder + flip + normalize, hard
   labels — the decoding ceiling without labels.
+
+fkd-dali: `fkd-dali` (`fkd_dali.replay.ReplayLoader` + `recover_labels`) and
+`fkd-dali-nolabels` (the same replay without labels, for the label overhead). On a
+GPU the replay delivers float16 crops, as training uses them.
 """
 from __future__ import annotations
 
@@ -28,12 +32,13 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
 from bench.labels import CROP_RATIO, CROP_SCALE, load_pil_rgb
 from fkd_dali.errors import ConfigError
-from fkd_dali.fkd_format import fkd_file_path, read_fkd_file
+from fkd_dali.fkd_format import FkdLabels, fkd_file_path, read_fkd_file
 from fkd_dali.index import DatasetIndex
 from fkd_dali.registry import Registry
 from fkd_dali.relabel import label_map_path, read_label_map, relabel_targets
@@ -103,7 +108,8 @@ class LoaderInfo:
 
     Attributes:
         factory: builds the loader from a spec.
-        group: "baseline", or "fkd-dali" for the rows whose ratios to baselines are reported.
+        group: "baseline"; "fkd-dali" for the rows whose ratios to baselines are reported;
+            "ablation" for variants of fkd-dali measured only against it.
         multi_crop: runs once per m of `--m` (several crops per decoded image).
         needs: assets to prepare first: "fkd_labels", "label_maps", "store".
         targets: "hard" or "soft".
@@ -185,18 +191,24 @@ class FkdReferenceDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(m, 3, S, S) crops, (m, 2, K) labels (ids as floats, probabilities), (m,) slots used."""
         img = load_pil_rgb(self.paths[i])
-        coords, flip, index, prob = read_fkd_file(self.labels[i])
-        if self.spec.m > len(coords):
-            raise ConfigError(f"m={self.spec.m} exceeds the {len(coords)} crops in {self.labels[i]}")
-        slots = torch.randperm(len(coords))[: self.spec.m]
+        labels = read_fkd_file(self.labels[i])
+        if self.spec.m > len(labels.coords):
+            raise ConfigError(f"m={self.spec.m} exceeds the {len(labels.coords)} crops in {self.labels[i]}")
+        slots = torch.randperm(len(labels.coords))[: self.spec.m]
+        crops, targets = self.cut(img, labels, slots.numpy())
+        return crops, targets, slots
+
+    def cut(self, img: Image.Image, labels: FkdLabels, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops of `slots` (resized, flipped, normalized) and their (len, 2, K) labels."""
+        coords, flip, index, prob = labels
         size = [self.spec.image_size] * 2
         crops = []
         for s in slots.tolist():
             y, x, h, w = (coords[s] * [img.height, img.width, img.height, img.width]).round().astype(int)
             crop = TF.resized_crop(img, int(y), int(x), int(h), int(w), size, antialias=True)
             crops.append(_to_input(TF.hflip(crop) if flip[s] else crop, self.spec))
-        labels = np.stack([index[slots.numpy()].astype(np.float32), prob[slots.numpy()]], axis=1)
-        return torch.stack(crops), torch.from_numpy(labels), slots
+        targets = np.stack([index[slots].astype(np.float32), prob[slots]], axis=1)
+        return torch.stack(crops), torch.from_numpy(targets)
 
 
 def fkd_soft_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -316,6 +328,64 @@ class DaliVanillaLoader:
         self.pipe = None
 
 
+# --- fkd-dali ----------------------------------------------------------------------------
+
+class FkdDaliLoader:
+    """fkd-dali's replay loader over passes 0, 1, 2, ... back to back, as training draws them.
+
+    DALI decodes each image once and cuts its m stored crops of the pass (the pass
+    table, read in a background thread during the previous pass, gives boxes and
+    flips); the crops' stored top-K labels are gathered by image id and recovered to
+    dense targets (`marginal_smoothing`, FKD's label) on the spec's device. Without
+    labels, the targets are the images' folder classes (one index op), which isolates
+    the cost of attaching soft labels.
+    """
+
+    def __init__(self, spec: LoaderSpec, with_labels: bool = True, recovery: str = "marginal_smoothing") -> None:
+        from fkd_dali.label_store import open_store
+        from fkd_dali.replay import ReplayLoader
+
+        if not spec.store:
+            raise ConfigError("the fkd-dali loader needs a soft-label store (LoaderSpec.store)")
+        store = open_store(spec.store)
+        store.check_dataset(spec.index)
+        store.check_complete()
+        self.num_classes = store.spec.label.num_classes
+        self.with_labels, self.recovery = with_labels, recovery
+        self.device = torch.device(spec.device)
+        self.classes = torch.from_numpy(np.asarray(spec.index.classes, dtype=np.int64))
+        self.replay: ReplayLoader | None = ReplayLoader(
+            store, spec.index, m=spec.m, batch_size=spec.batch_size, size=spec.image_size, mean=spec.mean,
+            std=spec.std, interpolation="bilinear", seed=spec.seed, device=self.device,
+            threads=max(1, spec.workers), with_labels=with_labels)
+        if self.replay.steps_per_pass < 1:
+            raise ConfigError(f"{len(spec.index)} images do not fill one batch of {spec.batch_size // spec.m} "
+                              "images: lower the batch size or use more images")
+
+    def batches_with_meta(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(images, targets, meta): meta (B, 2) is each crop's (image id, store slot)."""
+        from fkd_dali.recovery import recover_labels
+
+        pass_idx = 0
+        while self.replay is not None:
+            for batch in self.replay.pass_batches(pass_idx):
+                if self.with_labels:
+                    targets = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery)
+                else:
+                    targets = self.classes[batch.meta[:, 0]].to(self.device, non_blocking=True)
+                yield batch.images, targets, batch.meta
+            pass_idx += 1
+
+    def batches(self) -> Iterator[Batch]:
+        for images, targets, _ in self.batches_with_meta():
+            yield images, targets
+
+    def close(self) -> None:
+        if self.replay is not None:
+            self.replay.close()
+            self.replay = None
+
+
 LOADERS.add("torchvision", LoaderInfo(_torchvision, description="ImageFolder + RandomResizedCrop + flip, "
                                       "PIL, DataLoader workers, hard labels"))
 LOADERS.add("dali", LoaderInfo(DaliVanillaLoader, description="DALI file reader + random-resized-crop "
@@ -326,3 +396,9 @@ LOADERS.add("relabel", LoaderInfo(_relabel, needs=("label_maps",), targets="soft
 LOADERS.add("fkd-reference", LoaderInfo(_fkd_reference, multi_crop=True, needs=("fkd_labels",),
                                         targets="soft", description="FKD: PIL decode once per image, m stored "
                                         "crops from its label file, CPU label recovery in the main process"))
+LOADERS.add("fkd-dali", LoaderInfo(FkdDaliLoader, group="fkd-dali", multi_crop=True, needs=("store",),
+                                   targets="soft", description="fkd-dali replay: DALI decodes each image once, m "
+                                   "stored crops from the pass table, top-K labels recovered on the device"))
+LOADERS.add("fkd-dali-nolabels", LoaderInfo(lambda spec: FkdDaliLoader(spec, with_labels=False), group="ablation",
+                                            multi_crop=True, needs=("store",), description="the fkd-dali replay "
+                                            "without gathering or recovering labels (label overhead)"))

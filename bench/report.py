@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-GROUP_COLOURS = {"fkd-dali": "#2a7ab9", "baseline": "#9a9a9a"}
+GROUP_COLOURS = {"fkd-dali": "#2a7ab9", "ablation": "#8fbde0", "baseline": "#9a9a9a"}
 
 
 def write_json(path: str | os.PathLike[str], doc: dict) -> Path:
@@ -76,3 +76,52 @@ def bar_chart(path: str | os.PathLike[str], rows: Sequence[dict], title: str, su
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def panels_chart(path: str | os.PathLike[str], panels: Sequence[dict], title: str, subtitle: str = "") -> Path:
+    """Side-by-side panels of horizontal bars, one panel per figure of a benchmark.
+
+    Args:
+        path: the PNG to write.
+        panels: each {"xlabel": str, "bars": [{"label", "value", "group"}], "target": float
+            or None (a dashed line, e.g. the design's target), "target_label": str}.
+        title: first title line; `subtitle` (machine, settings) goes below it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = max(len(p["bars"]) for p in panels)
+    fig = Figure(figsize=(5.5 * len(panels), 1.6 + 0.5 * height), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        bars = panel["bars"]
+        ys = list(range(len(bars)))[::-1]
+        values = [b["value"] if b["value"] is not None else 0.0 for b in bars]
+        ax.barh(ys, values, color=[GROUP_COLOURS.get(b.get("group", "baseline"), "#9a9a9a") for b in bars])
+        ax.set_yticks(ys)
+        ax.set_yticklabels([b["label"] for b in bars], fontsize=8)
+        ax.set_xlabel(panel["xlabel"], fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        top = max(values + [panel.get("target") or 0.0]) or 1.0
+        for y, v in zip(ys, values):
+            ax.text(v + 0.015 * top, y, _fmt(v), va="center", fontsize=8)
+        if panel.get("target") is not None:
+            ax.axvline(panel["target"], color="#c0392b", linestyle="--", linewidth=1)
+            ax.text(panel["target"], ys[0] + 0.45, " " + panel.get("target_label", "target"), color="#c0392b",
+                    fontsize=7, va="bottom")
+        ax.set_xlim(0, 1.25 * top)
+    fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def _fmt(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"

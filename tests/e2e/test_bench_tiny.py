@@ -165,7 +165,8 @@ def test_tiny_benchmark_writes_json_and_png(tmp_path: Path) -> None:
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     doc = json.loads((out / "loaders.json").read_text())
     labels = [row["label"] for row in doc["rows"]]
-    assert sorted(labels) == ["dali", "fkd-reference m=2", "relabel", "torchvision"]
+    assert sorted(labels) == ["dali", "fkd-dali m=2", "fkd-dali-nolabels m=2", "fkd-reference m=2", "relabel",
+                              "torchvision"]
     assert set(summary["crops_per_s"]) == set(labels)
     for row in doc["rows"]:
         assert len(row["rounds"]) == 2 and all(r["crops"] == 16 for r in row["rounds"])
@@ -173,6 +174,15 @@ def test_tiny_benchmark_writes_json_and_png(tmp_path: Path) -> None:
     machine = doc["machine"]
     assert machine["cpu_model"] and machine["logical_cores"] >= 1 and "torch" in machine["versions"]
     assert doc["dataset"]["n_images"] == 8 and doc["labels"]["fkd_labels"]["crops_per_image"] == 2
-    assert doc["num_classes"] == 1000 and doc["ratios"] == []  # no fkd-dali rows registered yet
+    # the FKD files are exported from the very store the fkd-dali rows replay
+    assert doc["labels"]["store"]["kind"] == "store" and doc["labels"]["store"]["crops_per_image"] == 2
+    assert doc["labels"]["fkd_labels"]["source"]
+    assert doc["num_classes"] == 1000 and len(machine["load_average"]) == 3
+    assert {(r["subject"], r["baseline"]) for r in doc["ratios"]} == {
+        ("fkd-dali m=2", b) for b in ("dali", "fkd-reference m=2", "relabel", "torchvision")}
+    assert all(r["speed"] > 0 and r["cpu_efficiency"] > 0 for r in doc["ratios"])
+    (overhead,) = doc["label_overhead"]
+    assert overhead["m"] == 2 and overhead["time_overhead"] > -1
+    assert doc["targets"] == []  # the design's targets are stated for m=4
     with Image.open(out / "loaders.png") as png:
         assert png.format == "PNG" and png.size[0] > 500

@@ -1,8 +1,36 @@
-"""`fkd-dali bench` (being written)."""
+"""`fkd-dali bench loaders|store|labelgen|train [options]`: the benchmark programs of `bench/`.
+
+Everything after the benchmark's name goes unchanged to `bench.main`, which owns the
+options (`fkd-dali bench NAME --help` lists them); this module only dispatches.
+"""
 from __future__ import annotations
 
 import argparse
 
+_SUMMARIES = {
+    "loaders": "data-loading speed: fkd-dali replay vs ReLabel, FKD reference, torchvision, DALI",
+    "store": "bytes per image: store vs FKD files vs ReLabel maps; pass-table load time",
+    "labelgen": "label-generation crops/s vs teacher-only inference",
+    "train": "training throughput with real data vs synthetic tensors",
+}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    from bench import BENCHMARKS
+
+    names = BENCHMARKS.names()
+    listing = "\n".join(f"  {n:<9} {_SUMMARIES.get(n, '')}" for n in names)
+    p = sub.add_parser("bench", help="benchmarks (" + "|".join(names) + "); JSON + PNG results",
+                       description="Run one of fkd-dali's benchmarks; each writes a JSON document (with the "
+                                   "machine described) and a PNG chart.",
+                       epilog=f"benchmarks:\n{listing}\n\n`fkd-dali bench NAME --help` shows a benchmark's options.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=names, metavar="{" + ",".join(names) + "}", help="the benchmark to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    p.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench import main
+
+    return main([args.name, *args.args])

@@ -57,11 +57,14 @@ class CropIterator:
 
     def epoch(self, batches: Iterable[FeedBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.source.set_epoch(batches)
-        if self._it is None:
-            self._it = DALIGenericIterator([self.pipe], list(OUTPUT_NAMES), size=-1,
-                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
-        else:
-            self._it.reset()
+        try:  # building the iterator or resetting it already runs (prefetches) the first batches
+            if self._it is None:
+                self._it = DALIGenericIterator([self.pipe], list(OUTPUT_NAMES), size=-1,
+                                               last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            else:
+                self._it.reset()
+        except RuntimeError as e:
+            raise self._explain(e) from e
         while True:
             try:
                 out = next(self._it)

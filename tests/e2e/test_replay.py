@@ -184,14 +184,21 @@ def test_batch_not_a_multiple_of_m_is_refused(store, photo_index):
         loader(store, photo_index, m=4, batch=10)
 
 
-def test_a_corrupt_jpeg_met_during_replay_names_the_file(store, photo_root, tmp_path):
+@pytest.mark.parametrize("damage, batch", [("truncated", 84), ("garbled", 84), ("garbled", 8)])
+def test_a_corrupt_jpeg_met_during_replay_names_the_file(store, photo_root, tmp_path, damage, batch):
+    """Truncated files are caught before DALI; garbled ones by DALI, then found among the files in flight
+    (batch 84: in the very first batch, which DALI decodes while the iterator is built)."""
     root = tmp_path / "train"
     shutil.copytree(photo_root, root)
     index = build_index(root)
     victim = root / index.paths[5]
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])  # truncated after indexing
-    ld = loader(store, index, m=4, batch=84)  # all 21 images in one step: the victim is in it
+    data = victim.read_bytes()  # damaged after indexing
+    if damage == "truncated":
+        victim.write_bytes(data[: len(data) // 2])
+    else:
+        noise = np.random.default_rng(0).integers(0, 255, len(data) - 22, dtype=np.uint8).tobytes()
+        victim.write_bytes(data[:20] + noise + b"\xff\xd9")
+    ld = loader(store, index, m=4, batch=batch)
     try:
         with pytest.raises(CorruptImageError, match=index.paths[5]):
             list(ld.pass_batches(0))

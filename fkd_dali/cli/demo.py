@@ -1,8 +1,38 @@
-"""`fkd-dali demo` (being written)."""
+"""`fkd-dali demo`: the end-to-end example on real photos (see fkd_dali.demo)."""
 from __future__ import annotations
 
 import argparse
 
+from fkd_dali.cli._common import default
+from fkd_dali.demo import DemoConfig
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    d = lambda name: default(DemoConfig, name)  # noqa: E731
+    p = sub.add_parser("demo", help="label real photos with a real teacher, train a student, report",
+                       description="Builds a small real-photo dataset, generates FKD labels with EfficientNet-Lite0, "
+                                   "trains a small student and reports student-teacher agreement. No downloads.")
+    p.add_argument("--output", "-o", default=d("output"), help="working folder (default %(default)s)")
+    p.add_argument("--images-per-class", type=int, default=d("images_per_class"))
+    p.add_argument("--crops-per-image", "-M", type=int, default=d("crops_per_image"))
+    p.add_argument("--student", default=d("student"), help="timm model name (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=d("image_size"))
+    p.add_argument("--num-crops", "-m", type=int, default=d("num_crops"))
+    p.add_argument("--passes", type=int, default=d("passes"))
+    p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"))
+    p.add_argument("--lr", type=float, default=d("lr"))
+    p.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", "-j", type=int, default=d("threads"))
+    p.add_argument("--seed", type=int, default=d("seed"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fkd_dali.demo import run_demo
+
+    run_demo(DemoConfig(output=args.output, images_per_class=args.images_per_class,
+                        crops_per_image=args.crops_per_image, student=args.student, image_size=args.image_size,
+                        num_crops=args.num_crops, passes=args.passes, batch_size=args.batch_size, lr=args.lr,
+                        device=args.device, threads=args.threads, seed=args.seed, progress=not args.no_progress))
+    return 0

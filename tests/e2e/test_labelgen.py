@@ -8,6 +8,7 @@ and it keeps them fast on 2 shared cores).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -150,6 +151,36 @@ def test_pipeline_pixels_equal_pil_reference(store_contents, photo_index):
                                        spec.mean, spec.std))
         for bad in wrong:
             assert pixel_stats(ours[0], to_pixels(bad, spec.mean, spec.std))[0] > 2 * PIXEL_MEAN_TOL
+
+
+def test_exif_orientation_is_ignored(tmp_path):
+    """A photo tagged 'rotate 90' is cut on its stored pixels, exactly as the index measured them."""
+    from fkd_dali.index import build_index
+
+    path = tmp_path / "d" / "c" / "rotated.JPEG"
+    path.parent.mkdir(parents=True)
+    yy, xx = np.mgrid[0:120, 0:200]
+    pixels = np.stack([xx * 255 // 199, yy * 255 // 119, (xx + yy) % 256], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+    index = build_index(tmp_path / "d")
+    assert tuple(index.sizes[0]) == (120, 200)
+    spec = dataclasses.replace(_spec_like_lite0(), input_size=(3, 64, 64))
+    boxes = np.array([[[10, 30, 80, 150], [0, 0, 120, 200]]])
+    flips = np.array([[False, True]])
+    crops = _dali_crops(index, spec, [0], boxes, flips, per_round=2)
+    for s in range(2):
+        ref = pil_reference(str(path), boxes[0, s], flips[0, s], 64, spec.mean, spec.std)
+        mean, p99, _ = pixel_stats(to_pixels(crops[0][s], spec.mean, spec.std), to_pixels(ref, spec.mean, spec.std))
+        assert mean <= PIXEL_MEAN_TOL and p99 <= PIXEL_P99_TOL, (s, mean, p99)
+
+
+def _spec_like_lite0():
+    from fkd_dali.label_store import TeacherSpec
+
+    return TeacherSpec(name="x", timm_name="x", checkpoint_sha256="0" * 64, input_size=(3, 224, 224),
+                       interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 class _RecordingModel(torch.nn.Module):

@@ -86,6 +86,9 @@ class CropIterator:
         return PipelineError(f"DALI pipeline failed: {first_line}")
 
 
+_TAIL_WINDOW = 64 * 1024
+
+
 def read_encoded(path: str) -> np.ndarray:
     """Read an image file and reject truncated JPEG/PNG data before DALI sees it.
 
@@ -97,7 +100,9 @@ def read_encoded(path: str) -> np.ndarray:
     except OSError as e:
         raise CorruptImageError(path, f"cannot read: {e}") from e
     head = data[:8].tobytes()
-    tail = data[-1024:].tobytes()
+    # Cameras may append data after the end marker, so look beyond the last bytes; but
+    # not into the first half, where an EXIF thumbnail carries an end marker of its own.
+    tail = data[-max(1024, min(_TAIL_WINDOW, len(data) // 2)):].tobytes()
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
         raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
     if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:

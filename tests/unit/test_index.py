@@ -214,3 +214,12 @@ def test_read_encoded_accepts_good_files(photo_index):
     for i in range(len(photo_index)):
         data = read_encoded(photo_index.abspath(i))
         assert len(data) == photo_index.nbytes[i]
+
+
+def test_read_encoded_accepts_data_after_the_end_marker(tmp_path):
+    """Some cameras append kilobytes after EOI; such files decode fine and must not be rejected."""
+    path = tmp_path / "trailer.JPEG"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(path, quality=90)
+    clean = path.read_bytes()
+    path.write_bytes(clean + b"\x00maker-notes" * 800)  # ~9.6 KB trailer
+    assert len(read_encoded(str(path))) == path.stat().st_size

@@ -19,6 +19,7 @@ BENCHMARKS.add("loaders", "bench.bench_loaders")
 BENCHMARKS.add("store", "bench.bench_store")
 BENCHMARKS.add("labelgen", "bench.bench_labelgen")
 BENCHMARKS.add("train", "bench.bench_train")
+BENCHMARKS.add("stages", "bench.bench_stages")
 
 _USAGE = "usage: bench {" + "|".join(BENCHMARKS.names()) + "} [options]   (bench NAME --help for options)"
 

@@ -125,3 +125,47 @@ def _fmt(v: float) -> str:
     if v >= 1:
         return f"{v:.2f}"
     return f"{v:.3g}"
+
+
+def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequence[tuple[str, float]]]],
+                  xlabel: str, title: str, subtitle: str = "") -> Path:
+    """Horizontal stacked bars: one bar per row, one coloured segment per named part.
+
+    Args:
+        bars: (row label, [(part name, value), ...]); parts with the same name share a colour.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names: list[str] = []
+    for _, parts in bars:
+        names += [n for n, _ in parts if n not in names]
+    palette = colormaps["tab10"]
+    colour = {n: palette(i % 10) for i, n in enumerate(names)}
+    fig = Figure(figsize=(11, 1.8 + 0.6 * len(bars)), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ys = list(range(len(bars)))[::-1]
+    top = 0.0
+    for y, (_, parts) in zip(ys, bars):
+        left = 0.0
+        for name, value in parts:
+            ax.barh(y, value, left=left, color=colour[name], edgecolor="white", linewidth=0.5)
+            left += value
+        ax.text(left * 1.01, y, _fmt(left), va="center", fontsize=8)
+        top = max(top, left)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([label for label, _ in bars], fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_xlim(0, 1.15 * top if top > 0 else 1)
+    ax.grid(axis="x", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colour[n], label=n) for n in names], fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -12,6 +12,7 @@ _SUMMARIES = {
     "store": "bytes per image: store vs FKD files vs ReLabel maps; pass-table load time",
     "labelgen": "label-generation crops/s vs teacher-only inference",
     "train": "training throughput with real data vs synthetic tensors",
+    "stages": "CPU time per crop by stage (decode, resize, normalize, Python, labels) of each loader",
 }
 
 

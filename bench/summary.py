@@ -1,0 +1,142 @@
+"""`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what the README shows).
+
+Reads whichever of loaders.json, store.json, labelgen.json, train.json and stages.json
+exist and prints one Markdown section per benchmark, every figure taken from the JSON.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def _load(doc: dict) -> str:
+    la = doc.get("load_average", {})
+    return f"load average (1/5/15 min) {la.get('start')} at start, {la.get('end')} at end"
+
+
+def loaders_markdown(doc: dict) -> str:
+    rows, ratios = doc["rows"], doc["ratios"]
+    baselines = [r["label"] for r in rows if r["group"] == "baseline"]
+    head = ("| loader | crops/s | CPU-s / 1000 crops | crops per CPU-s | peak RSS (MB) | "
+            + " | ".join(f"vs {b} (CPU, speed)" for b in baselines) + " |")
+    lines = [head, "|" + "---|" * (5 + len(baselines))]
+    for r in rows:
+        cells = []
+        for b in baselines:
+            x = next((q for q in ratios if q["subject"] == r["label"] and q["baseline"] == b), None)
+            cells.append(f"{x['cpu_efficiency']:.2f}x, {x['speed']:.2f}x" if x else "")
+        name = f"**{r['label']}**" if r["group"] == "fkd-dali" else r["label"]
+        lines.append(f"| {name} | {_f(r['crops_per_s'])} | {_f(r['cpu_s_per_1000_crops'], 2)} | "
+                     f"{_f(r['crops_per_cpu_s'])} | {_f(r['peak_rss_mb'], 0)} | " + " | ".join(cells) + " |")
+    out = ["\n".join(lines), ""]
+    if doc.get("label_overhead"):
+        out.append("Label overhead (fkd-dali with vs. without gathering + recovering labels, paired per round): "
+                   + "; ".join(f"m={o['m']}: {o['time_overhead']:+.1%} time, "
+                               f"{o['cpu_overhead']:+.1%} CPU per crop" for o in doc["label_overhead"]) + ".")
+        out.append("")
+    for t in doc.get("targets", []):
+        out.append(f"- Target {t['target']}: **{t['value']:.2f}x — {'met' if t['met'] else 'missed'}**")
+    c, d = doc["config"], doc["dataset"]
+    out.append("")
+    out.append(f"Settings: {d['n_images']} JPEGs (~{d['mean_kb']:.0f} KB, ~{d['mean_width']:.0f}x"
+               f"{d['mean_height']:.0f}), batch {c['batch_size']} crops, {c['workers']} workers/threads, "
+               f"{c['rounds']} alternating rounds of {c['batches']} timed batches after {c['warmup_batches']} "
+               f"warm-up, device {c['device']}; {_load(doc)}.")
+    return "\n".join(out)
+
+
+def store_markdown(doc: dict) -> str:
+    s = doc["sizes"]
+    big_key = next(k for k in s if k.startswith("at_M"))
+    big = s[big_key]
+    m500 = "M=" + big_key[4:]
+    lines = [f"| format | bytes/image at M={s['M']}, K={s['K']} (measured) | bytes/image at {m500}, K={s['K']} |",
+             "|---|---|---|",
+             f"| **fkd-dali store** | {_f(s['store']['bytes_per_image'], 0)} | "
+             f"{_f(big['store_bytes_per_image'], 0)} ({'measured' if big['store_method'] == 'measured' else 'extrapolated'}) |",
+             f"| FKD files | {_f(s['fkd_files']['bytes_per_image'], 0)} | {_f(big['fkd_file_bytes_per_image'], 0)} |",
+             f"| ReLabel maps (15x15, independent of M) | {_f(s['relabel_maps']['bytes_per_image'], 0)} | "
+             f"{_f(big['relabel_bytes_per_image'], 0)} |"]
+    out = ["\n".join(lines), "", f"Store at {m500}: {big['store_method']}. Target <= 10 KB per image: "
+           f"**{'met' if big['store_target_met'] else 'missed'}**."]
+    pt = doc.get("pass_table")
+    if pt:
+        t, e = pt["timing"], pt["extrapolated_read_pass_table_s"]
+        out.append("")
+        out.append(f"Pass table (m={pt['m']}) of a synthetic store of {pt['n_images']:,} images x M="
+                   f"{pt['crops_per_image']} x K={pt['K']} ({_f(pt['store']['bytes_per_image'], 0)} bytes/image): "
+                   f"`read_pass_table` {t['cold']['read_pass_table_median_s']:.3f} s with a cold page cache, "
+                   f"{t['warm']['read_pass_table_median_s']:.3f} s warm (median of {len(t['cold']['read_pass_table_s'])} "
+                   f"passes); {pt['extrapolation']}: **{e['cold']:.2f} s cold, {e['warm']:.2f} s warm** for "
+                   f"{pt['full_scale_images']:,} images (target <= {pt['target_s']:g} s: "
+                   f"**{'met' if pt['target_met']['cold'] else 'missed'}**).")
+    out.append("")
+    out.append(f"{_load(doc)}.")
+    return "\n".join(out)
+
+
+def labelgen_markdown(doc: dict) -> str:
+    r, c = doc["result"], doc["config"]
+    return (f"| label generation crops/s | teacher-only crops/s | ratio | target |\n|---|---|---|---|\n"
+            f"| {_f(r['labelgen_crops_per_s'])} | {_f(r['teacher_only_crops_per_s'])} | **{r['ratio']:.2f}** "
+            f"(per round {', '.join(f'{x:.2f}' for x in r['ratio_per_round'])}) | >= {r['target_ratio']:.0%}: "
+            f"**{'met' if r['target_met'] else 'missed'}** |\n\n"
+            f"CPU per 1000 crops: teacher only {r['teacher_only_cpu_s_per_1000_crops']:.1f} s, label generation "
+            f"{r['labelgen_call_cpu_s_per_1000_crops']:.1f} s (whole call). Teacher {c['teacher']}, batch "
+            f"{c['batch_size']} crops, M={c['crops_per_image']}, {doc['dataset']['n_images']} images, device "
+            f"{c['device']}; {_load(doc)}.")
+
+
+def train_markdown(doc: dict) -> str:
+    r, c = doc["result"], doc["config"]
+    return (f"| real data crops/s (images/s) | synthetic crops/s (images/s) | ratio | target |\n|---|---|---|---|\n"
+            f"| {_f(r['real_crops_per_s'])} ({_f(r['real_images_per_s'])}) | {_f(r['synthetic_crops_per_s'])} "
+            f"({_f(r['synthetic_images_per_s'])}) | **{r['ratio']:.2f}** (per round "
+            f"{', '.join(f'{x:.2f}' for x in r['ratio_per_round'])}) | >= {r['target_ratio']:.0%}: "
+            f"**{'met' if r['target_met'] else 'missed'}** |\n\n"
+            f"{c['arch']} at {c['image_size']} px, batch {c['batch_size']} crops (m={c['num_crops']}), {c['steps']} "
+            f"steps per run, {c['rounds']} rounds, device {c['device']}; {_load(doc)}.")
+
+
+def stages_markdown(doc: dict) -> str:
+    parts = doc["breakdown"]
+    names: list[str] = []
+    for p in parts.values():
+        names += [b["stage"] for b in p if b["stage"] not in names]
+    lines = ["| loader | " + " | ".join(names) + " | total |", "|" + "---|" * (len(names) + 2)]
+    for k, p in parts.items():
+        by = {b["stage"]: b["cpu_ms_per_crop"] for b in p}
+        lines.append(f"| {k} | " + " | ".join(_f(by.get(n), 2) if n in by else "" for n in names)
+                     + f" | {_f(sum(by.values()), 2)} |")
+    return "\n".join(lines) + f"\n\nCPU-milliseconds per crop, one thread; {_load(doc)}."
+
+
+SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
+            ("train", train_markdown), ("stages", stages_markdown))
+
+
+def summarize_dir(results: str | Path) -> str:
+    out = []
+    for name, fn in SECTIONS:
+        path = Path(results) / f"{name}.json"
+        if path.is_file():
+            out.append(f"#### {name}\n\n" + fn(json.loads(path.read_text())))
+    return "\n\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    print(summarize_dir(args[0] if args else "bench/results/cpu"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fkd_dali.errors import ConfigError
@@ -109,9 +108,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the four steps and return the report (also written to `output/report.json`)."""
     import timm
 
+    from fkd_dali.checkpoint import load_checkpoint, model_from_checkpoint
     from fkd_dali.dist import pick_device
     from fkd_dali.teacher import load_teacher
-    from fkd_dali.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint
+    from fkd_dali.train import TrainConfig, fit
 
     t_start = time.perf_counter()
     out = Path(cfg.output)

@@ -1,14 +1,20 @@
 """Process placement: rank/world from torchrun's environment, the compute device, process groups.
 
 Label generation needs no process group (ranks own disjoint chunks of one store);
-training uses `init_distributed` (NCCL on GPUs, gloo on CPU).
+training and evaluation use `distributed` (NCCL on GPUs, gloo on CPU), and training
+stops on SIGTERM/SIGINT through `StopOnSignal`, agreed across ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 
 from fkd_dali.errors import ConfigError
 
@@ -54,3 +60,73 @@ def parse_shard(text: str | None, env: DistEnv) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return i, n
+
+
+def _current_env() -> DistEnv:
+    if dist.is_available() and dist.is_initialized():
+        env = dist_env()
+        return DistEnv(dist.get_rank(), dist.get_world_size(), env.local_rank)
+    return dist_env()
+
+
+@contextlib.contextmanager
+def distributed(device_choice: str = "auto") -> Iterator[tuple[DistEnv, torch.device]]:
+    """(env, device) for this process; initializes the torchrun process group (NCCL/gloo) if needed."""
+    env = _current_env()
+    device = pick_device(device_choice, env.local_rank)
+    owns = env.world > 1 and not dist.is_initialized()
+    if owns:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield env, device
+    finally:
+        if owns:
+            dist.destroy_process_group()
+
+
+def all_mean(value: torch.Tensor, world: int) -> float:
+    """The mean of `value` over the `world` ranks (all of them must call this)."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+class StopOnSignal:
+    """SIGTERM/SIGINT set `signum` (finish the step, checkpoint, stop); a second SIGINT interrupts at once.
+
+    Repeated SIGTERMs are ignored: launchers forward the signal they got to workers that
+    already received it from the process group, and that must not cancel the checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT and self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank got a signal (an all-reduce: every rank must call this at the same step)."""
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signum is None:
+            self.signum = int(flag.item())
+        return bool(flag.item())

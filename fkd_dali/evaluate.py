@@ -8,7 +8,6 @@ one, or directly when the class counts agree.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,9 +17,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fkd_dali.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
+from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex, build_index
-from fkd_dali.label_store import LabelStore
+from fkd_dali.index import DatasetIndex, build_index, index_for_store
+from fkd_dali.label_store import LabelStore, open_store
+from fkd_dali.precision import amp_context, resolve_amp
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,6 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
         "exactly one sub-folder per teacher class, in the teacher's class order")
 
 
-def amp_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _reduce(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -143,15 +139,19 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
 
     The crops are the store's `slots` (e.g. held-out slots never trained on) of every
     image (or of `images`), cut by the replay pipeline at the student's resolution and
-    normalization (from timm's pretrained config of `model` unless given).
+    normalization (from timm's pretrained config of `model` unless given). A folder
+    path as `data` is checked against the store by `index_for_store` (no header reads).
     """
     from timm.data import resolve_data_config
 
     from fkd_dali.pass_table import read_pass_table
     from fkd_dali.replay import ReplayLoader
 
-    index = build_index(data) if isinstance(data, (str, os.PathLike)) else data
-    store.check_dataset(index)
+    if isinstance(data, (str, os.PathLike)):
+        index = index_for_store(store, data)  # checks the folder without reading image headers
+    else:
+        index = data
+        store.check_dataset(index)
     cfg = resolve_data_config({}, model=model)
     ids = np.arange(len(index)) if images is None else np.asarray(images, dtype=np.int64)
     loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images,
@@ -175,14 +175,10 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
 
 def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     """`fkd-dali eval`: load a training checkpoint and evaluate it on `cfg.data` (DDP-aware)."""
-    from fkd_dali.label_store import open_store
-    from fkd_dali.train import distributed, load_checkpoint, model_from_checkpoint, resolve_amp
     from pipelines.validation import ValidationLoader
 
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.labels:
-        from fkd_dali.train import check_store_matches
-
         check_store_matches(ckpt, open_store(cfg.labels), cfg.checkpoint)
     with distributed(cfg.device) as (env, device):
         model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)

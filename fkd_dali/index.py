@@ -5,7 +5,8 @@ names (as torchvision's ImageFolder numbers them); files are sorted within a cla
 Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
 is ignored everywhere in fkd-dali so that a box means the same pixels in every
 pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
-tell whether it was made for the folder it is used with.
+tell whether it was made for the folder it is used with; `index_for_store` checks that
+from a directory listing alone and takes the sizes the store recorded.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
+
+if TYPE_CHECKING:
+    from fkd_dali.label_store import LabelStore
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -83,15 +87,47 @@ def _list_classes(root: Path) -> list[str]:
     return names
 
 
-def _list_images(root: Path, class_name: str) -> list[str]:
+def _list_images(root: Path, class_name: str) -> list[os.DirEntry[str]]:
     folder = root / class_name
-    files = sorted(e.name for e in os.scandir(folder)
-                   if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted((e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+                   key=lambda e: e.name)
     if not files:
         raise DatasetIndexError(
             f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "remove it or add its images")
-    return [f"{class_name}/{f}" for f in files]
+    return files
+
+
+def _walk(root_path: Path) -> tuple[list[str], list[str], list[int], list[os.DirEntry[str]]]:
+    """(class names, relative paths, class ids, directory entries) in index order; no file is opened."""
+    class_names = _list_classes(root_path)
+    rel_paths: list[str] = []
+    labels: list[int] = []
+    entries: list[os.DirEntry[str]] = []
+    for cid, name in enumerate(class_names):
+        files = _list_images(root_path, name)
+        rel_paths += [f"{name}/{e.name}" for e in files]
+        labels += [cid] * len(files)
+        entries += files
+    return class_names, rel_paths, labels, entries
+
+
+def _entry_size(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError as e:
+        raise DatasetIndexError(f"image {entry.path} disappeared while indexing") from e
+
+
+def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """(class names, relative paths, byte sizes) of a folder, in `build_index` order.
+
+    Lists directories and stats files only (no image is opened): enough for the
+    fingerprint, and fast on ImageNet-sized folders. Raises as `build_index` does for a
+    missing folder, a folder without class folders or a class folder without images.
+    """
+    class_names, rel_paths, _, entries = _walk(Path(root).expanduser().resolve())
+    return class_names, rel_paths, np.array([_entry_size(e) for e in entries], dtype=np.int64)
 
 
 def read_image_header(path: str, full_decode: bool = False) -> tuple[int, int, int]:
@@ -123,13 +159,7 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
             `skipped`) those that fail, instead of raising on the first bad header.
     """
     root_path = Path(root).expanduser().resolve()
-    class_names = _list_classes(root_path)
-    rel_paths: list[str] = []
-    labels: list[int] = []
-    for cid, name in enumerate(class_names):
-        files = _list_images(root_path, name)
-        rel_paths += files
-        labels += [cid] * len(files)
+    class_names, rel_paths, labels, _ = _walk(root_path)
 
     def header(rel: str) -> tuple[int, int, int] | str:
         try:
@@ -155,3 +185,27 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         class_names=class_names,
         skipped=skipped,
     )
+
+
+def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetIndex:
+    """The index of `store` with paths under `root`, after checking that `root` holds its dataset.
+
+    Scans `root` (`scan_folder`: no image header is read), leaves out the files the
+    store recorded as skipped at labelling time, and compares the fingerprint with the
+    store's. The sizes come from the store (read from the headers when it was made).
+
+    Raises:
+        DatasetIndexError: `root` is not a dataset folder (as `build_index`).
+        StoreMismatchError: `root` holds another dataset; the message names the first
+            difference (as `LabelStore.check_dataset`).
+    """
+    root_path = Path(root).expanduser().resolve()
+    class_names, paths, nbytes = scan_folder(root_path)
+    skipped = set(store.skipped)
+    keep = [i for i, p in enumerate(paths) if p not in skipped]
+    cid = {name: i for i, name in enumerate(class_names)}
+    kept = [paths[i] for i in keep]
+    scanned = DatasetIndex(str(root_path), kept, np.array([cid[p.split("/", 1)[0]] for p in kept], np.int32),
+                           np.zeros((len(kept), 2), np.int32), nbytes[keep], class_names)
+    store.check_dataset(scanned)  # header-less: the fingerprint covers paths, byte sizes and class names
+    return store.load_index(root=str(root_path))

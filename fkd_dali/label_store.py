@@ -196,6 +196,11 @@ class LabelStore:
         return list(self.meta["dataset"]["class_names"])
 
     @property
+    def skipped(self) -> list[str]:
+        """Files of the folder left out at labelling time (`--skip-corrupt`)."""
+        return list(self.meta["dataset"].get("skipped", []))
+
+    @property
     def n_chunks(self) -> int:
         ipc = self.spec.layout.images_per_chunk
         return (self.n_images + ipc - 1) // ipc
@@ -228,7 +233,7 @@ class LabelStore:
                             classes=np.asarray(g["images/class"][:], np.int32),
                             sizes=np.asarray(g["images/size"][:], np.int32),
                             nbytes=np.asarray(g["images/nbytes"][:], np.int64),
-                            class_names=self.class_names, skipped=list(self.meta["dataset"].get("skipped", [])))
+                            class_names=self.class_names, skipped=self.skipped)
 
     def check_dataset(self, index: DatasetIndex) -> None:
         """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""

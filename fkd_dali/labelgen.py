@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fkd_dali.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
 from fkd_dali.dist import dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.index import DatasetIndex, build_index
+from fkd_dali.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.label_store import (CropLabels, LabelSpec, LabelStore, StoreLayout, StoreSpec, TeacherSpec,
                                   open_or_create_store, open_store)
 from fkd_dali.teacher import Teacher, load_teacher
@@ -200,22 +200,34 @@ def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, runner: _Tea
     return n * m
 
 
+def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex:
+    """The reference store's index of `cfg.data` (no header reads; its skipped files stay out)."""
+    try:
+        index = index_for_store(reference, cfg.data)
+    except StoreMismatchError as e:
+        raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
+    reference.check_complete()
+    return index
+
+
 def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
-    """Run (or resume) label generation for this process's share of the chunks."""
+    """Run (or resume) label generation for this process's share of the chunks.
+
+    With `cfg.reference` the images, their sizes and the skipped files are the
+    reference store's (the folder is only checked against it), so `skip_corrupt` has no
+    effect there.
+    """
     from pipelines.crops import make_crop_pipeline
     from pipelines.iterators import BatchSource, CropIterator
 
     env = dist_env()
     shard, n_shards = parse_shard(cfg.shard, env)
     device = pick_device(cfg.device, env.local_rank)
-    index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt)
     reference = open_store(cfg.reference) if cfg.reference else None
-    if reference is not None:
-        try:
-            reference.check_dataset(index)
-        except StoreMismatchError as e:
-            raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
-        reference.check_complete()
+    if reference is None:
+        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt)
+    else:
+        index = _reference_index(reference, cfg)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint)
     spec = build_spec(cfg, teacher, reference)
     store = open_or_create_store(cfg.out, index, spec)

@@ -43,7 +43,7 @@ def store_info(url: str) -> dict[str, Any]:
         "url": str(url),
         "schema_version": meta["schema_version"],
         "dataset": {"n_images": store.n_images, "fingerprint": store.fingerprint,
-                    "n_classes": len(store.class_names), "skipped": len(meta["dataset"].get("skipped", []))},
+                    "n_classes": len(store.class_names), "skipped": len(store.skipped)},
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature},

@@ -6,7 +6,8 @@ import json
 
 from fkd_dali.cli._common import default, float_pair, float_triple
 from fkd_dali.evaluate import EvalConfig
-from fkd_dali.train import AMP_CHOICES, TrainConfig
+from fkd_dali.precision import AMP_CHOICES
+from fkd_dali.train import TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

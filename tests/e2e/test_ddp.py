@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fkd_dali.train import load_checkpoint
+from fkd_dali.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2

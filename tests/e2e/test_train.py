@@ -19,7 +19,8 @@ import zarr
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
 from fkd_dali.evaluate import resolve_class_map, teacher_agreement
 from fkd_dali.label_store import open_store
-from fkd_dali.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint
+from fkd_dali.checkpoint import load_checkpoint, model_from_checkpoint
+from fkd_dali.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from torchvision.datasets.folder import find_classes
 
-from fkd_dali.errors import CorruptImageError, DatasetIndexError
-from fkd_dali.index import build_index, dataset_fingerprint, read_image_header
+from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
+from fkd_dali.index import build_index, dataset_fingerprint, index_for_store, read_image_header, scan_folder
 from pipelines.iterators import read_encoded
 
 
@@ -223,3 +223,121 @@ def test_read_encoded_accepts_data_after_the_end_marker(tmp_path):
     clean = path.read_bytes()
     path.write_bytes(clean + b"\x00maker-notes" * 800)  # ~9.6 KB trailer
     assert len(read_encoded(str(path))) == path.stat().st_size
+
+
+
+# -- scan_folder and index_for_store: the folder checked against a store without header reads ----
+
+def _store_for(index, url: str):
+    """An empty store (no labels written) made for `index`; only its dataset part matters here."""
+    from fkd_dali.boxes import CropDistribution
+    from fkd_dali.label_store import LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+
+    spec = StoreSpec(crops_per_image=2, crop=CropDistribution(), label=LabelSpec(k=2, num_classes=5),
+                     teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),
+                     layout=StoreLayout(images_per_chunk=4, slots_per_chunk=2))
+    return create_store(url, index, spec)
+
+
+@pytest.fixture
+def forbid_image_reads(monkeypatch):
+    """Call it to make any later attempt to open an image (header or decode) fail the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image file was opened")
+
+    def forbid() -> None:
+        monkeypatch.setattr("fkd_dali.index.read_image_header", refuse)
+        monkeypatch.setattr("PIL.Image.open", refuse)
+
+    return forbid
+
+
+def _same_index(a, b) -> None:
+    assert a.root == b.root and a.paths == b.paths and a.class_names == b.class_names
+    assert a.skipped == b.skipped
+    assert np.array_equal(a.classes, b.classes) and a.classes.dtype == b.classes.dtype == np.int32
+    assert np.array_equal(a.sizes, b.sizes) and a.sizes.dtype == b.sizes.dtype == np.int32
+    assert np.array_equal(a.nbytes, b.nbytes) and a.nbytes.dtype == b.nbytes.dtype == np.int64
+    assert a.fingerprint == b.fingerprint
+
+
+@pytest.mark.parametrize("root_fixture", ["tiny_root", "photo_root"])
+def test_scan_folder_lists_what_build_index_indexes(request, root_fixture, forbid_image_reads):
+    root = request.getfixturevalue(root_fixture)
+    index = build_index(root, workers=2)
+    forbid_image_reads()
+    class_names, paths, nbytes = scan_folder(root)
+    assert class_names == index.class_names and paths == index.paths
+    assert nbytes.dtype == np.int64 and list(nbytes) == list(index.nbytes)
+    assert dataset_fingerprint(paths, nbytes, class_names) == index.fingerprint
+
+
+def test_scan_folder_follows_the_extension_and_folder_rules(tiny_root):
+    (tiny_root / "mango" / "notes.txt").write_text("not an image")
+    (tiny_root / "mango" / "upper.PNG").write_bytes(b"not opened")
+    (tiny_root / "mango" / "sub").mkdir()
+    (tiny_root / ".hidden").mkdir()
+    (tiny_root / "readme.jpg").write_bytes(b"not in a class folder")
+    class_names, paths, _ = scan_folder(tiny_root)
+    assert class_names == ["Apple", "mango", "zebra"]
+    assert [p for p in paths if p.startswith("mango/")] == ["mango/img_0.JPEG", "mango/img_1.JPEG", "mango/upper.PNG"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda root: root / "nope", "does not exist"),
+    (lambda root: root / "Apple" / "img_0.JPEG", "does not exist"),
+    (lambda root: (root / "empty_cls").mkdir() or root, "holds no images"),
+])
+def test_scan_folder_errors_match_build_index(tiny_root, make, words):
+    target = make(tiny_root)
+    with pytest.raises(DatasetIndexError, match=words) as scanned:
+        scan_folder(target)
+    with pytest.raises(DatasetIndexError) as built:
+        build_index(target)
+    assert str(scanned.value) == str(built.value)
+
+
+def test_index_for_store_takes_the_stored_sizes_without_opening_images(tiny_root, tmp_path, forbid_image_reads):
+    index = build_index(tiny_root, workers=2)
+    store = _store_for(index, str(tmp_path / "s.zarr"))
+    moved = _copy(tiny_root, tmp_path / "moved")  # the same dataset in another folder
+    forbid_image_reads()
+    with pytest.raises(AssertionError, match="opened"):
+        build_index(tiny_root, workers=1)  # the guard works
+    _same_index(index_for_store(store, tiny_root), index)
+    _same_index(index_for_store(store, moved), index.with_root(moved.resolve()))
+
+
+@pytest.mark.parametrize("change, named", [
+    (_append_byte, "mango/img_1.JPEG"),
+    (_rename_file, "mango/img_9.JPEG"),
+    (_move_between_classes, "mango/img_1.JPEG"),
+    (_rename_class, "class folders differ"),
+])
+def test_index_for_store_mismatch_names_the_difference(tiny_root, tmp_path, forbid_image_reads, change, named):
+    store = _store_for(build_index(tiny_root, workers=1), str(tmp_path / "s.zarr"))
+    change(tiny_root)
+    with pytest.raises(StoreMismatchError) as built:
+        store.check_dataset(build_index(tiny_root, workers=1))
+    forbid_image_reads()
+    with pytest.raises(StoreMismatchError) as scanned:
+        index_for_store(store, tiny_root)
+    assert named in str(scanned.value) and "another dataset" in str(scanned.value)
+    assert str(scanned.value) == str(built.value)  # one message, whichever way the folder was read
+
+
+def test_index_for_store_leaves_out_the_files_skipped_at_labelling(tiny_root, tmp_path, forbid_image_reads):
+    _garbage(tiny_root / "mango" / "img_0.JPEG")
+    index = build_index(tiny_root, workers=2, skip_corrupt=True)
+    assert index.skipped == ["mango/img_0.JPEG"]
+    store = _store_for(index, str(tmp_path / "s.zarr"))
+    assert store.skipped == ["mango/img_0.JPEG"]
+    forbid_image_reads()
+    found = index_for_store(store, tiny_root)  # the corrupt file is still there: dropped by name
+    _same_index(found, index)
+    assert "mango/img_0.JPEG" not in found.paths and list(found.classes) == [0, 0, 1, 2, 2]
+    os.remove(tiny_root / "mango" / "img_0.JPEG")  # or deleted since: the same dataset
+    _same_index(index_for_store(store, tiny_root), index)
+    _jpeg(tiny_root / "mango" / "img_2.JPEG")  # a new file is not skipped: another dataset
+    with pytest.raises(StoreMismatchError, match="image count differs"):
+        index_for_store(store, tiny_root)

@@ -1,0 +1,93 @@
+"""What a training run reads: the dataset index and checked label store, the training and validation loaders.
+
+FKD mode takes the index from the store (`index_for_store`: the folder is only listed
+and fingerprinted, no image header is read on any rank); vanilla mode has no store and
+indexes the folder. The pixel contract (size, interpolation, mean/std, crop_pct) is the
+student's timm pretrained config unless the options override it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fkd_dali.crop_plan import pass_slots
+from fkd_dali.dist import DistEnv
+from fkd_dali.errors import ConfigError
+from fkd_dali.evaluate import resolve_class_map
+from fkd_dali.index import DatasetIndex, build_index, index_for_store
+from fkd_dali.label_store import LabelStore, open_store
+from fkd_dali.recovery import check_recovery
+
+if TYPE_CHECKING:
+    from fkd_dali.train import TrainConfig
+
+
+def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | None]:
+    """(index, store) of `--data` and `--labels` (store None in vanilla mode), after every store check.
+
+    Raises:
+        StoreMismatchError, LabelStoreError, CropPlanError, ConfigError: the store was
+            made for another folder, is incomplete, holds fewer than m crops per image,
+            or lacks what `--recovery` needs.
+    """
+    if cfg.vanilla:
+        return build_index(cfg.data), None
+    store = open_store(cfg.labels)
+    index = index_for_store(store, cfg.data)
+    store.check_complete()
+    pass_slots(0, cfg.num_crops, store.crops_per_image)  # --num-crops <= M, with an explanation
+    check_recovery(cfg.recovery, cfg.recovery_k, stored_k=store.spec.label.k, smoothing=cfg.smoothing)
+    if cfg.recovery == "full" and store.spec.label.kind != "full":
+        raise ConfigError(f"--recovery full needs a store with dense labels; {store.url} holds top-"
+                          f"{store.spec.label.k} only: pick another --recovery or regenerate with --full")
+    return index, store
+
+
+def student_data_config(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """Size, interpolation, mean, std and crop_pct: the options, else the student's pretrained config."""
+    from timm.data import resolve_data_config
+
+    tc = resolve_data_config({}, model=model)
+    return {"size": int(cfg.image_size or tc["input_size"][-1]),
+            "interpolation": cfg.interpolation or tc["interpolation"],
+            "mean": list(cfg.mean or tc["mean"]), "std": list(cfg.std or tc["std"]),
+            "crop_pct": float(cfg.crop_pct or tc.get("crop_pct", 0.875))}
+
+
+def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
+                      store: LabelStore | None, dc: dict[str, Any], num_classes: int) -> Any:
+    """This rank's loader: replayed crops (FKD), random crops (vanilla), or device tensors (`--synthetic`)."""
+    from fkd_dali.replay import ReplayLoader, SyntheticLoader
+    from pipelines.vanilla import VanillaLoader
+
+    per_rank = cfg.batch_size // env.world
+    common = dict(size=dc["size"], mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"], seed=cfg.seed,
+                  rank=env.rank, world=env.world, device=device, threads=cfg.threads)
+    if cfg.vanilla:
+        loader = VanillaLoader(index, per_rank, scale=cfg.scale, ratio=cfg.ratio, **common)
+    else:
+        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full", **common)
+    if loader.steps_per_pass < 1:
+        raise ConfigError(f"{len(index)} images over {env.world} rank(s) do not fill one step of "
+                          f"{per_rank // cfg.m} images per rank: lower --batch-size")
+    if cfg.synthetic:
+        steps = loader.steps_per_pass
+        loader.close()
+        k = None if cfg.vanilla else store.spec.label.k  # type: ignore[union-attr]
+        loader = SyntheticLoader(per_rank, dc["size"], steps, num_classes, k, device, half=device.type == "cuda",
+                                 seed=cfg.seed + env.rank, full=cfg.recovery == "full" and not cfg.vanilla)
+    return loader
+
+
+def make_val_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, dc: dict[str, Any], num_classes: int,
+                    model_classes: list[str] | None) -> tuple[Any, np.ndarray]:
+    """(this rank's `--val` loader, class map from folder ids to model outputs; see `resolve_class_map`)."""
+    from pipelines.validation import ValidationLoader
+
+    vindex = build_index(cfg.val)  # type: ignore[arg-type]
+    class_map = resolve_class_map(vindex.class_names, num_classes, model_classes)
+    loader = ValidationLoader(vindex, dc["size"], dc["crop_pct"], dc["interpolation"], dc["mean"], dc["std"],
+                              cfg.val_batch_size, cfg.threads, device, env.rank, env.world)
+    return loader, class_map

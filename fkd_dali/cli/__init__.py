@@ -21,7 +21,10 @@ from fkd_dali.errors import FkdError
 def build_parser() -> argparse.ArgumentParser:
     from fkd_dali.cli import bench, demo, labels, train
 
-    parser = argparse.ArgumentParser(prog="fkd-dali", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="fkd-dali", description="Fast Knowledge Distillation on NVIDIA DALI: label random crops once with a "
+        "teacher, then train students on replayed crops and stored soft labels.",
+        epilog="Start with `fkd-dali demo`. `python -m fkd_dali` is the same command.")
     parser.add_argument("--version", action="version", version=f"fkd-dali {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fkd_dali.atomic import save_torch
 from fkd_dali.errors import CheckpointError
 from fkd_dali.label_store import LabelStore
 
@@ -28,14 +28,6 @@ CHECKPOINT_FORMAT = "fkd-dali-train/1"
 def store_id(store: LabelStore) -> str:
     """Identity of a store's content: sha256 over its attributes (dataset, teacher, crops, creation)."""
     return hashlib.sha256(json.dumps(store.meta, sort_keys=True).encode()).hexdigest()
-
-
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write atomically: a temp file in the same folder, then `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -139,7 +131,7 @@ def save_run(run: TrainRun, pass_idx: int, step: int, keep_pass: bool = False) -
     path = out / "last.pth"
     if run.env.is_main:
         state = checkpoint_state(run, pass_idx, step)
-        save_checkpoint(path, state)
+        save_torch(state, path)  # atomic: a killed run never leaves half a checkpoint
         if keep_pass:
-            save_checkpoint(out / f"pass_{pass_idx - 1:03d}.pth", state)
+            save_torch(state, out / f"pass_{pass_idx - 1:03d}.pth")
     return str(path)

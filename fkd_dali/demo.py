@@ -90,17 +90,10 @@ def _student_agreement(model: torch.nn.Module, val_store: Path, val: Path, cfg: 
 
 def _top1(model: torch.nn.Module, val: Path, size: int, cfg: DemoConfig, device: torch.device) -> float:
     """ImageNet top-1 (percent) on the held-out images: folders are WordNet ids."""
-    from timm.data import resolve_data_config
+    from fkd_dali.evaluate import evaluate, model_data_config, validation_data
 
-    from fkd_dali.evaluate import evaluate, resolve_class_map
-    from fkd_dali.index import build_index
-    from pipelines.validation import ValidationLoader
-
-    index = build_index(val)
-    dc = resolve_data_config({}, model=model)
-    loader = ValidationLoader(index, size, float(dc["crop_pct"]), str(dc["interpolation"]), dc["mean"], dc["std"],
-                              batch_size=16, threads=cfg.threads, device=device)
-    cmap = resolve_class_map(index.class_names, 1000)
+    loader, cmap = validation_data(val, model_data_config(model, size), 1000, None, batch_size=16,
+                                   threads=cfg.threads, device=device)
     return evaluate(model.to(device), loader, cmap, device).top1
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from fkd_dali.errors import ConfigError
 from fkd_dali.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.label_store import LabelStore, open_store
 from fkd_dali.precision import amp_context, resolve_amp
+
+if TYPE_CHECKING:
+    from pipelines.validation import ValidationLoader
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,41 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
         "exactly one sub-folder per teacher class, in the teacher's class order")
 
 
+def model_data_config(model: torch.nn.Module, size: int | None = None, interpolation: str | None = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      crop_pct: float | None = None) -> dict[str, Any]:
+    """The pixels `model` is fed: size, interpolation, mean, std, crop_pct (validation centre crop).
+
+    Each value given here wins; the others come from timm's pretrained config of `model`.
+    """
+    from timm.data import resolve_data_config
+
+    tc = resolve_data_config({}, model=model)
+    return {"size": int(size or tc["input_size"][-1]), "interpolation": str(interpolation or tc["interpolation"]),
+            "mean": list(mean or tc["mean"]), "std": list(std or tc["std"]),
+            "crop_pct": float(crop_pct or tc.get("crop_pct", 0.875))}
+
+
+def validation_data(folder: str | os.PathLike[str], dc: dict[str, Any], num_classes: int,
+                    model_classes: Sequence[str] | None, batch_size: int, threads: int,
+                    device: torch.device | str, rank: int = 0, world: int = 1) -> tuple[ValidationLoader, np.ndarray]:
+    """This rank's `ValidationLoader` over a labelled folder, and the map of its class ids to model outputs.
+
+    Args:
+        folder: root/<class>/<image> folder to evaluate on.
+        dc: the model's pixel contract: size, crop_pct, interpolation, mean, std.
+        num_classes, model_classes: as in `resolve_class_map`.
+        batch_size: images per rank and batch.
+    """
+    from pipelines.validation import ValidationLoader
+
+    index = build_index(folder)
+    class_map = resolve_class_map(index.class_names, num_classes, model_classes)
+    loader = ValidationLoader(index, dc["size"], dc["crop_pct"], dc["interpolation"], dc["mean"], dc["std"],
+                              batch_size, threads, device, rank, world)
+    return loader, class_map
+
+
 def _reduce(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -139,11 +177,9 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
 
     The crops are the store's `slots` (e.g. held-out slots never trained on) of every
     image (or of `images`), cut by the replay pipeline at the student's resolution and
-    normalization (from timm's pretrained config of `model` unless given). A folder
-    path as `data` is checked against the store by `index_for_store` (no header reads).
+    normalization (`model_data_config`). A folder path as `data` is checked against the
+    store by `index_for_store` (no header reads).
     """
-    from timm.data import resolve_data_config
-
     from fkd_dali.pass_table import read_pass_table
     from fkd_dali.replay import ReplayLoader
 
@@ -152,12 +188,11 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     else:
         index = data
         store.check_dataset(index)
-    cfg = resolve_data_config({}, model=model)
+    dc = model_data_config(model, size, interpolation, mean, std)
     ids = np.arange(len(index)) if images is None else np.asarray(images, dtype=np.int64)
-    loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images,
-                          size=size or int(cfg["input_size"][-1]), mean=mean or cfg["mean"], std=std or cfg["std"],
-                          interpolation=interpolation or cfg["interpolation"], device=device, threads=threads,
-                          prefetch_tables=False)
+    loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images, size=dc["size"],
+                          mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"], device=device,
+                          threads=threads, prefetch_tables=False)
     table = read_pass_table(store, index.sizes, np.asarray(slots), ids)
     was_training = model.training
     model.eval()
@@ -175,16 +210,12 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
 
 def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     """`fkd-dali eval`: load a training checkpoint and evaluate it on `cfg.data` (DDP-aware)."""
-    from pipelines.validation import ValidationLoader
-
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.labels:
         check_store_matches(ckpt, open_store(cfg.labels), cfg.checkpoint)
     with distributed(cfg.device) as (env, device):
         model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)
-        dc = ckpt["data_config"]
-        index = build_index(cfg.data)
-        cmap = resolve_class_map(index.class_names, int(ckpt["num_classes"]), ckpt.get("model_classes"))
-        loader = ValidationLoader(index, dc["size"], dc["crop_pct"], dc["interpolation"], dc["mean"], dc["std"],
-                                  cfg.batch_size, cfg.threads, device, env.rank, env.world)
+        loader, cmap = validation_data(cfg.data, ckpt["data_config"], int(ckpt["num_classes"]),
+                                       ckpt.get("model_classes"), cfg.batch_size, cfg.threads, device, env.rank,
+                                       env.world)
         return evaluate(model, loader, cmap, device, resolve_amp(cfg.amp, device))

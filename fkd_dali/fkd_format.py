@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from fkd_dali.atomic import save_torch
 from fkd_dali.errors import ConfigError, LabelStoreError
 
 FKD_SUFFIX = ".tar"
@@ -70,15 +71,7 @@ def write_fkd_file(path: str | os.PathLike[str], coords: np.ndarray | torch.Tens
     stacked = np.stack([labels.index.astype(np.float32), labels.prob], axis=1)  # (M, 2, K)
     payload = [torch.from_numpy(labels.coords.copy()), torch.from_numpy(labels.flip.copy()),
                torch.from_numpy(stacked)]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_torch(payload, path)
 
 
 def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from fkd_dali.atomic import save_torch
 from fkd_dali.errors import ConfigError, LabelStoreError, TeacherError
 
 MAP_SIZE = 15  # ReLabel's 15x15 maps (EfficientNet-L2 at 475 px, stride 32)
@@ -85,15 +86,7 @@ def write_label_map(path: str | os.PathLike[str], scores: torch.Tensor, indices:
         raise LabelStoreError(f"label map for {path}: scores {tuple(scores.shape)} and indices "
                               f"{tuple(indices.shape)} must both be (K, S, S)")
     packed = torch.stack([scores.float(), indices.float()]).cpu().contiguous()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        torch.save(packed, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_torch(packed, path)
 
 
 def read_label_map(path: str | os.PathLike[str]) -> torch.Tensor:

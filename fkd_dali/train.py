@@ -29,7 +29,7 @@ from fkd_dali.checkpoint import resume_run, save_run
 from fkd_dali.crop_plan import epochs_to_passes
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.evaluate import EvalResult, evaluate
+from fkd_dali.evaluate import EvalResult, evaluate, model_data_config, validation_data
 from fkd_dali.index import DatasetIndex
 from fkd_dali.label_store import LabelStore
 from fkd_dali.loss import SoftTargetLoss
@@ -38,7 +38,7 @@ from fkd_dali.recovery import check_recovery
 from fkd_dali.replay import ReplayBatch
 from fkd_dali.run_log import RunLog, write_run_config
 from fkd_dali.schedule import SCHEDULES, LrSchedule, ScheduleSpec, create_schedule
-from fkd_dali.train_data import make_train_loader, make_val_loader, open_training_data, student_data_config
+from fkd_dali.train_data import make_train_loader, open_training_data
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 
@@ -202,7 +202,7 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     num_classes = len(index.class_names) if store is None else store.spec.label.num_classes
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=num_classes)
-    dc = student_data_config(cfg, model)
+    dc = model_data_config(model, cfg.image_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -243,9 +243,11 @@ def _wrap(run: TrainRun) -> None:
 
 
 def _make_val(run: TrainRun) -> None:
-    model_classes = run.index.class_names if run.store is None else None
-    run.val_loader, run.class_map = make_val_loader(run.cfg, run.env, run.device, run.data_config, run.num_classes,
-                                                    model_classes)
+    cfg = run.cfg
+    model_classes = run.index.class_names if run.store is None else None  # vanilla: the folder's classes
+    run.val_loader, run.class_map = validation_data(cfg.val, run.data_config, run.num_classes,  # type: ignore[arg-type]
+                                                    model_classes, cfg.val_batch_size, cfg.threads, run.device,
+                                                    run.env.rank, run.env.world)
 
 
 # -- the loop ----------------------------------------------------------------------

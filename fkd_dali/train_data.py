@@ -1,21 +1,18 @@
-"""What a training run reads: the dataset index and checked label store, the training and validation loaders.
+"""What a training run reads: the dataset index, the checked label store and the training loader.
 
 FKD mode takes the index from the store (`index_for_store`: the folder is only listed
 and fingerprinted, no image header is read on any rank); vanilla mode has no store and
-indexes the folder. The pixel contract (size, interpolation, mean/std, crop_pct) is the
-student's timm pretrained config unless the options override it.
+indexes the folder.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from fkd_dali.crop_plan import pass_slots
 from fkd_dali.dist import DistEnv
 from fkd_dali.errors import ConfigError
-from fkd_dali.evaluate import resolve_class_map
 from fkd_dali.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.label_store import LabelStore, open_store
 from fkd_dali.recovery import check_recovery
@@ -45,17 +42,6 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
     return index, store
 
 
-def student_data_config(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
-    """Size, interpolation, mean, std and crop_pct: the options, else the student's pretrained config."""
-    from timm.data import resolve_data_config
-
-    tc = resolve_data_config({}, model=model)
-    return {"size": int(cfg.image_size or tc["input_size"][-1]),
-            "interpolation": cfg.interpolation or tc["interpolation"],
-            "mean": list(cfg.mean or tc["mean"]), "std": list(cfg.std or tc["std"]),
-            "crop_pct": float(cfg.crop_pct or tc.get("crop_pct", 0.875))}
-
-
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
                       store: LabelStore | None, dc: dict[str, Any], num_classes: int) -> Any:
     """This rank's loader: replayed crops (FKD), random crops (vanilla), or device tensors (`--synthetic`)."""
@@ -80,14 +66,3 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
                                  seed=cfg.seed + env.rank, full=cfg.recovery == "full" and not cfg.vanilla)
     return loader
 
-
-def make_val_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, dc: dict[str, Any], num_classes: int,
-                    model_classes: list[str] | None) -> tuple[Any, np.ndarray]:
-    """(this rank's `--val` loader, class map from folder ids to model outputs; see `resolve_class_map`)."""
-    from pipelines.validation import ValidationLoader
-
-    vindex = build_index(cfg.val)  # type: ignore[arg-type]
-    class_map = resolve_class_map(vindex.class_names, num_classes, model_classes)
-    loader = ValidationLoader(vindex, dc["size"], dc["crop_pct"], dc["interpolation"], dc["mean"], dc["std"],
-                              cfg.val_batch_size, cfg.threads, device, env.rank, env.world)
-    return loader, class_map

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -31,20 +31,33 @@ class FeedBatch:
     paths: list[str] = field(default_factory=list)
 
 
+class Feed(Protocol):
+    """A batch for a `BatchSource`: per-image lists named by its `FIELDS`, and the files they came from."""
+
+    @property
+    def paths(self) -> list[str]: ...
+
+
 class BatchSource:
-    """Callable external source over the batches of the current epoch."""
+    """Callable external source over the batches of the current epoch.
+
+    Each call returns the next batch's `FIELDS` (the external source's outputs, in
+    order) and remembers its paths, so that a decoding failure can be traced to a file.
+    """
+
+    FIELDS: tuple[str, ...] = ("encoded", "rois", "flips", "meta")  # of a `FeedBatch`
 
     def __init__(self, remember: int = 8) -> None:
-        self._batches: Iterator[FeedBatch] = iter(())
+        self._batches: Iterator[Feed] = iter(())
         self.recent: collections.deque[list[str]] = collections.deque(maxlen=remember)
 
-    def set_epoch(self, batches: Iterable[FeedBatch]) -> None:
+    def set_epoch(self, batches: Iterable[Feed]) -> None:
         self._batches = iter(batches)
 
     def __call__(self) -> tuple[list[np.ndarray], ...]:
         batch = next(self._batches)  # StopIteration ends DALI's epoch
         self.recent.append(batch.paths)
-        return batch.encoded, batch.rois, batch.flips, batch.meta
+        return tuple(getattr(batch, name) for name in self.FIELDS)
 
 
 class CropIterator:
@@ -55,7 +68,7 @@ class CropIterator:
         self.source = source
         self._it: DALIGenericIterator | None = None
 
-    def epoch(self, batches: Iterable[FeedBatch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batches: Iterable[Feed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.source.set_epoch(batches)
         try:  # building the iterator or resetting it already runs (prefetches) the first batches
             if self._it is None:

@@ -7,7 +7,6 @@ along. `ImageSource` and `EpochRunner` are shared with the vanilla pipeline.
 """
 from __future__ import annotations
 
-import collections
 import math
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -18,6 +17,7 @@ from nvidia.dali.pipeline import Pipeline
 
 from fkd_dali.index import DatasetIndex
 from pipelines.fragments import decode, interp_type
+from pipelines.iterators import BatchSource, CropIterator, read_encoded
 
 
 class ImageFeed(NamedTuple):
@@ -28,26 +28,14 @@ class ImageFeed(NamedTuple):
     paths: list[str]
 
 
-class ImageSource:
+class ImageSource(BatchSource):
     """External source (batch mode) over the `ImageFeed`s of the current epoch."""
 
-    def __init__(self, remember: int = 8) -> None:
-        self._batches: Iterator[ImageFeed] = iter(())
-        self.recent: collections.deque[list[str]] = collections.deque(maxlen=remember)
-
-    def set_epoch(self, batches: Iterable[ImageFeed]) -> None:
-        self._batches = iter(batches)
-
-    def __call__(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        batch = next(self._batches)  # StopIteration ends DALI's epoch
-        self.recent.append(batch.paths)
-        return batch.encoded, batch.meta
+    FIELDS = ("encoded", "meta")
 
 
 def image_feed(index: DatasetIndex, ids: Sequence[int], batch_size: int) -> Iterator[ImageFeed]:
     """Batches of (bytes, [image id, class id]) for `ids`, in order; the last may be smaller."""
-    from pipelines.iterators import read_encoded
-
     ids = np.asarray(ids, dtype=np.int64)
     for a in range(0, len(ids), batch_size):
         chunk = ids[a:a + batch_size]
@@ -69,8 +57,6 @@ class EpochRunner:
         self._dirty = False
 
     def epoch(self, feed: Iterable[ImageFeed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from pipelines.iterators import CropIterator
-
         if self._iter is None or self._dirty:
             source = ImageSource()
             self._iter = CropIterator(self._build(source), source)

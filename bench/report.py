@@ -143,7 +143,7 @@ def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequen
         names += [n for n, _ in parts if n not in names]
     palette = colormaps["tab10"]
     colour = {n: palette(i % 10) for i, n in enumerate(names)}
-    fig = Figure(figsize=(11, 1.8 + 0.6 * len(bars)), dpi=120)
+    fig = Figure(figsize=(13, 1.8 + 0.6 * len(bars)), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ys = list(range(len(bars)))[::-1]
@@ -162,7 +162,8 @@ def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequen
     ax.grid(axis="x", alpha=0.3)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=colour[n], label=n) for n in names], fontsize=7, loc="lower right", ncol=2)
+    ax.legend(handles=[Patch(color=colour[n], label=n) for n in names], fontsize=7, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
     fig.tight_layout()
     out = Path(path)

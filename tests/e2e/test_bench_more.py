@@ -209,3 +209,21 @@ def test_tiny_train_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
         assert [x["steps"] for x in doc["rounds"][kind]] == [3, 3]
         assert all(x["crops_per_s"] > 0 for x in doc["rounds"][kind])
     assert doc["result"]["target_ratio"] == 0.97 and summary["ratio"] > 0
+
+
+def test_tiny_stages_benchmark_and_summary(tmp_path: Path, tiny_teacher: Path) -> None:
+    """`bench stages` splits each loader's CPU per crop into stages; `bench.summary` tabulates the JSON."""
+    out = tmp_path / "out"
+    run(["stages", "--corpus-images", "8", "--m", "2", "--batch-size", "4", "--images", "4", "--repeats", "1",
+         "-M", "4", "--image-size", "32", "--teacher", "resnet10t", "--checkpoint", str(tiny_teacher),
+         "--out", str(out), "--no-progress"], tmp_path)
+    doc = json.loads((out / "stages.json").read_text())
+    check_common(doc, "stages", out / "stages.png")
+    assert set(doc["breakdown"]) == {"fkd-dali", "fkd-reference", "relabel"}
+    for parts in doc["breakdown"].values():
+        assert parts[0]["stage"] == "decode" and parts[0]["cpu_ms_per_crop"] > 0
+        assert all(p["cpu_ms_per_crop"] >= 0 for p in parts)
+    from bench.summary import summarize_dir
+
+    text = summarize_dir(out)
+    assert text.startswith("#### stages") and "| fkd-dali |" in text

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
 
@@ -149,7 +150,8 @@ def read_image_header(path: str, full_decode: bool = False) -> tuple[int, int, i
     return height, width, nbytes
 
 
-def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False) -> DatasetIndex:
+def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False,
+                progress: bool = False) -> DatasetIndex:
     """Index an ImageNet-style folder, reading headers in parallel threads.
 
     Args:
@@ -157,6 +159,7 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         workers: header-reading threads (I/O bound; more than cores is fine).
         skip_corrupt: fully decode every image and leave out (and record in
             `skipped`) those that fail, instead of raising on the first bad header.
+        progress: show a progress bar (files/s, ETA) for folders of 10,000+ files.
     """
     root_path = Path(root).expanduser().resolve()
     class_names, rel_paths, labels, _ = _walk(root_path)
@@ -169,8 +172,13 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
                 return str(e)
             raise
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(header, rel_paths, chunksize=256))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(rel_paths), unit="file", unit_scale=True, desc="index", dynamic_ncols=True,
+                 disable=not progress or len(rel_paths) < 10_000) as bar:
+        results = []
+        for r in pool.map(header, rel_paths, chunksize=256):
+            results.append(r)
+            bar.update(1)
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = [rel_paths[i] for i, r in enumerate(results) if isinstance(r, str)]
     if not keep:

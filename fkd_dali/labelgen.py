@@ -225,7 +225,7 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     device = pick_device(cfg.device, env.local_rank)
     reference = open_store(cfg.reference) if cfg.reference else None
     if reference is None:
-        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt)
+        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
     else:
         index = _reference_index(reference, cfg)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint)

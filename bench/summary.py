@@ -24,18 +24,25 @@ def _load(doc: dict) -> str:
 
 def loaders_markdown(doc: dict) -> str:
     rows, ratios = doc["rows"], doc["ratios"]
-    baselines = [r["label"] for r in rows if r["group"] == "baseline"]
-    head = ("| loader | crops/s | CPU-s / 1000 crops | crops per CPU-s | peak RSS (MB) | "
-            + " | ".join(f"vs {b} (CPU, speed)" for b in baselines) + " |")
-    lines = [head, "|" + "---|" * (5 + len(baselines))]
+    # one column per baseline loader; a multi-crop baseline is compared at the row's own m
+    columns: list[str] = []
+    for r in rows:
+        if r["group"] == "baseline" and r["loader"] not in columns:
+            columns.append(r["loader"])
+    multi = {r["loader"] for r in rows if r["group"] == "baseline" and r["label"] != r["loader"]}
+    head = ("| loader | crops/s | CPU-s / 1000 crops | crops per CPU-s | peak RSS / end PSS (MB) | "
+            + " | ".join(f"vs {c}{' (same m)' if c in multi else ''}: CPU, speed" for c in columns) + " |")
+    lines = [head, "|" + "---|" * (5 + len(columns))]
     for r in rows:
         cells = []
-        for b in baselines:
+        for c in columns:
+            b = f"{c} m={r['m']}" if c in multi else c
             x = next((q for q in ratios if q["subject"] == r["label"] and q["baseline"] == b), None)
             cells.append(f"{x['cpu_efficiency']:.2f}x, {x['speed']:.2f}x" if x else "")
         name = f"**{r['label']}**" if r["group"] == "fkd-dali" else r["label"]
         lines.append(f"| {name} | {_f(r['crops_per_s'])} | {_f(r['cpu_s_per_1000_crops'], 2)} | "
-                     f"{_f(r['crops_per_cpu_s'])} | {_f(r['peak_rss_mb'], 0)} | " + " | ".join(cells) + " |")
+                     f"{_f(r['crops_per_cpu_s'])} | {_f(r['peak_rss_mb'], 0)} / {_f(r.get('end_pss_mb'), 0)} | "
+                     + " | ".join(cells) + " |")
     out = ["\n".join(lines), ""]
     if doc.get("label_overhead"):
         out.append("Label overhead (fkd-dali with vs. without gathering + recovering labels, paired per round): "

@@ -78,7 +78,7 @@ def cpu_per_crop(run: Callable[[], int], repeats: int) -> float:
 
 # -- fkd-dali ---------------------------------------------------------------------------
 
-def _dali_stage(stage: str, encoded: list, rois: list, flips: list, cfg: StagesConfig) -> Callable[[], int]:
+def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Callable[[], int]:
     """A DALI CPU graph that stops after `stage` ("decode", "resize", "full"), fed the same batches."""
     from nvidia.dali import fn, pipeline_def, types
 
@@ -86,8 +86,7 @@ def _dali_stage(stage: str, encoded: list, rois: list, flips: list, cfg: StagesC
 
     ipb = cfg.batch_size // cfg.m
     n_batches = len(encoded) // ipb
-    batches = [(encoded[b * ipb:(b + 1) * ipb], rois[b * ipb:(b + 1) * ipb], flips[b * ipb:(b + 1) * ipb])
-               for b in range(n_batches)]
+    batches = [(encoded[b * ipb:(b + 1) * ipb], rois[b * ipb:(b + 1) * ipb]) for b in range(n_batches)]
     state = {"i": 0}
 
     def source():
@@ -97,10 +96,9 @@ def _dali_stage(stage: str, encoded: list, rois: list, flips: list, cfg: StagesC
 
     @pipeline_def(batch_size=ipb, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
     def graph():
-        jpegs, r, f = fn.external_source(source=source, num_outputs=3, batch=True,
-                                         dtype=[types.UINT8, types.FLOAT, types.INT32])
+        jpegs, r = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.FLOAT])
         if stage == "full":
-            return decode_and_crop(jpegs, r, f, cfg.m, cfg.image_size, "bilinear", (0.485, 0.456, 0.406),
+            return decode_and_crop(jpegs, r, cfg.m, cfg.image_size, "bilinear", (0.485, 0.456, 0.406),
                                    (0.229, 0.224, 0.225), gpu=False)
         image = decode(jpegs, gpu=False)
         if stage == "decode":
@@ -126,17 +124,16 @@ def fkd_dali_stages(cfg: StagesConfig, index, store: str) -> dict[str, float]:
     from fkd_dali.label_store import open_store
     from fkd_dali.pass_table import plan_table
     from fkd_dali.crop_plan import make_pass_plan
-    from pipelines.iterators import read_encoded
+    from pipelines.iterators import flipped_rois, read_encoded
 
     st = open_store(store)
     table = plan_table(st, index.sizes, make_pass_plan(cfg.seed, 0, cfg.m, st.crops_per_image, len(index)))
     ids = table.images[:cfg.images]
     encoded = [read_encoded(index.abspath(int(i))) for i in ids]
-    rois = [np.ascontiguousarray(table.rois[r]) for r in range(len(ids))]
-    flips = [np.ascontiguousarray(table.flips[r]) for r in range(len(ids))]
+    rois = [flipped_rois(table.rois[r], table.flips[r]) for r in range(len(ids))]
     out = {}
     for stage in ("decode", "resize", "full"):
-        out[stage] = cpu_per_crop(_dali_stage(stage, encoded, rois, flips, cfg), cfg.repeats)
+        out[stage] = cpu_per_crop(_dali_stage(stage, encoded, rois, cfg), cfg.repeats)
     spec = LoaderSpec(index=index, batch_size=cfg.batch_size, workers=1, m=cfg.m, image_size=cfg.image_size,
                       store=store, seed=cfg.seed)
     batches = cfg.images // (cfg.batch_size // cfg.m)

@@ -19,10 +19,9 @@ OUTPUT_NAMES = ("crops", "meta")
 @pipeline_def
 def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
                 std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float):
-    encoded, rois, flips, meta = fn.external_source(
-        source=source, num_outputs=4, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT32, types.INT64])
-    crops = decode_and_crop(encoded, rois, flips, n_crops, size, interpolation, mean, std, gpu, half,
-                            hw_decoder_load)
+    encoded, rois, meta = fn.external_source(
+        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64])
+    crops = decode_and_crop(encoded, rois, n_crops, size, interpolation, mean, std, gpu, half, hw_decoder_load)
     return crops, meta
 
 
@@ -33,9 +32,10 @@ def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean
     """Build (not yet started) the stored-crop pipeline.
 
     Args:
-        source: callable returning a batch `(encoded, rois, flips, meta)` of lists,
-            one entry per image (at most `batch_size`), or raising StopIteration at
-            the end of an epoch. `meta` is an int64 row carried through unchanged
+        source: callable returning a batch `(encoded, rois, meta)` of lists, one
+            entry per image (at most `batch_size`), or raising StopIteration at the
+            end of an epoch (a `pipelines.iterators.BatchSource`); flipped crops have
+            their ROI's x0 and x1 swapped. `meta` is an int64 row carried through unchanged
             (image id, round, ...) so outputs can be matched to inputs.
         device_id: CUDA device, or None for the CPU-only pipeline.
         half: float16 output; defaults to True on GPU, False on CPU.

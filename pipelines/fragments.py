@@ -1,7 +1,8 @@
 """Graph fragments shared by the pipelines: decode once, then cut n crops from stored boxes.
 
-Boxes arrive as float32 pixel corners (y0, x0, y1, x1) per crop and flips as int32,
-through `fn.external_source`; they never come from DALI's RNG. EXIF orientation is
+Boxes arrive as float32 pixel corners (y0, x0, y1, x1) per crop, with x0 and x1
+swapped for a flipped crop, through `fn.external_source`; they never come from
+DALI's RNG. EXIF orientation is
 ignored (`adjust_orientation=False`) because boxes were drawn on the stored pixels.
 """
 from __future__ import annotations
@@ -39,34 +40,35 @@ def decode(encoded: DataNode, gpu: bool, hw_decoder_load: float = 0.65) -> DataN
 
 
 def normalize(image: DataNode, mirror: DataNode | int, mean: Sequence[float], std: Sequence[float],
-              half: bool) -> DataNode:
+              half: bool, layout: str = "CHW") -> DataNode:
     """Flip, (x/255 - mean) / std, HWC -> CHW; float16 on GPU halves the copy to torch."""
     return fn.crop_mirror_normalize(
         image, mirror=mirror, mean=[255.0 * v for v in mean], std=[255.0 * v for v in std],
-        dtype=types.FLOAT16 if half else types.FLOAT, output_layout="CHW")
+        dtype=types.FLOAT16 if half else types.FLOAT, output_layout=layout)
 
 
-def decode_and_crop(encoded: DataNode, rois: DataNode, flips: DataNode, n_crops: int, size: int,
-                    interpolation: str, mean: Sequence[float], std: Sequence[float], gpu: bool,
-                    half: bool = False, hw_decoder_load: float = 0.65) -> DataNode:
+def decode_and_crop(encoded: DataNode, rois: DataNode, n_crops: int, size: int, interpolation: str,
+                    mean: Sequence[float], std: Sequence[float], gpu: bool, half: bool = False,
+                    hw_decoder_load: float = 0.65) -> DataNode:
     """Decode each image once and cut its `n_crops` stored crops.
 
     Args:
         encoded: encoded image bytes (uint8, one sample per image).
-        rois: (n_crops, 4) float32 (y0, x0, y1, x1) pixel corners per image.
-        flips: (n_crops,) int32 horizontal flips per image.
+        rois: (n_crops, 4) float32 (y0, x0, y1, x1) pixel corners per image; x0 > x1
+            means a horizontally flipped crop (`flipped_rois`): DALI's resize reads a
+            reversed ROI mirrored, so no separate flip op touches the pixels.
         size: output side (square crops, like RandomResizedCrop).
 
     Returns:
         One sample per image of shape (n_crops, 3, size, size): crops of one image
-        stay adjacent when the batch is flattened.
+        stay adjacent when the batch is flattened. The crops are stacked while still
+        uint8 and normalized once, which writes the float output a single time.
     """
     image = decode(encoded, gpu, hw_decoder_load)
     interp = interp_type(interpolation)
     crops = []
     for k in range(n_crops):
         roi = rois[k]
-        crop = fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], size=(size, size),
-                         interp_type=interp, antialias=True)
-        crops.append(normalize(crop, flips[k], mean, std, half))
-    return fn.stack(*crops)
+        crops.append(fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], size=(size, size),
+                               interp_type=interp, antialias=True))
+    return normalize(fn.stack(*crops, axis_name="F"), 0, mean, std, half, layout="FCHW")

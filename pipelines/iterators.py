@@ -30,6 +30,19 @@ class FeedBatch:
     meta: list[np.ndarray]  # (j,) int64, carried through
     paths: list[str] = field(default_factory=list)
 
+    @property
+    def flipped_rois(self) -> list[np.ndarray]:
+        """ROIs with x0/x1 swapped where the crop is flipped: what the crop graph takes."""
+        return [flipped_rois(r, f) for r, f in zip(self.rois, self.flips)]
+
+
+def flipped_rois(rois: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """(n, 4) (y0, x0, y1, x1) -> the same with x0 and x1 swapped for flipped rows (float32)."""
+    out = np.array(rois, dtype=np.float32, copy=True)
+    f = np.asarray(flips, dtype=bool)
+    out[f, 1], out[f, 3] = rois[f, 3], rois[f, 1]
+    return out
+
 
 class Feed(Protocol):
     """A batch for a `BatchSource`: per-image lists named by its `FIELDS`, and the files they came from."""
@@ -45,7 +58,7 @@ class BatchSource:
     order) and remembers its paths, so that a decoding failure can be traced to a file.
     """
 
-    FIELDS: tuple[str, ...] = ("encoded", "rois", "flips", "meta")  # of a `FeedBatch`
+    FIELDS: tuple[str, ...] = ("encoded", "flipped_rois", "meta")  # of a `FeedBatch`
 
     def __init__(self, remember: int = 8) -> None:
         self._batches: Iterator[Feed] = iter(())

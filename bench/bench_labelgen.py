@@ -12,10 +12,8 @@ medians. Writes `<out>/labelgen.json` and `<out>/labelgen.png`.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +24,8 @@ import torch
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description, tree_cpu_seconds
 from bench.labels import labelgen_device
-from bench.report import panels_chart, write_json
-from fkd_dali.errors import ConfigError, FkdError
+from bench.report import panels_chart, run_cli, write_json
+from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.90  # label generation / teacher-only inference (DESIGN.md)
 
@@ -218,20 +216,17 @@ def parse_args(argv: Sequence[str] | None) -> LabelGenBenchConfig:
                                seed=a.seed, out=a.out, assets=a.assets, progress=not a.no_progress)
 
 
+def _summary(cfg, doc: dict) -> dict:
+    """The one-line summary printed after the run (besides the JSON and PNG paths)."""
+    r = doc["result"]
+    return {"labelgen_crops_per_s": round(r["labelgen_crops_per_s"], 1),
+            "teacher_only_crops_per_s": round(r["teacher_only_crops_per_s"], 1),
+            "ratio": round(r["ratio"], 3), "target_met": r["target_met"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `bench labelgen` / `fkd-dali bench labelgen`; FkdError -> message, exit 2."""
-    try:
-        cfg = parse_args(argv)
-        doc = run_labelgen_benchmark(cfg)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    r, out = doc["result"], Path(cfg.out)
-    print(json.dumps({"json": str(out / "labelgen.json"), "png": str(out / "labelgen.png"),
-                      "labelgen_crops_per_s": round(r["labelgen_crops_per_s"], 1),
-                      "teacher_only_crops_per_s": round(r["teacher_only_crops_per_s"], 1),
-                      "ratio": round(r["ratio"], 3), "target_met": r["target_met"]}))
-    return 0
+    return run_cli(argv, "labelgen", parse_args, run_labelgen_benchmark, _summary)
 
 
 if __name__ == "__main__":

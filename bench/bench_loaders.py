@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,8 +22,8 @@ from bench.corpus import prepare_dataset
 from bench.harness import Entry, RoundResult, load_average, load_note, machine_description, ratios, run_rounds, summarize
 from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
 from bench.loaders import LOADERS, LoaderInfo, LoaderSpec
-from bench.report import bar_chart, write_json
-from fkd_dali.errors import ConfigError, FkdError
+from bench.report import bar_chart, run_cli, write_json
+from fkd_dali.errors import ConfigError
 from fkd_dali.index import DatasetIndex
 from fkd_dali.teacher import Teacher, load_teacher
 
@@ -336,22 +334,18 @@ def parse_args(argv: Sequence[str] | None) -> LoadersConfig:
                          store=a.store, seed=a.seed, device=a.device, progress=not a.no_progress)
 
 
+def _summary(cfg, doc: dict) -> dict:
+    """The one-line summary printed after the run (besides the JSON and PNG paths)."""
+    return {"crops_per_s": {r["label"]: round(r["crops_per_s"], 1) for r in doc["rows"]},
+            "ratios": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                       for r in doc["ratios"]],
+            "targets": [{"target": t["target"], "value": round(t["value"], 3) if t["value"] is not None
+                         else None, "met": t["met"]} for t in doc["targets"]]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `bench loaders` / `fkd-dali bench loaders`; FkdError -> message, exit 2."""
-    try:
-        cfg = parse_args(argv)
-        doc = run_loaders_benchmark(cfg)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(cfg.out)
-    print(json.dumps({"json": str(out / "loaders.json"), "png": str(out / "loaders.png"),
-                      "crops_per_s": {r["label"]: round(r["crops_per_s"], 1) for r in doc["rows"]},
-                      "ratios": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                                 for r in doc["ratios"]],
-                      "targets": [{"target": t["target"], "value": round(t["value"], 3) if t["value"] is not None
-                                   else None, "met": t["met"]} for t in doc["targets"]]}))
-    return 0
+    return run_cli(argv, "loaders", parse_args, run_loaders_benchmark, _summary)
 
 
 if __name__ == "__main__":

@@ -17,22 +17,19 @@ share is its difference to the previous one. Writes `<out>/stages.json` / `stage
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description, measure, tree_cpu_seconds
 from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
-from bench.report import stacked_chart, write_json
-from fkd_dali.errors import ConfigError, FkdError
+from bench.report import run_cli, stacked_chart, write_json
+from fkd_dali.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -325,19 +322,15 @@ def parse_args(argv: Sequence[str] | None) -> StagesConfig:
                         repeats=a.repeats, seed=a.seed, out=a.out, assets=a.assets, progress=not a.no_progress)
 
 
+def _summary(cfg, doc: dict) -> dict:
+    """The one-line summary printed after the run (besides the JSON and PNG paths)."""
+    return {"cpu_ms_per_crop": {k: {b["stage"]: round(b["cpu_ms_per_crop"], 2) for b in v}
+                                for k, v in doc["breakdown"].items()}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `bench stages` / `fkd-dali bench stages`; FkdError -> message, exit 2."""
-    try:
-        cfg = parse_args(argv)
-        doc = run_stages_benchmark(cfg)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(cfg.out)
-    print(json.dumps({"json": str(out / "stages.json"), "png": str(out / "stages.png"),
-                      "cpu_ms_per_crop": {k: {b["stage"]: round(b["cpu_ms_per_crop"], 2) for b in v}
-                                          for k, v in doc["breakdown"].items()}}))
-    return 0
+    return run_cli(argv, "stages", parse_args, run_stages_benchmark, _summary)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ Writes `<out>/store.json` and `<out>/store.png`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ import numpy as np
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description
 from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
-from bench.report import panels_chart, write_json
-from fkd_dali.errors import ConfigError, FkdError
+from bench.report import panels_chart, run_cli, write_json
+from fkd_dali.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 CROP_FIELDS = ("crops/box", "crops/flip", "labels/index", "labels/prob")
@@ -144,7 +142,6 @@ def measure_sizes(cfg: StoreBenchConfig) -> tuple[dict, dict]:
     store = store_sizes(url)
     fkd_root = cfg.assets_dir / f"fkd-labels-{fp}-{mk}"
     export_store_fkd(url, fkd_root)
-    n = len(index)
     files, apparent, allocated = folder_bytes(fkd_root, ".tar")
     maps_root = cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}"
     from fkd_dali.teacher import load_teacher
@@ -404,27 +401,24 @@ def parse_args(argv: Sequence[str] | None) -> StoreBenchConfig:
                             keep_synthetic=a.keep_synthetic, progress=not a.no_progress)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `bench store` / `fkd-dali bench store`; FkdError -> message, exit 2."""
-    try:
-        cfg = parse_args(argv)
-        doc = run_store_benchmark(cfg)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    s, out = doc["sizes"], Path(cfg.out)
+def _summary(cfg, doc: dict) -> dict:
+    """The one-line summary printed after the run (besides the JSON and PNG paths)."""
+    s = doc["sizes"]
     big = s[f"at_M{cfg.target_crops}"]
-    summary = {"json": str(out / "store.json"), "png": str(out / "store.png"),
-               "bytes_per_image": {"store": round(s["store"]["bytes_per_image"]),
-                                   "fkd_files": round(s["fkd_files"]["bytes_per_image"]),
-                                   "relabel_maps": round(s["relabel_maps"]["bytes_per_image"])},
+    summary = {"bytes_per_image": {"store": round(s["store"]["bytes_per_image"]),
+                         "fkd_files": round(s["fkd_files"]["bytes_per_image"]),
+                         "relabel_maps": round(s["relabel_maps"]["bytes_per_image"])},
                f"bytes_per_image_at_M{cfg.target_crops}": {"store": round(big["store_bytes_per_image"]),
                                                          "fkd_files": big["fkd_file_bytes_per_image"]}}
     if doc["pass_table"]:
         summary["pass_table_s_full_scale"] = {k: round(v, 3) for k, v in
                                               doc["pass_table"]["extrapolated_read_pass_table_s"].items()}
-    print(json.dumps(summary))
-    return 0
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `bench store` / `fkd-dali bench store`; FkdError -> message, exit 2."""
+    return run_cli(argv, "store", parse_args, run_store_benchmark, _summary)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import json
 import math
 import shutil
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,8 +23,8 @@ from typing import Sequence
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description
 from bench.labels import write_store_labels
-from bench.report import panels_chart, write_json
-from fkd_dali.errors import ConfigError, FkdError
+from bench.report import panels_chart, run_cli, write_json
+from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (DESIGN.md, GPU)
 
@@ -202,20 +201,17 @@ def parse_args(argv: Sequence[str] | None) -> TrainBenchConfig:
                             progress=not a.no_progress)
 
 
+def _summary(cfg, doc: dict) -> dict:
+    """The one-line summary printed after the run (besides the JSON and PNG paths)."""
+    r = doc["result"]
+    return {"real_crops_per_s": round(r["real_crops_per_s"], 1),
+            "synthetic_crops_per_s": round(r["synthetic_crops_per_s"], 1),
+            "ratio": round(r["ratio"], 3), "target_met": r["target_met"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `bench train` / `fkd-dali bench train`; FkdError -> message, exit 2."""
-    try:
-        cfg = parse_args(argv)
-        doc = run_train_benchmark(cfg)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    r, out = doc["result"], Path(cfg.out)
-    print(json.dumps({"json": str(out / "train.json"), "png": str(out / "train.png"),
-                      "real_crops_per_s": round(r["real_crops_per_s"], 1),
-                      "synthetic_crops_per_s": round(r["synthetic_crops_per_s"], 1),
-                      "ratio": round(r["ratio"], 3), "target_met": r["target_met"]}))
-    return 0
+    return run_cli(argv, "train", parse_args, run_train_benchmark, _summary)
 
 
 if __name__ == "__main__":

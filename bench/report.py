@@ -10,8 +10,9 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 GROUP_COLOURS = {"fkd-dali": "#2a7ab9", "ablation": "#8fbde0", "baseline": "#9a9a9a"}
 
@@ -170,3 +171,22 @@ def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequen
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def run_cli(argv: Sequence[str] | None, name: str, parse_args: Callable[[Sequence[str] | None], Any],
+            run: Callable[[Any], dict], summarize: Callable[[Any, dict], dict]) -> int:
+    """The `main` of every benchmark: parse, run, print a one-line JSON summary.
+
+    User errors (`FkdError`) print their message and return 2, as the CLI does.
+    """
+    from fkd_dali.errors import FkdError
+
+    try:
+        cfg = parse_args(argv)
+        doc = run(cfg)
+    except FkdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out)
+    print(json.dumps({"json": str(out / f"{name}.json"), "png": str(out / f"{name}.png"), **summarize(cfg, doc)}))
+    return 0

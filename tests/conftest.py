@@ -62,6 +62,17 @@ def small_store(photo_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """2 shared cores: one intra-op torch thread beside DALI's threads runs several times faster than two."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def copy_store(tmp_path):
     def copy(src: Path) -> Path:
         dst = tmp_path / Path(src).name

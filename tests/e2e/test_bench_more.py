@@ -33,12 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

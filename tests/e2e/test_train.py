@@ -25,13 +25,7 @@ from fkd_dali.train import TrainConfig, fit
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg(photo_root, store, out, **kw) -> TrainConfig:

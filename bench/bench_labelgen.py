@@ -24,7 +24,7 @@ import torch
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description, tree_cpu_seconds
 from bench.labels import labelgen_device
-from bench.report import panels_chart, run_cli, write_json
+from bench.report import ratio_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.90  # label generation / teacher-only inference (DESIGN.md)
@@ -175,15 +175,12 @@ def run_labelgen_benchmark(cfg: LabelGenBenchConfig) -> dict:
            "notes": notes}
     out = Path(cfg.out)
     write_json(out / "labelgen.json", doc)
-    panels_chart(out / "labelgen.png", [
-        {"xlabel": "crops / s (median)", "bars": [
-            {"label": "label generation", "value": result["labelgen_crops_per_s"], "group": "fkd-dali"},
-            {"label": "teacher only", "value": result["teacher_only_crops_per_s"]}]},
-        {"xlabel": "label generation / teacher only", "target": TARGET_RATIO, "target_label": "target 90%",
-         "bars": [{"label": "ratio", "value": result["ratio"], "group": "fkd-dali"}]}],
-        f"Label generation vs teacher-only inference: {cfg.teacher}, batch {cfg.batch_size} crops, "
-        f"M={cfg.crops_per_image}, {dataset['n_images']} images",
-        f"{machine['cpu_model']}, {machine['usable_cores']} cores, {teacher.device}")
+    ratio_chart(out / "labelgen.png", ("label generation", result["labelgen_crops_per_s"]),
+                ("teacher only", result["teacher_only_crops_per_s"]), "crops / s (median)", result["ratio"],
+                "label generation / teacher only", TARGET_RATIO,
+                f"Label generation vs teacher-only inference: {cfg.teacher}, batch {cfg.batch_size} crops, "
+                f"M={cfg.crops_per_image}, {dataset['n_images']} images",
+                f"{machine['cpu_model']}, {machine['usable_cores']} cores, {teacher.device}")
     return doc
 
 

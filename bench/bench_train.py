@@ -23,7 +23,7 @@ from typing import Sequence
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description
 from bench.labels import write_store_labels
-from bench.report import panels_chart, run_cli, write_json
+from bench.report import ratio_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (DESIGN.md, GPU)
@@ -153,15 +153,12 @@ def run_train_benchmark(cfg: TrainBenchConfig) -> dict:
            "notes": notes}
     out = Path(cfg.out)
     write_json(out / "train.json", doc)
-    panels_chart(out / "train.png", [
-        {"xlabel": "training crops / s (median)", "bars": [
-            {"label": "real data (replay + labels)", "value": result["real_crops_per_s"], "group": "fkd-dali"},
-            {"label": "synthetic tensors", "value": result["synthetic_crops_per_s"]}]},
-        {"xlabel": "real / synthetic", "target": TARGET_RATIO, "target_label": "target 97%",
-         "bars": [{"label": "ratio", "value": result["ratio"], "group": "fkd-dali"}]}],
-        f"Training throughput: {cfg.arch} at {cfg.image_size} px, batch {cfg.batch_size} crops (m={cfg.num_crops}), "
-        f"{cfg.steps} steps",
-        f"{machine['cpu_model']}, {machine['usable_cores']} cores, {cfg.device}")
+    ratio_chart(out / "train.png", ("real data (replay + labels)", result["real_crops_per_s"]),
+                ("synthetic tensors", result["synthetic_crops_per_s"]), "training crops / s (median)",
+                result["ratio"], "real / synthetic", TARGET_RATIO,
+                f"Training throughput: {cfg.arch} at {cfg.image_size} px, batch {cfg.batch_size} crops "
+                f"(m={cfg.num_crops}), {cfg.steps} steps",
+                f"{machine['cpu_model']}, {machine['usable_cores']} cores, {cfg.device}")
     return doc
 
 

@@ -71,12 +71,7 @@ def bar_chart(path: str | os.PathLike[str], rows: Sequence[dict], title: str, su
         ax.set_xlim(0, 1.2 * top if top > 0 else 1)
     left.set_yticks(ys)
     left.set_yticklabels(labels)
-    fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save(fig, path, title, subtitle)
 
 
 def panels_chart(path: str | os.PathLike[str], panels: Sequence[dict], title: str, subtitle: str = "") -> Path:
@@ -112,12 +107,26 @@ def panels_chart(path: str | os.PathLike[str], panels: Sequence[dict], title: st
             ax.text(panel["target"], ys[0] + 0.45, " " + panel.get("target_label", "target"), color="#c0392b",
                     fontsize=7, va="bottom")
         ax.set_xlim(0, 1.25 * top)
+    return _save(fig, path, title, subtitle)
+
+
+def _save(fig, path: str | os.PathLike[str], title: str, subtitle: str) -> Path:
     fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def ratio_chart(path: str | os.PathLike[str], subject: tuple[str, float], baseline: tuple[str, float],
+                xlabel: str, ratio: float, ratio_xlabel: str, target: float, title: str, subtitle: str) -> Path:
+    """Two panels: subject vs baseline (e.g. label generation vs teacher only), and their ratio vs a target."""
+    return panels_chart(path, [
+        {"xlabel": xlabel, "bars": [{"label": subject[0], "value": subject[1], "group": "fkd-dali"},
+                                    {"label": baseline[0], "value": baseline[1]}]},
+        {"xlabel": ratio_xlabel, "target": target, "target_label": f"target {target:.0%}",
+         "bars": [{"label": "ratio", "value": ratio, "group": "fkd-dali"}]}], title, subtitle)
 
 
 def _fmt(v: float) -> str:
@@ -165,12 +174,7 @@ def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequen
 
     ax.legend(handles=[Patch(color=colour[n], label=n) for n in names], fontsize=7, loc="center left",
               bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.suptitle(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save(fig, path, title, subtitle)
 
 
 def run_cli(argv: Sequence[str] | None, name: str, parse_args: Callable[[Sequence[str] | None], Any],

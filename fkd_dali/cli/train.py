@@ -37,7 +37,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", "-j", type=int, default=d("threads"), help="DALI CPU threads per process")
     g.add_argument("--synthetic", action="store_true", help="random tensors on the device instead of data")
     g = p.add_argument_group("model and optimization")
-    g.add_argument("--arch", default=d("arch"), help="timm model name (default %(default)s)")
+    g.add_argument("--arch", "--model", dest="arch", default=d("arch"),
+                   help="timm model name; --model as in timm's train.py (default %(default)s)")
     g.add_argument("--epochs", type=int, default=d("epochs"), help="FKD epochs (default %(default)s)")
     g.add_argument("--lr", type=float, default=d("lr"))
     g.add_argument("--opt", default=d("opt"), help="timm optimizer name (default %(default)s)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from fkd_dali.errors import ConfigError
@@ -34,6 +35,14 @@ def float_triple(text: str) -> tuple[float, float, float]:
     except ValueError:
         raise ConfigError(f"expected three comma-separated numbers like 0.485,0.456,0.406; got {text!r}") from None
     return a, b, c
+
+
+def print_json_line(obj: Any) -> None:
+    """One JSON line in a single write: under torchrun every rank shares stdout, and
+    print() may write the text and its newline separately (PYTHONUNBUFFERED), letting
+    another rank's line in between."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def print_json(obj: Any) -> None:

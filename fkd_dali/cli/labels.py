@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fkd_dali.cli._common import default, float_pair, float_triple, print_json
+from fkd_dali.cli._common import default, float_pair, float_triple, print_json, print_json_line
 from fkd_dali.labelgen import LabelGenConfig
 
 
@@ -68,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads=args.threads, skip_corrupt=args.skip_corrupt, input_size=args.input_size,
         interpolation=args.interpolation, mean=args.mean, std=args.std, progress=not args.no_progress)
     summary = generate_labels(cfg)
-    print(json.dumps({"store": args.out, **summary.as_dict()}))
+    print_json_line({"store": args.out, **summary.as_dict()})
     return 0
 
 

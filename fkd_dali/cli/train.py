@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from fkd_dali.cli._common import default, float_pair, float_triple
+from fkd_dali.cli._common import default, float_pair, float_triple, print_json_line
 from fkd_dali.evaluate import EvalConfig
 from fkd_dali.precision import AMP_CHOICES
 from fkd_dali.train import TrainConfig
@@ -81,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
     result = fit(TrainConfig(**fields, progress=not args.no_progress))
     summary = {k: v for k, v in vars(result).items() if k != "history"}
-    print(json.dumps(summary, default=str))
+    print_json_line(summary)
     return 128 + result.signal if result.interrupted and result.signal else 0
 
 
@@ -104,5 +103,5 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
                      threads=args.threads, device=args.device, amp=args.amp)
-    print(json.dumps({"checkpoint": args.checkpoint, **evaluate_checkpoint(cfg).as_dict()}))
+    print_json_line({"checkpoint": args.checkpoint, **evaluate_checkpoint(cfg).as_dict()})
     return 0

@@ -56,18 +56,6 @@ class DatasetIndex:
     def abspath(self, i: int) -> str:
         return os.path.join(self.root, self.paths[i])
 
-    def read_bytes(self, i: int) -> np.ndarray:
-        """The encoded file as a uint8 array (what DALI's decoders take)."""
-        path = self.abspath(i)
-        try:
-            return np.fromfile(path, dtype=np.uint8)
-        except OSError as e:
-            raise DatasetIndexError(f"cannot read image {path}: {e}") from e
-
-    def with_root(self, root: str | os.PathLike[str]) -> "DatasetIndex":
-        return DatasetIndex(str(root), self.paths, self.classes, self.sizes, self.nbytes,
-                            self.class_names, self.skipped)
-
 
 def dataset_fingerprint(paths: Sequence[str], nbytes: Sequence[int], class_names: Sequence[str]) -> str:
     """sha256 over class names, then one `path<TAB>bytes` line per image, in index order."""

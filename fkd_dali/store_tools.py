@@ -16,7 +16,7 @@ import numpy as np
 
 from fkd_dali.boxes import decode_boxes
 from fkd_dali.errors import DatasetIndexError, StoreMismatchError
-from fkd_dali.index import build_index
+from fkd_dali.index import index_for_store
 from fkd_dali.label_store import CropLabels, LabelStore, open_store
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
@@ -186,7 +186,7 @@ def verify_store(url: str, data: str | None = None) -> VerifyReport:
     if data is not None:
         report.dataset_checked = True
         try:
-            store.check_dataset(build_index(data))
+            index_for_store(store, data)  # names the first differing file, reads no image header
         except StoreMismatchError as e:
             found.add("dataset", str(e), [], 1)
     skip = set(missing)

@@ -1,6 +1,7 @@
 """Dataset index: class numbering, header sizes, fingerprint, and errors that name the bad file."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_index_ignores_exif_orientation(tmp_path):
 def test_abspath_and_bytes(tiny_root):
     index = build_index(tiny_root, workers=1)
     assert index.abspath(0) == str(tiny_root.resolve() / "Apple" / "img_0.JPEG")
-    data = index.read_bytes(0)
+    data = read_encoded(index.abspath(0))
     assert data.dtype == np.uint8 and len(data) == index.nbytes[0]
 
 
@@ -305,7 +306,7 @@ def test_index_for_store_takes_the_stored_sizes_without_opening_images(tiny_root
     with pytest.raises(AssertionError, match="opened"):
         build_index(tiny_root, workers=1)  # the guard works
     _same_index(index_for_store(store, tiny_root), index)
-    _same_index(index_for_store(store, moved), index.with_root(moved.resolve()))
+    _same_index(index_for_store(store, moved), dataclasses.replace(index, root=str(moved.resolve())))
 
 
 @pytest.mark.parametrize("change, named", [

@@ -73,7 +73,7 @@ class LabelGenBenchConfig:
 
 def run_labelgen_once(cfg: LabelGenBenchConfig, root: str, store: Path) -> dict:
     """One label generation into a fresh store; its own timing plus the process tree's CPU time."""
-    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
 
     shutil.rmtree(store, ignore_errors=True)
     cpu0, t0 = tree_cpu_seconds(), time.perf_counter()
@@ -93,7 +93,7 @@ class TeacherOnly:
 
     def __init__(self, cfg: LabelGenBenchConfig) -> None:
         from fkd_dali.dist import pick_device
-        from fkd_dali.teacher import load_teacher
+        from fkd_dali.labels.teacher import load_teacher
 
         teacher = load_teacher(cfg.teacher, cfg.checkpoint)
         self.device = pick_device(labelgen_device(cfg.device))

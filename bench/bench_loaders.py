@@ -17,15 +17,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 from bench.corpus import prepare_dataset
-from bench.harness import Entry, RoundResult, load_average, load_note, machine_description, ratios, run_rounds, summarize
+from bench.harness import (
+    Entry,
+    RoundResult,
+    load_average,
+    load_note,
+    machine_description,
+    ratios,
+    run_rounds,
+    summarize,
+)
 from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
 from bench.loaders import LOADERS, LoaderInfo, LoaderSpec
 from bench.report import bar_chart, run_cli, write_json
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex
-from fkd_dali.teacher import Teacher, load_teacher
+from fkd_dali.labels.teacher import Teacher, load_teacher
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Explains the `bench loaders` figures. On one thread (DALI num_threads=1, one tor
 thread, one DataLoader worker), over the same images and stored crops:
 
 - fkd-dali: DALI graphs that stop after decode, after the m ROI resizes, and after
-  normalize + stack (`pipelines.fragments.decode_and_crop`, the replay's graph); then the
+  normalize + stack (`fkd_dali.pipelines.fragments.decode_and_crop`, the replay's graph); then the
   whole replay loader without and with labels (adds file reads, pass table, DALI->torch
   copy, Python feed, label gather + recovery);
 - FKD reference: PIL decode, m `resized_crop`, `to_tensor` + `normalize`, label-file read,
@@ -79,7 +79,7 @@ def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Cal
     """A DALI CPU graph that stops after `stage` ("decode", "resize", "full"), fed the same batches."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipelines.fragments import decode, decode_and_crop, interp_type
+    from fkd_dali.pipelines.fragments import decode, decode_and_crop, interp_type
 
     ipb = cfg.batch_size // cfg.m
     n_batches = len(encoded) // ipb
@@ -118,10 +118,10 @@ def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Cal
 
 def fkd_dali_stages(cfg: StagesConfig, index, store: str) -> dict[str, float]:
     from bench.loaders import FkdDaliLoader, LoaderSpec
-    from fkd_dali.label_store import open_store
-    from fkd_dali.pass_table import plan_table
-    from fkd_dali.crop_plan import make_pass_plan
-    from pipelines.iterators import flipped_rois, read_encoded
+    from fkd_dali.crops.pass_table import plan_table
+    from fkd_dali.crops.plan import make_pass_plan
+    from fkd_dali.loaders.feed import flipped_rois, read_encoded
+    from fkd_dali.store.label_store import open_store
 
     st = open_store(store)
     table = plan_table(st, index.sizes, make_pass_plan(cfg.seed, 0, cfg.m, st.crops_per_image, len(index)))
@@ -150,8 +150,8 @@ def reference_stages(cfg: StagesConfig, index, fkd_root: str, maps_root: str) ->
 
     from bench.labels import load_pil_rgb
     from bench.loaders import FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader, fkd_soft_targets
-    from fkd_dali.fkd_format import read_fkd_file
-    from fkd_dali.relabel import relabel_targets
+    from fkd_dali.interop.fkd_files import read_fkd_file
+    from fkd_dali.interop.relabel_maps import relabel_targets
 
     spec = LoaderSpec(index=index, batch_size=cfg.batch_size, workers=1, m=cfg.m, image_size=cfg.image_size,
                       fkd_labels=fkd_root, label_maps=maps_root, seed=cfg.seed)
@@ -268,7 +268,7 @@ def run_stages_benchmark(cfg: StagesConfig) -> dict:
     fkd_root = cfg.assets_dir / f"fkd-labels-{fp}-{mk}"
     export_store_fkd(store, fkd_root)
     maps_root = cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}"
-    from fkd_dali.teacher import load_teacher
+    from fkd_dali.labels.teacher import load_teacher
 
     write_relabel_maps(index, maps_root, load_teacher(cfg.teacher, cfg.checkpoint), cfg.top_k, progress=cfg.progress)
     stages = {"fkd-dali": fkd_dali_stages(cfg, index, store),

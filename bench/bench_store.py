@@ -105,7 +105,7 @@ def folder_bytes(root: str | os.PathLike[str], suffix: str | None = None) -> tup
 
 def store_sizes(url: str) -> dict:
     """Bytes of a store's crop fields and of its per-image index, per image and per crop."""
-    from fkd_dali.label_store import ARRAY_KEYS, open_store
+    from fkd_dali.store.label_store import ARRAY_KEYS, open_store
 
     store = open_store(url)
     per_array = {k: int(store.group[k].nbytes_stored()) for k in ARRAY_KEYS if k in store.group}
@@ -121,7 +121,7 @@ def store_sizes(url: str) -> dict:
 
 def fkd_file_bytes_at(m: int, k: int, tmp: Path) -> int:
     """Exact size of one FKD label file with M=m crops, K=k (torch.save does not compress)."""
-    from fkd_dali.fkd_format import write_fkd_file
+    from fkd_dali.interop.fkd_files import write_fkd_file
 
     path = tmp / f"fkd-size-M{m}.tar"
     coords = np.tile(np.array([[0.1, 0.1, 0.5, 0.5]], np.float32), (m, 1))
@@ -144,7 +144,7 @@ def measure_sizes(cfg: StoreBenchConfig) -> tuple[dict, dict]:
     export_store_fkd(url, fkd_root)
     files, apparent, allocated = folder_bytes(fkd_root, ".tar")
     maps_root = cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}"
-    from fkd_dali.teacher import load_teacher
+    from fkd_dali.labels.teacher import load_teacher
 
     write_relabel_maps(index, maps_root, load_teacher(cfg.teacher, cfg.checkpoint), cfg.top_k,
                        progress=cfg.progress)
@@ -201,7 +201,7 @@ def synthetic_labels(rng: np.random.Generator, n: int, m: int, k: int, num_class
 
 
 def _synthetic_index(n: int, seed: int):
-    from fkd_dali.index import DatasetIndex
+    from fkd_dali.data.index import DatasetIndex
 
     rng = np.random.default_rng([seed, n])
     long = np.where(rng.random(n) < 0.8, 500, rng.integers(333, 500, n))
@@ -216,8 +216,8 @@ def _synthetic_index(n: int, seed: int):
 
 def write_synthetic_store(url: str, n: int, m: int, k: int, seed: int, progress: bool) -> None:
     """N images x M crops x top-K written chunk by chunk (boxes from the real crop sampler)."""
-    from fkd_dali.boxes import CropDistribution, encode_boxes, sample_crops
-    from fkd_dali.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
+    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
 
     index = _synthetic_index(n, seed)
     spec = StoreSpec(crops_per_image=m, crop=CropDistribution(seed=seed), label=LabelSpec(k=k),
@@ -253,9 +253,9 @@ def evict(root: str | os.PathLike[str]) -> bool:
 
 def time_pass_tables(url: str, m: int, repeats: int, seed: int) -> dict:
     """Median seconds of `read_slots` and `read_pass_table` over passes 0..repeats-1, cold and warm."""
-    from fkd_dali.crop_plan import make_pass_plan, pass_slots
-    from fkd_dali.label_store import open_store
-    from fkd_dali.pass_table import read_pass_table
+    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.crops.plan import make_pass_plan, pass_slots
+    from fkd_dali.store.label_store import open_store
 
     store = open_store(url)
     sizes = np.asarray(store.group["images/size"][:])
@@ -308,7 +308,7 @@ def measure_pass_table(cfg: StoreBenchConfig) -> dict:
             if scale != 1 else "none (measured at full scale)",
             "target_s": TARGET_PASS_TABLE_S,
             "target_met": {c: v <= TARGET_PASS_TABLE_S for c, v in extrapolated.items()},
-            "labels": "synthetic (see bench_store.synthetic_labels); boxes from fkd_dali.boxes.sample_crops"}
+            "labels": "synthetic (see bench_store.synthetic_labels); boxes from fkd_dali.crops.boxes.sample_crops"}
 
 
 # -- the run --------------------------------------------------------------------------

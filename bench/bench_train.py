@@ -1,6 +1,6 @@
 """`bench train`: training throughput with real data (replayed crops + stored labels) vs synthetic tensors.
 
-Both sides are `fkd_dali.train.fit` with the same model, batch, precision and step
+Both sides are `fkd_dali.train.loop.fit` with the same model, batch, precision and step
 count; the synthetic side (`synthetic=True`) replays one random batch made on the
 device, so the gap is what the data path costs the training loop (target: real >= 97%
 of synthetic, DESIGN.md, meant for GPUs). `fit` times from the end of its first step, so
@@ -99,7 +99,7 @@ class TrainBenchConfig:
 
 def run_fit(cfg: TrainBenchConfig, root: str, n_images: int, store: str, synthetic: bool, out: Path) -> dict:
     """One `fit` of `cfg.steps` steps over the `n_images` of `root`; its throughput (timed after step 1)."""
-    from fkd_dali.train import TrainConfig, fit
+    from fkd_dali.train.loop import TrainConfig, fit
 
     images_per_step = cfg.batch_size // cfg.num_crops  # type: ignore[operator]
     steps_per_pass = max(1, n_images // images_per_step)

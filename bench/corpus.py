@@ -25,7 +25,7 @@ from PIL import Image
 from fkd_dali.errors import ConfigError, DatasetIndexError
 
 if TYPE_CHECKING:
-    from fkd_dali.index import DatasetIndex
+    from fkd_dali.data.index import DatasetIndex
 
 # (package, path inside the package, class name). Photographs only: no synthetic
 # test charts, logos or tiny images.
@@ -160,7 +160,7 @@ def prepare_dataset(data: str | None, corpus_images: int, corpus_seed: int, asse
             `assets_dir/corpus-<n>-seed<seed>`.
         progress: show a progress bar while building.
     """
-    from fkd_dali.index import build_index
+    from fkd_dali.data.index import build_index
 
     corpus = None
     root = data

@@ -21,9 +21,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from fkd_dali.index import DatasetIndex
-from fkd_dali.relabel import MAP_SIZE, dense_label_map, label_map_path, write_label_map
-from fkd_dali.teacher import Teacher
+from fkd_dali.data.index import DatasetIndex
+from fkd_dali.interop.relabel_maps import MAP_SIZE, dense_label_map, label_map_path, write_label_map
+from fkd_dali.labels.teacher import Teacher
 
 MANIFEST = "manifest.json"
 STORE_NAME = "store.zarr"
@@ -68,7 +68,7 @@ def teacher_crop(img: Image.Image, box: Sequence[int], flip: bool, teacher: Teac
 
 def teacher_sha256(name: str, checkpoint: str | None) -> str:
     """sha256 of the weights `load_teacher(name, checkpoint)` would load ("" if not found)."""
-    from fkd_dali.teacher import file_sha256, resolve_teacher_name
+    from fkd_dali.labels.teacher import file_sha256, resolve_teacher_name
 
     _, entry = resolve_teacher_name(name)
     path = checkpoint or (entry.weights_path() if entry is not None else "")
@@ -77,7 +77,7 @@ def teacher_sha256(name: str, checkpoint: str | None) -> str:
 
 def store_identity(url: str) -> str:
     """A short hash of a store's attributes (dataset, teacher, crops, creation time)."""
-    from fkd_dali.label_store import open_store
+    from fkd_dali.store.label_store import open_store
 
     meta = open_store(url).meta
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
@@ -105,8 +105,8 @@ def write_store_labels(index: DatasetIndex, out_root: str | os.PathLike[str], te
     Returns:
         The manifest and the store's path.
     """
-    from fkd_dali.label_store import open_store
-    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+    from fkd_dali.store.label_store import open_store
 
     url = str(Path(out_root) / STORE_NAME)
     want = LabelAssetInfo("store", index.fingerprint, teacher, teacher_sha256(teacher, checkpoint), top_k, 0,
@@ -132,8 +132,8 @@ def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelA
 
     The manifest records the store's identity, so a regenerated store is exported again.
     """
-    from fkd_dali.interop import export_fkd
-    from fkd_dali.label_store import open_store
+    from fkd_dali.interop.fkd_store import export_fkd
+    from fkd_dali.store.label_store import open_store
 
     store = open_store(store_url)
     info = LabelAssetInfo("fkd", store.fingerprint, store.spec.teacher.name, store.spec.teacher.checkpoint_sha256,
@@ -160,7 +160,7 @@ def write_relabel_maps(index: DatasetIndex, out_root: str | os.PathLike[str], te
     Args:
         index: the images to label.
         out_root: root of the `<class>/<stem>.pt` files.
-        teacher: a CNN teacher (see `fkd_dali.relabel.dense_label_map`).
+        teacher: a CNN teacher (see `fkd_dali.interop.relabel_maps.dense_label_map`).
         top_k: K scores kept per position.
         map_size: S, side of the stored maps.
         batch_size: images per teacher forward pass.

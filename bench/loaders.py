@@ -18,7 +18,7 @@ Baselines, re-implemented from the papers' descriptions:
 - `dali`: DALI file reader + random-resized-crop decoder + flip + normalize, hard
   labels — the decoding ceiling without labels.
 
-fkd-dali: `fkd-dali` (`fkd_dali.replay.ReplayLoader` + `recover_labels`) and
+fkd-dali: `fkd-dali` (`fkd_dali.loaders.replay.ReplayLoader` + `recover_labels`) and
 `fkd-dali-nolabels` (the same replay without labels, for the label overhead). On a
 GPU the replay delivers float16 crops, as training uses them.
 """
@@ -31,17 +31,17 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
 from bench.labels import CROP_RATIO, CROP_SCALE, load_pil_rgb
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
-from fkd_dali.fkd_format import FkdLabels, fkd_file_path, read_fkd_file
-from fkd_dali.index import DatasetIndex
+from fkd_dali.interop.fkd_files import FkdLabels, fkd_file_path, read_fkd_file
+from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
 from fkd_dali.registry import Registry
-from fkd_dali.relabel import label_map_path, read_label_map, relabel_targets
 
 if TYPE_CHECKING:
     from nvidia.dali.pipeline import Pipeline
@@ -342,8 +342,8 @@ class FkdDaliLoader:
     """
 
     def __init__(self, spec: LoaderSpec, with_labels: bool = True, recovery: str = "marginal_smoothing") -> None:
-        from fkd_dali.label_store import open_store
-        from fkd_dali.replay import ReplayLoader
+        from fkd_dali.loaders.replay import ReplayLoader
+        from fkd_dali.store.label_store import open_store
 
         if not spec.store:
             raise ConfigError("the fkd-dali loader needs a soft-label store (LoaderSpec.store)")
@@ -364,7 +364,7 @@ class FkdDaliLoader:
 
     def batches_with_meta(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, targets, meta): meta (B, 2) is each crop's (image id, store slot)."""
-        from fkd_dali.recovery import recover_labels
+        from fkd_dali.labels.recovery import recover_labels
 
         pass_idx = 0
         while self.replay is not None:

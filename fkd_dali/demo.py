@@ -57,7 +57,7 @@ def _say(msg: str) -> None:
 
 
 def _build_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
-    from fkd_dali.sample_data import build_photo_dataset
+    from fkd_dali.data.sample_data import build_photo_dataset
 
     train, val = out / "data" / "train", out / "data" / "val"
     if not train.exists():
@@ -69,7 +69,7 @@ def _build_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
 
 
 def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int) -> dict[str, Any]:
-    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
 
     summary = generate_labels(LabelGenConfig(
         data=str(data), out=str(store), teacher=cfg.teacher, crops_per_image=crops, top_k=5, seed=seed,
@@ -80,8 +80,8 @@ def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int) -> d
 
 def _student_agreement(model: torch.nn.Module, val_store: Path, val: Path, cfg: DemoConfig,
                        device: torch.device) -> float:
-    from fkd_dali.evaluate import teacher_agreement
-    from fkd_dali.label_store import open_store
+    from fkd_dali.store.label_store import open_store
+    from fkd_dali.train.evaluate import teacher_agreement
 
     store = open_store(str(val_store))
     return teacher_agreement(model.to(device), store, str(val), slots=range(store.crops_per_image),
@@ -90,7 +90,7 @@ def _student_agreement(model: torch.nn.Module, val_store: Path, val: Path, cfg: 
 
 def _top1(model: torch.nn.Module, val: Path, size: int, cfg: DemoConfig, device: torch.device) -> float:
     """ImageNet top-1 (percent) on the held-out images: folders are WordNet ids."""
-    from fkd_dali.evaluate import evaluate, model_data_config, validation_data
+    from fkd_dali.train.evaluate import evaluate, model_data_config, validation_data
 
     loader, cmap = validation_data(val, model_data_config(model, size), 1000, None, batch_size=16,
                                    threads=cfg.threads, device=device)
@@ -101,10 +101,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the four steps and return the report (also written to `output/report.json`)."""
     import timm
 
-    from fkd_dali.checkpoint import load_checkpoint, model_from_checkpoint
     from fkd_dali.dist import pick_device
-    from fkd_dali.teacher import load_teacher
-    from fkd_dali.train import TrainConfig, fit
+    from fkd_dali.labels.teacher import load_teacher
+    from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from fkd_dali.train.loop import TrainConfig, fit
 
     t_start = time.perf_counter()
     out = Path(cfg.output)

@@ -37,14 +37,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def photo_root(tmp_path_factory) -> Path:
     """7 classes x 3 real-photo JPEGs (one PNG, one CMYK, one grayscale class)."""
-    from fkd_dali.sample_data import build_photo_dataset
+    from fkd_dali.data.sample_data import build_photo_dataset
 
     return build_photo_dataset(tmp_path_factory.mktemp("photos") / "train", images_per_class=3, seed=0)
 
 
 @pytest.fixture(scope="session")
 def photo_index(photo_root):
-    from fkd_dali.index import build_index
+    from fkd_dali.data.index import build_index
 
     return build_index(photo_root)
 
@@ -52,7 +52,7 @@ def photo_index(photo_root):
 @pytest.fixture(scope="session")
 def small_store(photo_root, tmp_path_factory) -> Path:
     """M=8 crops per image, K=5, labelled by the real efficientnet_lite0 teacher."""
-    from fkd_dali.labelgen import LabelGenConfig, generate_labels
+    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
 
     out = tmp_path_factory.mktemp("stores") / "small.zarr"
     generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), crops_per_image=8, top_k=5,

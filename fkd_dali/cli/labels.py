@@ -5,7 +5,7 @@ import argparse
 import json
 
 from fkd_dali.cli._common import default, float_pair, float_triple, print_json, print_json_line
-from fkd_dali.labelgen import LabelGenConfig
+from fkd_dali.labels.generate import LabelGenConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from fkd_dali.labelgen import generate_labels
+    from fkd_dali.labels.generate import generate_labels
 
     cfg = LabelGenConfig(
         data=args.data, out=args.out, teacher=args.teacher, checkpoint=args.checkpoint,
@@ -80,7 +80,7 @@ def _add_info(lsub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from fkd_dali.store_tools import format_store_info, store_info
+    from fkd_dali.store.tools import format_store_info, store_info
 
     info = store_info(args.store)
     if args.json:
@@ -99,7 +99,7 @@ def _add_verify(lsub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fkd_dali.store_tools import verify_store
+    from fkd_dali.store.tools import verify_store
 
     report = verify_store(args.store, args.data)
     print(report.summary())
@@ -107,7 +107,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _add_show(lsub: argparse._SubParsersAction) -> None:
-    from fkd_dali.store_tools import DEFAULT_MAX_CROPS
+    from fkd_dali.store.tools import DEFAULT_MAX_CROPS
 
     p = lsub.add_parser("show", help="draw one image's stored crops with their top-3 labels as a PNG")
     p.add_argument("store", help="store path or fsspec URL")
@@ -120,7 +120,7 @@ def _add_show(lsub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from fkd_dali.store_tools import render_crops
+    from fkd_dali.store.tools import render_crops
 
     out = render_crops(args.store, args.image, args.out, args.data, max_crops=args.max_crops)
     print(out)
@@ -128,8 +128,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _add_import(lsub: argparse._SubParsersAction) -> None:
-    from fkd_dali.interop import DEFAULT_NUM_CLASSES, DEFAULT_TEACHER_NAME
-    from fkd_dali.label_store import StoreLayout
+    from fkd_dali.interop.fkd_store import DEFAULT_NUM_CLASSES, DEFAULT_TEACHER_NAME
+    from fkd_dali.store.label_store import StoreLayout
 
     p = lsub.add_parser("import-fkd", help="build a store from FKD's per-image label files",
                         description="Read <DIR>/<class>/<stem>.tar for every image of --data into a new store.")
@@ -146,8 +146,8 @@ def _add_import(lsub: argparse._SubParsersAction) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from fkd_dali.interop import import_fkd
-    from fkd_dali.label_store import StoreLayout
+    from fkd_dali.interop.fkd_store import import_fkd
+    from fkd_dali.store.label_store import StoreLayout
 
     store = import_fkd(args.fkd_dir, args.data, args.out, teacher_name=args.teacher_name,
                        num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk))
@@ -164,7 +164,7 @@ def _add_export(lsub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fkd_dali.interop import export_fkd
+    from fkd_dali.interop.fkd_store import export_fkd
 
     n = export_fkd(args.store, args.out)
     print(json.dumps({"out": args.out, "files": n}))
@@ -183,7 +183,7 @@ def _add_merge(lsub: argparse._SubParsersAction) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from fkd_dali.merge import merge_stores
+    from fkd_dali.labels.merge import merge_stores
 
     store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k)
     print(json.dumps({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k}))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 
 from fkd_dali.cli._common import default, float_pair, float_triple, print_json_line
-from fkd_dali.evaluate import EvalConfig
-from fkd_dali.precision import AMP_CHOICES
-from fkd_dali.train import TrainConfig
+from fkd_dali.train.evaluate import EvalConfig
+from fkd_dali.train.loop import TrainConfig
+from fkd_dali.train.precision import AMP_CHOICES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +75,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fkd_dali.train import fit
+    from fkd_dali.train.loop import fit
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
     result = fit(TrainConfig(**fields, progress=not args.no_progress))
@@ -99,7 +99,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fkd_dali.evaluate import evaluate_checkpoint
+    from fkd_dali.train.evaluate import evaluate_checkpoint
 
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
                      threads=args.threads, device=args.device, amp=args.amp)

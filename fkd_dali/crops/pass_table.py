@@ -20,10 +20,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fkd_dali.boxes import decode_boxes, roi_corners
-from fkd_dali.crop_plan import PassPlan
+from fkd_dali.crops.boxes import decode_boxes, roi_corners
+from fkd_dali.crops.plan import PassPlan
 from fkd_dali.errors import LabelStoreError
-from fkd_dali.label_store import LabelStore
+from fkd_dali.store.label_store import LabelStore
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +34,7 @@ class PassTable:
         pass_idx: the pass this table serves (-1 for an ad-hoc slot selection).
         slots: (m,) store slots, in the order crops are cut and emitted.
         images: (n,) int64 dataset image ids, one per row.
-        boxes: (n, m, 4) uint16 stored boxes (fractions of H, W; see `fkd_dali.boxes`).
+        boxes: (n, m, 4) uint16 stored boxes (fractions of H, W; see `fkd_dali.crops.boxes`).
         rois: (n, m, 4) float32 pixel corners (y0, x0, y1, x1), what DALI's resize takes.
         flips: (n, m) int32 horizontal flips.
         index: (n, m, K) int16 top-K class ids, most probable first.

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
 
 if TYPE_CHECKING:
-    from fkd_dali.label_store import LabelStore
+    from fkd_dali.store.label_store import LabelStore
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

@@ -1,7 +1,7 @@
 """Moving labels between a soft-label store and FKD's per-image label files, both ways.
 
 FKD keeps one file per image at `<root>/<class>/<stem>.tar` (format in
-`fkd_dali.fkd_format`). Export writes one such file per store image; import builds a
+`fkd_dali.interop.fkd_files`). Export writes one such file per store image; import builds a
 store from a folder of them plus the dataset they label. Boxes travel as float32
 fractions (i/H, j/W, h/H, w/W), which carry the store's uint16 encoding exactly, and
 probabilities as float32, which carry float16 exactly: export followed by import
@@ -17,12 +17,20 @@ from pathlib import Path
 import numpy as np
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from fkd_dali.boxes import CropDistribution, boxes_to_fractions, fractions_to_boxes
+from fkd_dali.crops.boxes import CropDistribution, boxes_to_fractions, fractions_to_boxes
+from fkd_dali.data.index import build_index
 from fkd_dali.errors import FkdError, LabelStoreError
-from fkd_dali.fkd_format import FkdLabels, fkd_file_path, read_fkd_file, write_fkd_file
-from fkd_dali.index import build_index
-from fkd_dali.label_store import (CropLabels, LabelSpec, LabelStore, StoreLayout, StoreSpec, TeacherSpec,
-                                  create_store, open_store)
+from fkd_dali.interop.fkd_files import FkdLabels, fkd_file_path, read_fkd_file, write_fkd_file
+from fkd_dali.store.label_store import (
+    CropLabels,
+    LabelSpec,
+    LabelStore,
+    StoreLayout,
+    StoreSpec,
+    TeacherSpec,
+    create_store,
+    open_store,
+)
 
 DEFAULT_TEACHER_NAME = "imported"
 DEFAULT_NUM_CLASSES = 1000

@@ -19,13 +19,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fkd_dali.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
+from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
+from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.dist import dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.index import DatasetIndex, build_index, index_for_store
-from fkd_dali.label_store import (CropLabels, LabelSpec, LabelStore, StoreLayout, StoreSpec, TeacherSpec,
-                                  open_or_create_store, open_store)
-from fkd_dali.teacher import Teacher, load_teacher
+from fkd_dali.labels.teacher import Teacher, load_teacher
+from fkd_dali.store.label_store import (
+    CropLabels,
+    LabelSpec,
+    LabelStore,
+    StoreLayout,
+    StoreSpec,
+    TeacherSpec,
+    open_or_create_store,
+    open_store,
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
 def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, flips: np.ndarray,
                   images_per_batch: int, per_round: int) -> Iterator:
     """Batches of (image, round) items: each image's bytes are read once per chunk."""
-    from pipelines.iterators import FeedBatch, read_encoded
+    from fkd_dali.loaders.feed import FeedBatch, read_encoded
 
     m = rois.shape[1]
     rounds = math.ceil(m / per_round)
@@ -217,8 +225,8 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     reference store's (the folder is only checked against it), so `skip_corrupt` has no
     effect there.
     """
-    from pipelines.crops import make_crop_pipeline
-    from pipelines.iterators import BatchSource, CropIterator
+    from fkd_dali.loaders.feed import BatchSource, CropIterator
+    from fkd_dali.pipelines.crops import make_crop_pipeline
 
     env = dist_env()
     shard, n_shards = parse_shard(cfg.shard, env)

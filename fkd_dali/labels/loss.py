@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.recovery import check_recovery, recover_labels
+from fkd_dali.labels.recovery import check_recovery, recover_labels
 
 _REDUCTIONS = ("mean", "sum", "none")
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.label_store import CropLabels, LabelSpec, LabelStore, TeacherSpec, open_or_create_store, open_store
+from fkd_dali.store.label_store import CropLabels, LabelSpec, LabelStore, TeacherSpec, open_or_create_store, open_store
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],

@@ -3,21 +3,24 @@
 `BatchSource` is the external source: an epoch is whatever iterable of `FeedBatch`
 was handed to it last, so one built pipeline serves every chunk (label generation)
 or pass (training). `CropIterator` wraps DALI's torch iterator and turns a decoding
-failure into an error that names the file.
+failure into an error that names the file. `ImageSource`/`image_feed`/`EpochRunner`
+do the same for whole images (validation and vanilla pipelines). `read_encoded` is
+the one place image files are read for a pipeline.
 """
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
+from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from fkd_dali.data.index import DatasetIndex, read_image_header
 from fkd_dali.errors import CorruptImageError, PipelineError
-from fkd_dali.index import read_image_header
-from pipelines.crops import OUTPUT_NAMES
+from fkd_dali.pipelines.crops import OUTPUT_NAMES
 
 
 @dataclass
@@ -136,3 +139,48 @@ def read_encoded(path: str) -> np.ndarray:
     if len(data) == 0:
         raise CorruptImageError(path, "empty file")
     return data
+
+
+class ImageFeed(NamedTuple):
+    """One batch for an `ImageSource`: encoded files and an int64 meta row per image."""
+
+    encoded: list[np.ndarray]
+    meta: list[np.ndarray]
+    paths: list[str]
+
+
+class ImageSource(BatchSource):
+    """External source (batch mode) over the `ImageFeed`s of the current epoch."""
+
+    FIELDS = ("encoded", "meta")
+
+
+def image_feed(index: DatasetIndex, ids: Sequence[int], batch_size: int) -> Iterator[ImageFeed]:
+    """Batches of (bytes, [image id, class id]) for `ids`, in order; the last may be smaller."""
+    ids = np.asarray(ids, dtype=np.int64)
+    for a in range(0, len(ids), batch_size):
+        chunk = ids[a:a + batch_size]
+        paths = [index.abspath(int(i)) for i in chunk]
+        yield ImageFeed([read_encoded(p) for p in paths],
+                        [np.array([i, index.classes[i]], np.int64) for i in chunk], paths)
+
+
+class EpochRunner:
+    """Runs one DALI epoch per call over a feed; rebuilds the pipeline if an epoch was abandoned.
+
+    DALI iterators cannot be reset mid-epoch (batches already prefetched would leak into
+    the next epoch), so a consumer that stops early marks the pipeline for rebuilding.
+    """
+
+    def __init__(self, build: Callable[[ImageSource], Pipeline]) -> None:
+        self._build = build
+        self._iter = None
+        self._dirty = False
+
+    def epoch(self, feed: Iterable[ImageFeed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._iter is None or self._dirty:
+            source = ImageSource()
+            self._iter = CropIterator(self._build(source), source)
+        self._dirty = True
+        yield from self._iter.epoch(feed)
+        self._dirty = False

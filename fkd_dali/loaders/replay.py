@@ -4,10 +4,10 @@ A chain of stages, each a pure function of (seed, pass, rank, world):
 
 1. plan: `make_pass_plan` -> this rank's images (in order) and the pass's m slots;
 2. pass table: the store's boxes, flips and labels of those slots for those images,
-   read once per pass in a background thread (`fkd_dali.pass_table`);
+   read once per pass in a background thread (`fkd_dali.crops.pass_table`);
 3. feed: per step, the images' encoded bytes plus their m pixel boxes and flips (array
    slices of the table), and a meta row (image id, table row);
-4. crop pipeline: `pipelines.crops.make_crop_pipeline` (the graph label generation
+4. crop pipeline: `fkd_dali.pipelines.crops.make_crop_pipeline` (the graph label generation
    uses, so the student sees the pixels the teacher saw), decode once, m crops;
 5. labels: each crop's top-K gathered from the table on the device, by image id.
 
@@ -24,11 +24,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from fkd_dali.crop_plan import PassPlan, make_pass_plan
+from fkd_dali.crops.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
+from fkd_dali.crops.plan import PassPlan, make_pass_plan
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex
-from fkd_dali.label_store import LabelStore
-from fkd_dali.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
+from fkd_dali.store.label_store import LabelStore
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,13 @@ class _Feeder:
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fkd-read")
 
     def _read(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
-        from pipelines import iterators
+        from fkd_dali.loaders import feed as iterators
 
         paths = [self.index.abspath(int(i)) for i in ids]
         return paths, list(self._io.map(iterators.read_encoded, paths))
 
     def batches(self, table: PassTable, row_blocks: Sequence[slice]) -> Iterator:
-        from pipelines.iterators import FeedBatch
+        from fkd_dali.loaders.feed import FeedBatch
 
         pending = self._ahead.submit(self._read, table.images[row_blocks[0]]) if row_blocks else None
         for n, rows in enumerate(row_blocks):
@@ -155,8 +155,8 @@ class ReplayLoader:
 
     # -- stage 4: crop pipeline ------------------------------------------------
     def _crop_iterator(self):
-        from pipelines.crops import make_crop_pipeline
-        from pipelines.iterators import BatchSource, CropIterator
+        from fkd_dali.loaders.feed import BatchSource, CropIterator
+        from fkd_dali.pipelines.crops import make_crop_pipeline
 
         if self._iter is None or self._dirty:
             source = BatchSource()
@@ -217,37 +217,3 @@ class ReplayLoader:
             self.tables.close()
         self._feeder.close()
         self._iter = None
-
-
-class SyntheticLoader:
-    """Random tensors made once on the device, replayed every step: no file, decode or label cost.
-
-    For measuring the training step alone (`fkd-dali train --synthetic`); batches have the
-    same shapes and dtypes as the real loader's, and `steps_per_pass` matches it.
-    """
-
-    def __init__(self, batch_size: int, size: int, steps_per_pass: int, num_classes: int, k: int | None,
-                 device: torch.device | str, half: bool = False, seed: int = 0, full: bool = False) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.device = torch.device(device)
-        self.steps_per_pass = steps_per_pass
-        self.batch_size = batch_size
-        dtype = torch.float16 if half else torch.float32
-        images = torch.randn(batch_size, 3, size, size, generator=gen).to(self.device, dtype)
-        if k is None:  # hard labels
-            index = torch.randint(0, num_classes, (batch_size,), generator=gen).to(self.device)
-            prob = None
-        else:
-            index = torch.stack([torch.randperm(num_classes, generator=gen)[:k] for _ in range(batch_size)])
-            prob = torch.softmax(torch.randn(batch_size, k, generator=gen), dim=1)
-            index, prob = index.to(self.device), prob.to(self.device)
-        meta = torch.full((batch_size, 2), -1, dtype=torch.int64)
-        dense = torch.softmax(torch.randn(batch_size, num_classes, generator=gen), 1).to(self.device) if full else None
-        self._batch = ReplayBatch(images, index, prob, meta, dense)
-
-    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
-        for _ in range(start_step, self.steps_per_pass):
-            yield self._batch
-
-    def close(self) -> None:
-        pass

@@ -11,7 +11,7 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-from pipelines.fragments import decode_and_crop
+from fkd_dali.pipelines.fragments import decode_and_crop
 
 OUTPUT_NAMES = ("crops", "meta")
 
@@ -34,7 +34,7 @@ def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean
     Args:
         source: callable returning a batch `(encoded, rois, meta)` of lists, one
             entry per image (at most `batch_size`), or raising StopIteration at the
-            end of an epoch (a `pipelines.iterators.BatchSource`); flipped crops have
+            end of an epoch (a `fkd_dali.loaders.feed.BatchSource`); flipped crops have
             their ROI's x0 and x1 swapped. `meta` is an int64 row carried through unchanged
             (image id, round, ...) so outputs can be matched to inputs.
         device_id: CUDA device, or None for the CPU-only pipeline.

@@ -7,19 +7,12 @@ replay a resumed vanilla run sees the same images at the same steps but other cr
 """
 from __future__ import annotations
 
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-from fkd_dali.crop_plan import PassPlan, make_pass_plan
-from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex
-from fkd_dali.replay import ReplayBatch
-from pipelines.fragments import interp_type, normalize
-from pipelines.validation import EpochRunner, image_feed
+from fkd_dali.pipelines.fragments import interp_type, normalize
 
 
 @pipeline_def
@@ -44,52 +37,3 @@ def make_vanilla_pipeline(source, size: int, mean: Sequence[float], std: Sequenc
                           flip_prob, gpu, gpu if half is None else half, batch_size=batch_size,
                           num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2, seed=seed,
                           exec_dynamic=True)
-
-
-class VanillaLoader:
-    """One random crop per image per pass with its folder class: `pass_batches(p)` like `ReplayLoader`.
-
-    Args: as `fkd_dali.replay.ReplayLoader` (batch_size = crops = images per step on this
-    rank), plus the random-resized-crop `scale`, `ratio` and `flip_prob`.
-    Batches are `ReplayBatch(images, classes (B,), None, meta)` with meta (image id, -1).
-    """
-
-    def __init__(self, index: DatasetIndex, batch_size: int, size: int, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str = "bilinear", seed: int = 0, rank: int = 0,
-                 world: int = 1, device: torch.device | str = "cpu", threads: int | None = None,
-                 scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 flip_prob: float = 0.5) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        self.index, self.batch_size = index, batch_size
-        self.seed, self.rank, self.world = seed, rank, world
-        self.device = torch.device(device)
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        threads = threads or min(8, os.cpu_count() or 1)
-        dali_seed = (seed * 7919 + rank) % (2**31 - 1)
-        self._runner = EpochRunner(lambda src: make_vanilla_pipeline(
-            src, size, mean, std, batch_size, threads, device_id, interpolation, scale, ratio, flip_prob,
-            seed=dali_seed))
-
-    def plan(self, pass_idx: int) -> PassPlan:
-        return make_pass_plan(self.seed, pass_idx, 1, 1, len(self.index), self.rank, self.world)
-
-    @property
-    def steps_per_pass(self) -> int:
-        return self.plan(0).steps(self.batch_size)
-
-    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
-        plan = self.plan(pass_idx)
-        steps = plan.steps(self.batch_size)
-        if start_step >= steps:
-            return
-        ids = plan.images[start_step * self.batch_size: steps * self.batch_size]
-        for images, meta in self._runner.epoch(image_feed(self.index, ids, self.batch_size)):
-            meta = meta.to(torch.int64).cpu()
-            crop_meta = torch.stack([meta[:, 0], torch.full_like(meta[:, 0], -1)], dim=1)
-            yield ReplayBatch(images.to(self.device, non_blocking=True),
-                              meta[:, 1].to(self.device, non_blocking=True), None, crop_meta)
-
-    def close(self) -> None:
-        pass
-

@@ -23,9 +23,9 @@ from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from fkd_dali import __version__
-from fkd_dali.boxes import CropDistribution
+from fkd_dali.crops.boxes import CropDistribution
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreMismatchError, StoreSchemaError
-from fkd_dali.index import DatasetIndex
 
 SCHEMA_VERSION = 1
 ATTR_KEY = "fkd_dali"

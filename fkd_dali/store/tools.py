@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fkd_dali.boxes import decode_boxes
+from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.data.index import index_for_store
 from fkd_dali.errors import DatasetIndexError, StoreMismatchError
-from fkd_dali.index import index_for_store
-from fkd_dali.label_store import CropLabels, LabelStore, open_store
+from fkd_dali.store.label_store import CropLabels, LabelStore, open_store
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -32,7 +32,7 @@ def store_info(url: str) -> dict[str, Any]:
     Keys: url, schema_version, dataset, crops_per_image, label, teacher, crop, layout,
     completeness (done/total chunks, missing image ranges), storage (bytes stored,
     bytes per image), created, writer_version, and `imported` where the store came
-    from FKD files (`fkd_dali.interop.import_fkd`).
+    from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
     store = open_store(url)
     meta, spec = store.meta, store.spec

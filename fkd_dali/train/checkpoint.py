@@ -3,7 +3,7 @@
 A checkpoint records the model, optimizer, schedule and scaler state plus the resume
 position (pass, steps done in that pass) and everything that must match to continue at
 the same sample: arch, label store identity, dataset fingerprint, crops per image,
-global batch, world size and seed (see `fkd_dali.train` for why these suffice).
+global batch, world size and seed (see `fkd_dali.train.loop` for why these suffice).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 
 from fkd_dali.atomic import save_torch
 from fkd_dali.errors import CheckpointError
-from fkd_dali.label_store import LabelStore
+from fkd_dali.store.label_store import LabelStore
 
 if TYPE_CHECKING:
-    from fkd_dali.train import TrainRun
+    from fkd_dali.train.loop import TrainRun
 
 CHECKPOINT_FORMAT = "fkd-dali-train/1"
 

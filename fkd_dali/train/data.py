@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fkd_dali.crop_plan import pass_slots
+from fkd_dali.crops.plan import pass_slots
+from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.dist import DistEnv
 from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex, build_index, index_for_store
-from fkd_dali.label_store import LabelStore, open_store
-from fkd_dali.recovery import check_recovery
+from fkd_dali.labels.recovery import check_recovery
+from fkd_dali.store.label_store import LabelStore, open_store
 
 if TYPE_CHECKING:
-    from fkd_dali.train import TrainConfig
+    from fkd_dali.train.loop import TrainConfig
 
 
 def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | None]:
@@ -45,8 +45,9 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
                       store: LabelStore | None, dc: dict[str, Any], num_classes: int) -> Any:
     """This rank's loader: replayed crops (FKD), random crops (vanilla), or device tensors (`--synthetic`)."""
-    from fkd_dali.replay import ReplayLoader, SyntheticLoader
-    from pipelines.vanilla import VanillaLoader
+    from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.loaders.synthetic import SyntheticLoader
+    from fkd_dali.loaders.vanilla import VanillaLoader
 
     per_rank = cfg.batch_size // env.world
     common = dict(size=dc["size"], mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"], seed=cfg.seed,

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fkd_dali.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
+from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.index import DatasetIndex, build_index, index_for_store
-from fkd_dali.label_store import LabelStore, open_store
-from fkd_dali.precision import amp_context, resolve_amp
+from fkd_dali.store.label_store import LabelStore, open_store
+from fkd_dali.train.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
+from fkd_dali.train.precision import amp_context, resolve_amp
 
 if TYPE_CHECKING:
-    from pipelines.validation import ValidationLoader
+    from fkd_dali.loaders.validation import ValidationLoader
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
     Raises:
         ConfigError: no consistent mapping exists.
     """
-    from fkd_dali.sample_data import imagenet_index_of
+    from fkd_dali.data.sample_data import imagenet_index_of
 
     if model_classes is not None:
         pos = {name: i for i, name in enumerate(model_classes)}
@@ -117,7 +117,7 @@ def validation_data(folder: str | os.PathLike[str], dc: dict[str, Any], num_clas
         num_classes, model_classes: as in `resolve_class_map`.
         batch_size: images per rank and batch.
     """
-    from pipelines.validation import ValidationLoader
+    from fkd_dali.loaders.validation import ValidationLoader
 
     index = build_index(folder)
     class_map = resolve_class_map(index.class_names, num_classes, model_classes)
@@ -180,8 +180,8 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     normalization (`model_data_config`). A folder path as `data` is checked against the
     store by `index_for_store` (no header reads).
     """
-    from fkd_dali.pass_table import read_pass_table
-    from fkd_dali.replay import ReplayLoader
+    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.replay import ReplayLoader
 
     if isinstance(data, (str, os.PathLike)):
         index = index_for_store(store, data)  # checks the folder without reading image headers

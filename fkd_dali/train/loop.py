@@ -25,20 +25,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from fkd_dali.checkpoint import resume_run, save_run
-from fkd_dali.crop_plan import epochs_to_passes
+from fkd_dali.crops.plan import epochs_to_passes
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.evaluate import EvalResult, evaluate, model_data_config, validation_data
-from fkd_dali.index import DatasetIndex
-from fkd_dali.label_store import LabelStore
-from fkd_dali.loss import SoftTargetLoss
-from fkd_dali.precision import AMP_CHOICES, amp_context, resolve_amp
-from fkd_dali.recovery import check_recovery
-from fkd_dali.replay import ReplayBatch
-from fkd_dali.run_log import RunLog, write_run_config
-from fkd_dali.schedule import SCHEDULES, LrSchedule, ScheduleSpec, create_schedule
-from fkd_dali.train_data import make_train_loader, open_training_data
+from fkd_dali.labels.loss import SoftTargetLoss
+from fkd_dali.labels.recovery import check_recovery
+from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.train.checkpoint import resume_run, save_run
+from fkd_dali.train.data import make_train_loader, open_training_data
+from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
+from fkd_dali.train.precision import AMP_CHOICES, amp_context, resolve_amp
+from fkd_dali.train.run_log import RunLog, write_run_config
+from fkd_dali.train.schedule import SCHEDULES, LrSchedule, ScheduleSpec, create_schedule
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fkd_dali.checkpoint import store_id
+from fkd_dali.train.checkpoint import store_id
 
 if TYPE_CHECKING:
-    from fkd_dali.train import TrainRun
+    from fkd_dali.train.loop import TrainRun
 
 TB_KEYS = ("loss", "lr", "images_per_s", "val_top1", "val_top5")  # what goes to TensorBoard
 

@@ -23,11 +23,11 @@ from PIL import Image
 
 from bench.labels import export_store_fkd
 from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpec, create_loader, load_pil_rgb
-from fkd_dali.boxes import decode_boxes
-from fkd_dali.crop_plan import pass_slots
-from fkd_dali.fkd_format import read_fkd_file
-from fkd_dali.label_store import open_store
-from fkd_dali.recovery import recover_labels
+from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.crops.plan import pass_slots
+from fkd_dali.interop.fkd_files import read_fkd_file
+from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.store.label_store import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

@@ -22,9 +22,9 @@ from PIL import Image
 from bench.corpus import CorpusConfig, build_corpus
 from bench.harness import RoundResult, ratios
 from bench.loaders import LOADERS, FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader
-from fkd_dali.fkd_format import fkd_file_path, write_fkd_file
-from fkd_dali.index import build_index
-from fkd_dali.relabel import label_map_path, relabel_targets, write_label_map
+from fkd_dali.data.index import build_index
+from fkd_dali.interop.fkd_files import fkd_file_path, write_fkd_file
+from fkd_dali.interop.relabel_maps import label_map_path, relabel_targets, write_label_map
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fkd_dali.checkpoint import load_checkpoint
+from fkd_dali.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -24,9 +24,9 @@ WORLD = 2
 def _replay_rank(rank: int, init_file: str, store_path: str, root: str, out: str) -> None:
     import torch.distributed as dist
 
-    from fkd_dali.index import build_index
-    from fkd_dali.label_store import open_store
-    from fkd_dali.replay import ReplayLoader
+    from fkd_dali.data.index import build_index
+    from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.store.label_store import open_store
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkd_dali.label_store import open_store
-from fkd_dali.labelgen import LabelGenConfig, generate_labels
-from fkd_dali.store_tools import verify_store
+from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+from fkd_dali.store.label_store import open_store
+from fkd_dali.store.tools import verify_store
 
 
 def _generate(photo_root, url: str) -> None:

@@ -24,16 +24,16 @@ import torch
 import zarr
 from PIL import Image
 
-from fkd_dali import labelgen
-from fkd_dali.boxes import decode_boxes, roi_corners
 from fkd_dali.cli import main as cli_main
+from fkd_dali.crops.boxes import decode_boxes, roi_corners
+from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 from fkd_dali.errors import StoreMismatchError
-from fkd_dali.label_store import ATTR_KEY, open_store
-from fkd_dali.labelgen import LabelGenConfig, generate_labels
-from fkd_dali.sample_data import SAMPLE_PHOTOS
-from fkd_dali.teacher import Teacher, load_teacher
-from pipelines.crops import make_crop_pipeline
-from pipelines.iterators import BatchSource, CropIterator, FeedBatch, read_encoded
+from fkd_dali.labels import generate as labelgen
+from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+from fkd_dali.labels.teacher import Teacher, load_teacher
+from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
+from fkd_dali.pipelines.crops import make_crop_pipeline
+from fkd_dali.store.label_store import ATTR_KEY, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,7 +155,7 @@ def test_pipeline_pixels_equal_pil_reference(store_contents, photo_index):
 
 def test_exif_orientation_is_ignored(tmp_path):
     """A photo tagged 'rotate 90' is cut on its stored pixels, exactly as the index measured them."""
-    from fkd_dali.index import build_index
+    from fkd_dali.data.index import build_index
 
     path = tmp_path / "d" / "c" / "rotated.JPEG"
     path.parent.mkdir(parents=True)
@@ -177,7 +177,7 @@ def test_exif_orientation_is_ignored(tmp_path):
 
 
 def _spec_like_lite0():
-    from fkd_dali.label_store import TeacherSpec
+    from fkd_dali.store.label_store import TeacherSpec
 
     return TeacherSpec(name="x", timm_name="x", checkpoint_sha256="0" * 64, input_size=(3, 224, 224),
                        interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

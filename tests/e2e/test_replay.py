@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fkd_dali.boxes import decode_boxes
+from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.data.index import build_index
 from fkd_dali.errors import ConfigError, CorruptImageError
-from fkd_dali.index import build_index
-from fkd_dali.label_store import open_store
-from fkd_dali.replay import ReplayLoader
+from fkd_dali.loaders.replay import ReplayLoader
+from fkd_dali.store.label_store import open_store
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -132,7 +132,7 @@ def test_labels_are_the_stores_labels_of_each_crop(store, photo_index):
 
 def test_resume_mid_pass_replays_the_same_batches_without_decoding_the_skipped_steps(store, photo_index,
                                                                                      monkeypatch):
-    import pipelines.iterators as iterators
+    import fkd_dali.loaders.feed as iterators
 
     ld = loader(store, photo_index, m=4, batch=8)
     try:

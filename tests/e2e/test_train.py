@@ -17,10 +17,10 @@ import torch
 import zarr
 
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
-from fkd_dali.evaluate import resolve_class_map, teacher_agreement
-from fkd_dali.label_store import open_store
-from fkd_dali.checkpoint import load_checkpoint, model_from_checkpoint
-from fkd_dali.train import TrainConfig, fit
+from fkd_dali.store.label_store import open_store
+from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
+from fkd_dali.train.evaluate import resolve_class_map, teacher_agreement
+from fkd_dali.train.loop import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def test_a_tiny_student_learns_the_teachers_labels_on_held_out_crops(photo_root,
 
 
 def _record_batches(monkeypatch) -> list:
-    from fkd_dali.replay import ReplayLoader
+    from fkd_dali.loaders.replay import ReplayLoader
 
     seen: list = []
     real = ReplayLoader.pass_batches
@@ -170,7 +170,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(photo_root, small_stor
 # -- bad input -------------------------------------------------------------------------
 
 def test_store_made_for_another_folder(photo_root, small_store, tmp_path):
-    from fkd_dali.sample_data import build_photo_dataset
+    from fkd_dali.data.sample_data import build_photo_dataset
 
     other = build_photo_dataset(tmp_path / "other", images_per_class=2, seed=1)
     with pytest.raises(StoreMismatchError, match="another dataset"):
@@ -256,8 +256,8 @@ def test_class_map_errors(names, num_classes, model_classes):
 
 def _full_store(index, url: str):
     """A store with dense labels (kind "full", 7 classes) and random content."""
-    from fkd_dali.boxes import CropDistribution, encode_boxes, sample_crops
-    from fkd_dali.label_store import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
+    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
 
     spec = StoreSpec(crops_per_image=4, crop=CropDistribution(), label=LabelSpec(kind="full", k=2, num_classes=7),
                      teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),

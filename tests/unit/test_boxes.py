@@ -8,8 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from fkd_dali.boxes import (BOX_SCALE, CropDistribution, decode_boxes, encode_boxes, roi_corners,
-                            sample_crops)
+from fkd_dali.crops.boxes import BOX_SCALE, CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
 from fkd_dali.errors import ConfigError
 
 SIZES = np.array([[375, 500], [500, 375], [211, 240], [1, 1], [10, 2000], [2000, 10]], dtype=np.int32)

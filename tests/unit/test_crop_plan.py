@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.crop_plan: slot coverage, image order, rank split, steps."""
+"""Tests of fkd_dali.crops.plan: slot coverage, image order, rank split, steps."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fkd_dali.crop_plan import (
+from fkd_dali.crops.plan import (
     PassPlan,
     epochs_to_passes,
     image_order,

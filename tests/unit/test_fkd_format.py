@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.fkd_format: FKD's per-image label files, both ways, and their defects."""
+"""Tests of fkd_dali.interop.fkd_files: FKD's per-image label files, both ways, and their defects."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.fkd_format import fkd_file_path, read_fkd_file, write_fkd_file
+from fkd_dali.interop.fkd_files import fkd_file_path, read_fkd_file, write_fkd_file
 
 M, K = 6, 5
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from torchvision.datasets.folder import find_classes
 
+from fkd_dali.data.index import build_index, dataset_fingerprint, index_for_store, read_image_header, scan_folder
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
-from fkd_dali.index import build_index, dataset_fingerprint, index_for_store, read_image_header, scan_folder
-from pipelines.iterators import read_encoded
+from fkd_dali.loaders.feed import read_encoded
 
 
 def _jpeg(path: Path, size=(40, 30), color=(200, 30, 30), **save) -> Path:
@@ -231,8 +231,8 @@ def test_read_encoded_accepts_data_after_the_end_marker(tmp_path):
 
 def _store_for(index, url: str):
     """An empty store (no labels written) made for `index`; only its dataset part matters here."""
-    from fkd_dali.boxes import CropDistribution
-    from fkd_dali.label_store import LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.crops.boxes import CropDistribution
+    from fkd_dali.store.label_store import LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
 
     spec = StoreSpec(crops_per_image=2, crop=CropDistribution(), label=LabelSpec(k=2, num_classes=5),
                      teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),
@@ -247,7 +247,7 @@ def forbid_image_reads(monkeypatch):
         raise AssertionError("an image file was opened")
 
     def forbid() -> None:
-        monkeypatch.setattr("fkd_dali.index.read_image_header", refuse)
+        monkeypatch.setattr("fkd_dali.data.index.read_image_header", refuse)
         monkeypatch.setattr("PIL.Image.open", refuse)
 
     return forbid

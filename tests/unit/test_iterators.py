@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.iterators import FeedBatch, flipped_rois
+from fkd_dali.loaders.feed import FeedBatch, flipped_rois
 
 
 def test_flipped_rois_swap_x_of_flipped_crops_only():

@@ -8,12 +8,24 @@ import pytest
 import zarr
 from zarr.storage import LocalStore, WrapperStore
 
-from fkd_dali.boxes import CropDistribution
+from fkd_dali.crops.boxes import CropDistribution
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreMismatchError, StoreSchemaError
-from fkd_dali.index import DatasetIndex
-from fkd_dali.label_store import (ATTR_KEY, SCHEMA_VERSION, CropLabels, LabelSpec, LabelStore, StoreLayout,
-                                  StoreSpec, TeacherSpec, create_store, open_or_create_store, open_store,
-                                  quantize_prob, spec_from_attrs)
+from fkd_dali.store.label_store import (
+    ATTR_KEY,
+    SCHEMA_VERSION,
+    CropLabels,
+    LabelSpec,
+    LabelStore,
+    StoreLayout,
+    StoreSpec,
+    TeacherSpec,
+    create_store,
+    open_or_create_store,
+    open_store,
+    quantize_prob,
+    spec_from_attrs,
+)
 
 N, M, K = 10, 8, 3
 IPC, SPC = 4, 2  # images per chunk (3 chunks: 4, 4, 2 images), slots per chunk

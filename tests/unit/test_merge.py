@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fkd_dali.errors import StoreMismatchError
-from fkd_dali.label_store import open_store
-from fkd_dali.merge import merge_stores, merge_topk
+from fkd_dali.labels.merge import merge_stores, merge_topk
+from fkd_dali.store.label_store import open_store
 
 
 @pytest.mark.parametrize("weights, expect_i, expect_p", [

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from fkd_dali.errors import ConfigError
+from fkd_dali.labels.teacher import TEACHERS
 from fkd_dali.registry import Registry
-from fkd_dali.teacher import TEACHERS
 
 
 def test_register_get_names():

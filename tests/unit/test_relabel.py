@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.relabel: dense label maps from a timm CNN, map files, and RoI-align targets."""
+"""Tests of fkd_dali.interop.relabel_maps: dense label maps from a timm CNN, map files, and RoI-align targets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,13 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from fkd_dali.errors import ConfigError, LabelStoreError, TeacherError
-from fkd_dali.relabel import (dense_label_map, label_map_path, read_label_map, relabel_targets,
-                              write_label_map)
+from fkd_dali.interop.relabel_maps import (
+    dense_label_map,
+    label_map_path,
+    read_label_map,
+    relabel_targets,
+    write_label_map,
+)
 
 C, K, S = 12, 4, 15
 

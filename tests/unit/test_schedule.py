@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.schedule: warmup, cosine, FKD's serrated (per-pass) cosine, step, resume purity."""
+"""Tests of fkd_dali.train.schedule: warmup, cosine, FKD's serrated (per-pass) cosine, step, resume purity."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.schedule import SCHEDULES, ScheduleSpec, create_schedule
+from fkd_dali.train.schedule import SCHEDULES, ScheduleSpec, create_schedule
 
 BASE_LR = 0.4
 

@@ -1,4 +1,4 @@
-"""`fkd_dali.store_tools`: info, verify and show on the session's real-teacher store."""
+"""`fkd_dali.store.tools`: info, verify and show on the session's real-teacher store."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from PIL import Image
 
 from fkd_dali.cli import main
 from fkd_dali.errors import DatasetIndexError, LabelStoreError
-from fkd_dali.label_store import open_store
-from fkd_dali.store_tools import format_store_info, render_crops, store_info, verify_store
+from fkd_dali.store.label_store import open_store
+from fkd_dali.store.tools import format_store_info, render_crops, store_info, verify_store
 
 IMAGE, SLOT = 5, 2  # the crop the corruption tests damage
 

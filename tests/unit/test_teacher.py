@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 
-from fkd_dali import teacher as teacher_mod
 from fkd_dali.errors import TeacherError
-from fkd_dali.teacher import TEACHERS, file_sha256, load_teacher, resolve_teacher_name
+from fkd_dali.labels import teacher as teacher_mod
+from fkd_dali.labels.teacher import TEACHERS, file_sha256, load_teacher, resolve_teacher_name
 
 
 @pytest.fixture(scope="module")

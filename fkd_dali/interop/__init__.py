@@ -1,0 +1,1 @@
+"""Other projects' label formats: FKD's per-image files (read, write, import/export a store) and ReLabel's label maps."""

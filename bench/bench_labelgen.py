@@ -73,7 +73,8 @@ class LabelGenBenchConfig:
 
 def run_labelgen_once(cfg: LabelGenBenchConfig, root: str, store: Path) -> dict:
     """One label generation into a fresh store; its own timing plus the process tree's CPU time."""
-    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+    from fkd_dali.config import LabelGenConfig
+    from fkd_dali.labels.generate import generate_labels
 
     shutil.rmtree(store, ignore_errors=True)
     cpu0, t0 = tree_cpu_seconds(), time.perf_counter()

@@ -99,7 +99,8 @@ class TrainBenchConfig:
 
 def run_fit(cfg: TrainBenchConfig, root: str, n_images: int, store: str, synthetic: bool, out: Path) -> dict:
     """One `fit` of `cfg.steps` steps over the `n_images` of `root`; its throughput (timed after step 1)."""
-    from fkd_dali.train.loop import TrainConfig, fit
+    from fkd_dali.config import TrainConfig
+    from fkd_dali.train.loop import fit
 
     images_per_step = cfg.batch_size // cfg.num_crops  # type: ignore[operator]
     steps_per_pass = max(1, n_images // images_per_step)

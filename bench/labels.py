@@ -105,7 +105,8 @@ def write_store_labels(index: DatasetIndex, out_root: str | os.PathLike[str], te
     Returns:
         The manifest and the store's path.
     """
-    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+    from fkd_dali.config import LabelGenConfig
+    from fkd_dali.labels.generate import generate_labels
     from fkd_dali.store.label_store import open_store
 
     url = str(Path(out_root) / STORE_NAME)

@@ -13,43 +13,14 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fkd_dali.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Options of `fkd-dali demo`; sized to finish in a few minutes on 2 CPU cores."""
-
-    output: str = "demo-out"
-    images_per_class: int = 8
-    val_images_per_class: int = 3
-    crops_per_image: int = 32
-    val_crops_per_image: int = 4
-    teacher: str = "efficientnet_lite0"
-    student: str = "resnet10t"
-    image_size: int = 128
-    num_crops: int = 4
-    passes: int = 16
-    batch_size: int = 32
-    lr: float = 0.05
-    device: str = "auto"
-    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.crops_per_image < self.num_crops:
-            raise ConfigError("--crops-per-image must be >= --num-crops")
-        if self.batch_size % self.num_crops:
-            raise ConfigError("--batch-size must be a multiple of --num-crops")
+from fkd_dali.config import DemoConfig
 
 
 def _say(msg: str) -> None:
@@ -69,7 +40,8 @@ def _build_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
 
 
 def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int) -> dict[str, Any]:
-    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+    from fkd_dali.config import LabelGenConfig
+    from fkd_dali.labels.generate import generate_labels
 
     summary = generate_labels(LabelGenConfig(
         data=str(data), out=str(store), teacher=cfg.teacher, crops_per_image=crops, top_k=5, seed=seed,
@@ -101,10 +73,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the four steps and return the report (also written to `output/report.json`)."""
     import timm
 
+    from fkd_dali.config import TrainConfig
     from fkd_dali.dist import pick_device
     from fkd_dali.labels.teacher import load_teacher
     from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
-    from fkd_dali.train.loop import TrainConfig, fit
+    from fkd_dali.train.loop import fit
 
     t_start = time.perf_counter()
     out = Path(cfg.output)

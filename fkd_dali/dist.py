@@ -49,6 +49,14 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
+def dali_device_id(device: torch.device | str) -> int | None:
+    """DALI's `device_id` for a torch device: the CUDA ordinal, or None for the CPU-only pipeline."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def parse_shard(text: str | None, env: DistEnv) -> tuple[int, int]:
     """`--shard i/n` wins; else torchrun's rank/world; else the whole job (0/1)."""
     if text is None:

@@ -52,7 +52,8 @@ def photo_index(photo_root):
 @pytest.fixture(scope="session")
 def small_store(photo_root, tmp_path_factory) -> Path:
     """M=8 crops per image, K=5, labelled by the real efficientnet_lite0 teacher."""
-    from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+    from fkd_dali.config import LabelGenConfig
+    from fkd_dali.labels.generate import generate_labels
 
     out = tmp_path_factory.mktemp("stores") / "small.zarr"
     generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), crops_per_image=8, top_k=5,

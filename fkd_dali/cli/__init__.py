@@ -1,10 +1,11 @@
 """The `fkd-dali` command: argument parsing and dispatch only.
 
 Each command group lives in its own module exposing `add_parser(subparsers)`; a
-handler turns the namespace into a config object, makes one library call and
-returns an exit code. Defaults are read from the config dataclasses, never repeated
-here. `FkdError`s print their message and exit with status 2 (tracebacks with
---debug).
+handler turns the namespace into a config object (`fkd_dali.config`), makes one
+library call and returns an exit code. Parsing imports no torch, DALI, timm or
+matplotlib, so `--help` and argument errors answer at once; handlers import what they
+need. User errors (`FkdError`, bad flags) print one line and exit with status 2
+(tracebacks with --debug).
 """
 from __future__ import annotations
 
@@ -12,16 +13,23 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from fkd_dali import __version__
 from fkd_dali.errors import FkdError
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (with where to find help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fkd_dali.cli import bench, demo, labels, train
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fkd-dali", description="Fast Knowledge Distillation on NVIDIA DALI: label random crops once with a "
         "teacher, then train students on replayed crops and stored soft labels.",
         epilog="Start with `fkd-dali demo`. `python -m fkd_dali` is the same command.")
@@ -39,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
     try:
+        if getattr(args, "config", None):
+            from fkd_dali.cli.train import apply_config_file
+
+            args = apply_config_file(parser, args, argv)
         return int(args.handler(args) or 0)
     except FkdError as e:
         if args.debug:

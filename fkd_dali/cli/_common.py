@@ -1,40 +1,54 @@
-"""Helpers shared by the command modules: defaults from config dataclasses, small parsers."""
+"""Helpers shared by the command modules: defaults from the config dataclasses, argument types, output.
+
+Argument types raise `argparse.ArgumentTypeError`, which argparse turns into one line
+naming the flag (exit status 2). Nothing here imports torch, DALI or zarr: parsing and
+`--help` must answer at once.
+"""
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
+import math
 import sys
-from typing import Any
+from typing import Any, Callable
 
-from fkd_dali.errors import ConfigError
+from fkd_dali.config import field_default
 
 
-def default(config_cls: type, name: str) -> Any:
-    """The default of a config dataclass field: the CLI never states its own defaults."""
-    for f in dataclasses.fields(config_cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                return f.default_factory()  # type: ignore[misc]
-            return None
-    raise KeyError(name)
+def defaults_of(config_cls: type) -> Callable[[str], Any]:
+    """`d = defaults_of(TrainConfig); d("lr")` -> the dataclass default: the CLI states none of its own."""
+    return lambda name: field_default(config_cls, name)
+
+
+def _floats(text: str, n: int, example: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {n} comma-separated finite numbers like {example}; got {text!r}")
+    return values
 
 
 def float_pair(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"expected two comma-separated numbers like 0.08,1.0; got {text!r}") from None
-    return lo, hi
+    """`0.08,1.0` -> (0.08, 1.0)."""
+    return _floats(text, 2, "0.08,1.0")  # type: ignore[return-value]
 
 
 def float_triple(text: str) -> tuple[float, float, float]:
+    """`0.485,0.456,0.406` -> a tuple of three floats."""
+    return _floats(text, 3, "0.485,0.456,0.406")  # type: ignore[return-value]
+
+
+def shard(text: str) -> str:
+    """`i/n` with 0 <= i < n, checked at parse time (kept as text: `fkd_dali.dist.parse_shard` reads it)."""
     try:
-        a, b, c = (float(v) for v in text.split(","))
+        i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ConfigError(f"expected three comma-separated numbers like 0.485,0.456,0.406; got {text!r}") from None
-    return a, b, c
+        raise argparse.ArgumentTypeError(f"expected i/n like 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text}: need 0 <= i < n")
+    return text
 
 
 def print_json_line(obj: Any) -> None:

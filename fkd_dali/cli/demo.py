@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from fkd_dali.cli._common import default
-from fkd_dali.demo import DemoConfig
+from fkd_dali.cli._common import defaults_of
+from fkd_dali.config import DemoConfig
+from fkd_dali.defaults import DEVICE_CHOICES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = lambda name: default(DemoConfig, name)  # noqa: E731
+    d = defaults_of(DemoConfig)
     p = sub.add_parser("demo", help="label real photos with a real teacher, train a student, report",
                        description="Builds a small real-photo dataset, generates FKD labels with EfficientNet-Lite0, "
                                    "trains a small student and reports student-teacher agreement. No downloads.")
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=d("passes"))
     p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"))
     p.add_argument("--lr", type=float, default=d("lr"))
-    p.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     p.add_argument("--threads", "-j", type=int, default=d("threads"))
     p.add_argument("--seed", type=int, default=d("seed"))
     p.add_argument("--no-progress", action="store_true")
@@ -29,10 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    fields = {f: getattr(args, f) for f in DemoConfig.__dataclass_fields__ if hasattr(args, f) and f != "progress"}
+    cfg = DemoConfig(**fields, progress=not args.no_progress)
     from fkd_dali.demo import run_demo
 
-    run_demo(DemoConfig(output=args.output, images_per_class=args.images_per_class,
-                        crops_per_image=args.crops_per_image, student=args.student, image_size=args.image_size,
-                        num_crops=args.num_crops, passes=args.passes, batch_size=args.batch_size, lr=args.lr,
-                        device=args.device, threads=args.threads, seed=args.seed, progress=not args.no_progress))
+    run_demo(cfg)
     return 0

@@ -1,27 +1,26 @@
-"""`fkd-dali labels ...`: generate, info, verify, show, import-fkd, export-fkd."""
+"""`fkd-dali labels ...`: generate, info, verify, show, import-fkd, export-fkd, merge.
+
+Parsers import nothing heavy; each handler builds its config (so bad values fail at
+once) and only then imports the library code it calls.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 
-from fkd_dali.cli._common import default, float_pair, float_triple, print_json, print_json_line
-from fkd_dali.labels.generate import LabelGenConfig
+from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json, print_json_line, shard
+from fkd_dali.config import LabelGenConfig
+from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, SHOW_MAX_CROPS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     labels = sub.add_parser("labels", help="create and inspect soft-label stores")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
-    _add_generate(lsub)
-    _add_info(lsub)
-    _add_verify(lsub)
-    _add_show(lsub)
-    _add_import(lsub)
-    _add_export(lsub)
-    _add_merge(lsub)
+    for add in (_add_generate, _add_info, _add_verify, _add_show, _add_import, _add_export, _add_merge):
+        add(lsub)
 
 
 def _add_generate(lsub: argparse._SubParsersAction) -> None:
-    d = lambda name: default(LabelGenConfig, name)  # noqa: E731
+    d = defaults_of(LabelGenConfig)
     p = lsub.add_parser("generate", help="run a teacher over stored random crops and write a store",
                         description="Label M random crops of every image with a timm teacher. Resumable: rerun "
                                     "the same command after a crash. Parallel: torchrun or --shard i/n.")
@@ -29,6 +28,8 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="store path or fsspec URL (created, or resumed if it exists)")
     p.add_argument("--teacher", default=d("teacher"), help="named teacher or timm model name (default %(default)s)")
     p.add_argument("--checkpoint", default=None, help="local weights file (required for plain timm names)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width of a plain timm teacher fine-tuned to its own classes (default: timm's)")
     p.add_argument("--crops-per-image", "-M", type=int, default=d("crops_per_image"), help="M (default %(default)s)")
     p.add_argument("--top-k", "-K", type=int, default=d("top_k"), help="K stored classes (default %(default)s)")
     p.add_argument("--full", action="store_true", help="also store full probability vectors (small datasets)")
@@ -43,8 +44,8 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--slots-per-chunk", type=int, default=d("slots_per_chunk"))
     p.add_argument("--reference", default=None,
                    help="existing store whose boxes and flips to relabel with this teacher")
-    p.add_argument("--shard", default=None, help="i/n: this process labels chunks c with c %% n == i")
-    p.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    p.add_argument("--shard", type=shard, default=None, help="i/n: this process labels chunks c with c %% n == i")
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     p.add_argument("--threads", "-j", type=int, default=d("threads"), help="DALI CPU threads")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="decode every image while indexing; leave out and record unreadable files")
@@ -57,16 +58,10 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    fields = {f: getattr(args, f) for f in LabelGenConfig.__dataclass_fields__ if hasattr(args, f)}
+    cfg = LabelGenConfig(**fields, progress=not args.no_progress)
     from fkd_dali.labels.generate import generate_labels
 
-    cfg = LabelGenConfig(
-        data=args.data, out=args.out, teacher=args.teacher, checkpoint=args.checkpoint,
-        crops_per_image=args.crops_per_image, top_k=args.top_k, full=args.full, temperature=args.temperature,
-        seed=args.seed, scale=args.scale, ratio=args.ratio, batch_size=args.batch_size,
-        crops_per_round=args.crops_per_round, images_per_chunk=args.images_per_chunk,
-        slots_per_chunk=args.slots_per_chunk, reference=args.reference, shard=args.shard, device=args.device,
-        threads=args.threads, skip_corrupt=args.skip_corrupt, input_size=args.input_size,
-        interpolation=args.interpolation, mean=args.mean, std=args.std, progress=not args.no_progress)
     summary = generate_labels(cfg)
     print_json_line({"store": args.out, **summary.as_dict()})
     return 0
@@ -106,15 +101,23 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _add_show(lsub: argparse._SubParsersAction) -> None:
-    from fkd_dali.store.tools import DEFAULT_MAX_CROPS
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
+
+def _add_show(lsub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("show", help="draw one image's stored crops with their top-3 labels as a PNG")
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--image", required=True, help="image index or path relative to the dataset root")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--data", default=None, help="dataset folder holding the image files (required)")
-    p.add_argument("--max-crops", type=int, default=DEFAULT_MAX_CROPS,
+    p.add_argument("--max-crops", type=_positive_int, default=SHOW_MAX_CROPS,
                    help="show at most this many crops (default %(default)s)")
     p.set_defaults(handler=_show)
 
@@ -128,20 +131,18 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _add_import(lsub: argparse._SubParsersAction) -> None:
-    from fkd_dali.interop.fkd_store import DEFAULT_NUM_CLASSES, DEFAULT_TEACHER_NAME
-    from fkd_dali.store.label_store import StoreLayout
-
+    d = defaults_of(LabelGenConfig)
     p = lsub.add_parser("import-fkd", help="build a store from FKD's per-image label files",
                         description="Read <DIR>/<class>/<stem>.tar for every image of --data into a new store.")
     p.add_argument("fkd_dir", metavar="DIR", help="root of the FKD label files")
     p.add_argument("--data", required=True, help="the ImageNet-style dataset folder the files label")
     p.add_argument("--out", required=True, help="new store path or fsspec URL")
-    p.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
+    p.add_argument("--num-classes", type=_positive_int, default=FKD_NUM_CLASSES,
                    help="classes of the teacher that made the files (default %(default)s)")
-    p.add_argument("--teacher-name", default=DEFAULT_TEACHER_NAME,
+    p.add_argument("--teacher-name", default=IMPORTED_TEACHER_NAME,
                    help="teacher name recorded in the store (default %(default)s)")
-    p.add_argument("--images-per-chunk", type=int, default=default(StoreLayout, "images_per_chunk"))
-    p.add_argument("--slots-per-chunk", type=int, default=default(StoreLayout, "slots_per_chunk"))
+    p.add_argument("--images-per-chunk", type=_positive_int, default=d("images_per_chunk"))
+    p.add_argument("--slots-per-chunk", type=_positive_int, default=d("slots_per_chunk"))
     p.set_defaults(handler=_import)
 
 
@@ -151,8 +152,8 @@ def _import(args: argparse.Namespace) -> int:
 
     store = import_fkd(args.fkd_dir, args.data, args.out, teacher_name=args.teacher_name,
                        num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk))
-    print(json.dumps({"store": args.out, "images": store.n_images, "crops_per_image": store.crops_per_image,
-                      "k": store.spec.label.k}))
+    print_json_line({"store": args.out, "images": store.n_images, "crops_per_image": store.crops_per_image,
+                     "k": store.spec.label.k})
     return 0
 
 
@@ -167,7 +168,7 @@ def _export(args: argparse.Namespace) -> int:
     from fkd_dali.interop.fkd_store import export_fkd
 
     n = export_fkd(args.store, args.out)
-    print(json.dumps({"out": args.out, "files": n}))
+    print_json_line({"out": args.out, "files": n})
     return 0
 
 
@@ -177,8 +178,10 @@ def _add_merge(lsub: argparse._SubParsersAction) -> None:
                                     "merge writes their weighted top-K average to a new store.")
     p.add_argument("stores", nargs="+", help="two or more stores with the same crops")
     p.add_argument("--out", required=True, help="the ensemble store (resumed if it exists)")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per store (default equal)")
-    p.add_argument("--top-k", "-K", type=int, default=None, help="K of the result (default: the largest input K)")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one finite weight > 0 per store (default equal)")
+    p.add_argument("--top-k", "-K", type=_positive_int, default=None,
+                   help="K of the result (default: the largest input K)")
     p.set_defaults(handler=_merge)
 
 
@@ -186,5 +189,5 @@ def _merge(args: argparse.Namespace) -> int:
     from fkd_dali.labels.merge import merge_stores
 
     store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k)
-    print(json.dumps({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k}))
+    print_json_line({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k})
     return 0

@@ -1,12 +1,19 @@
-"""`fkd-dali train` and `fkd-dali eval`: namespace -> config -> one library call -> exit code."""
+"""`fkd-dali train` and `fkd-dali eval`: namespace -> config -> one library call -> exit code.
+
+`train --config FILE` works as in timm's train.py: the YAML file sets the defaults and
+flags on the command line override them (`apply_config_file`).
+"""
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
-from fkd_dali.cli._common import default, float_pair, float_triple, print_json_line
-from fkd_dali.train.evaluate import EvalConfig
-from fkd_dali.train.loop import TrainConfig
-from fkd_dali.train.precision import AMP_CHOICES
+from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json_line
+from fkd_dali.config import EvalConfig, TrainConfig, load_config_file
+from fkd_dali.defaults import AMP_CHOICES, DEVICE_CHOICES, RECOVERY_KINDS, SCHEDULE_NAMES
+from fkd_dali.errors import ConfigError
+
+_REQUIRED = ("data", "labels")  # required, but may come from --config instead of the command line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,13 +22,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    d = lambda name: default(TrainConfig, name)  # noqa: E731
+    d = defaults_of(TrainConfig)
     p = sub.add_parser("train", help="train a timm student on replayed crops and stored soft labels",
                        description="FKD training: one pass = m epochs (every image's m stored crops of the pass). "
                                    "Single process, or one process per GPU with torchrun.")
+    p.add_argument("--config", "-c", default=None, metavar="FILE",
+                   help="YAML file of option defaults (keys as the flags, e.g. batch_size: 256); flags override it")
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="training folder root/<class>/<image> the labels were made for")
-    g.add_argument("--labels", required=True, help="soft-label store, or 'none' for vanilla (hard-label) training")
+    g.add_argument("--data", default=None, help="training folder root/<class>/<image> the labels were made for "
+                                                "(required)")
+    g.add_argument("--labels", default=None,
+                   help="soft-label store, or 'none' for vanilla (hard-label) training (required)")
     g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
     g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
     g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),
@@ -43,7 +54,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--opt", default=d("opt"), help="timm optimizer name (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d("momentum"))
     g.add_argument("--weight-decay", type=float, default=d("weight_decay"))
-    g.add_argument("--sched", default=d("sched"), choices=["cosine", "serrated", "step"],
+    g.add_argument("--sched", default=d("sched"), choices=SCHEDULE_NAMES,
                    help="per-iteration cosine; serrated = FKD's per-pass cosine (lr fixed within a pass); step")
     g.add_argument("--warmup-epochs", type=float, default=d("warmup_epochs"))
     g.add_argument("--warmup-lr", type=float, default=d("warmup_lr"))
@@ -51,19 +62,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decay-epochs", type=float, default=d("decay_epochs"), help="step schedule period")
     g.add_argument("--decay-rate", type=float, default=d("decay_rate"), help="step schedule factor")
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
-    g.add_argument("--recovery", default=d("recovery"),
-                   choices=["hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"])
+    g.add_argument("--recovery", default=d("recovery"), choices=RECOVERY_KINDS)
     g.add_argument("--recovery-k", type=int, default=None, help="top-k kept by the marginal kinds (<= store K)")
     g.add_argument("--smoothing", type=float, default=d("smoothing"))
     g.add_argument("--temperature", type=float, default=None, help="loss temperature (default: the store's)")
-    g.add_argument("--amp", default=d("amp"), choices=list(AMP_CHOICES))
+    g.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", default=d("output"), help="folder for checkpoints, metrics and config")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/last.pth)")
     g.add_argument("--seed", type=int, default=d("seed"))
-    g.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
+    g.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     g.add_argument("--log-interval", type=int, default=d("log_interval"), help="steps between metric lines")
     g.add_argument("--val-every", type=int, default=d("val_every"), help="passes between validations")
     g.add_argument("--val-batch-size", type=int, default=d("val_batch_size"), help="validation images per rank")
@@ -71,21 +81,45 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--save-every-pass", action="store_true", help="keep OUTPUT/pass_XXX.pth too")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (with a checkpoint)")
     g.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_train, config_cls=TrainConfig, subparser=p)
+
+
+def apply_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Sequence[str] | None) -> argparse.Namespace:
+    """Re-parse `argv` with the values of `args.config` as the subcommand's defaults.
+
+    Flags given on the command line win over the file, the file wins over the
+    dataclass defaults (timm's rule). `progress: false` in a file means `--no-progress`.
+    """
+    values = load_config_file(args.config, args.config_cls)
+    sub: argparse.ArgumentParser = args.subparser
+    dests = {a.dest for a in sub._actions}
+    file_defaults = {k: v for k, v in values.items() if k in dests}
+    if "progress" in values:
+        file_defaults["no_progress"] = not values["progress"]
+    unused = sorted(set(values) - set(file_defaults) - {"progress"})
+    if unused:
+        raise ConfigError(f"--config {args.config}: option(s) {', '.join(unused)} cannot be set from a file")
+    sub.set_defaults(**file_defaults)
+    return parser.parse_args(argv)
 
 
 def _train(args: argparse.Namespace) -> int:
+    missing = [name for name in _REQUIRED if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"--{missing[0]} is required (on the command line or in --config)")
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
+    cfg = TrainConfig(**fields, progress=not args.no_progress)
     from fkd_dali.train.loop import fit
 
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
-    result = fit(TrainConfig(**fields, progress=not args.no_progress))
+    result = fit(cfg)
     summary = {k: v for k, v in vars(result).items() if k != "history"}
     print_json_line(summary)
     return 128 + result.signal if result.interrupted and result.signal else 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    d = lambda name: default(EvalConfig, name)  # noqa: E731
+    d = defaults_of(EvalConfig)
     p = sub.add_parser("eval", help="top-1/top-5 of a training checkpoint on a labelled folder",
                        description="Resize, centre crop (the arch's crop_pct), normalize; counts reduced over ranks.")
     p.add_argument("--data", required=True, help="validation folder root/<class>/<image>")
@@ -93,15 +127,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="the store the model was trained with (checked against it)")
     p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"), help="images per rank")
     p.add_argument("--threads", "-j", type=int, default=d("threads"))
-    p.add_argument("--device", default=d("device"), choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default=d("amp"), choices=list(AMP_CHOICES))
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
+    p.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     p.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fkd_dali.train.evaluate import evaluate_checkpoint
-
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
                      threads=args.threads, device=args.device, amp=args.amp)
+    from fkd_dali.train.evaluate import evaluate_checkpoint
+
     print_json_line({"checkpoint": args.checkpoint, **evaluate_checkpoint(cfg).as_dict()})
     return 0

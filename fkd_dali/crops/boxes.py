@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB
 from fkd_dali.errors import ConfigError
 
 ATTEMPTS = 10
@@ -34,9 +35,9 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 class CropDistribution:
     """The random-resized-crop distribution that label generation samples from."""
 
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
+    scale: tuple[float, float] = CROP_SCALE
+    ratio: tuple[float, float] = CROP_RATIO
+    flip_prob: float = FLIP_PROB
     seed: int = 0
 
     def __post_init__(self) -> None:

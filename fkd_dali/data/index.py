@@ -5,8 +5,8 @@ names (as torchvision's ImageFolder numbers them); files are sorted within a cla
 Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
 is ignored everywhere in fkd-dali so that a box means the same pixels in every
 pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
-tell whether it was made for the folder it is used with; `index_for_store` checks that
-from a directory listing alone and takes the sizes the store recorded.
+tell whether it was made for the folder it is used with (`scan_folder` lists what that
+check needs without opening an image; `fkd_dali.store.label_store.index_for_store` does it).
 """
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
-
-if TYPE_CHECKING:
-    from fkd_dali.store.label_store import LabelStore
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -181,27 +178,3 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         class_names=class_names,
         skipped=skipped,
     )
-
-
-def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetIndex:
-    """The index of `store` with paths under `root`, after checking that `root` holds its dataset.
-
-    Scans `root` (`scan_folder`: no image header is read), leaves out the files the
-    store recorded as skipped at labelling time, and compares the fingerprint with the
-    store's. The sizes come from the store (read from the headers when it was made).
-
-    Raises:
-        DatasetIndexError: `root` is not a dataset folder (as `build_index`).
-        StoreMismatchError: `root` holds another dataset; the message names the first
-            difference (as `LabelStore.check_dataset`).
-    """
-    root_path = Path(root).expanduser().resolve()
-    class_names, paths, nbytes = scan_folder(root_path)
-    skipped = set(store.skipped)
-    keep = [i for i, p in enumerate(paths) if p not in skipped]
-    cid = {name: i for i, name in enumerate(class_names)}
-    kept = [paths[i] for i in keep]
-    scanned = DatasetIndex(str(root_path), kept, np.array([cid[p.split("/", 1)[0]] for p in kept], np.int32),
-                           np.zeros((len(kept), 2), np.int32), nbytes[keep], class_names)
-    store.check_dataset(scanned)  # header-less: the fingerprint covers paths, byte sizes and class names
-    return store.load_index(root=str(root_path))

@@ -19,6 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from fkd_dali.crops.boxes import CropDistribution, boxes_to_fractions, fractions_to_boxes
 from fkd_dali.data.index import build_index
+from fkd_dali.defaults import FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, INTERPOLATION
 from fkd_dali.errors import FkdError, LabelStoreError
 from fkd_dali.interop.fkd_files import FkdLabels, fkd_file_path, read_fkd_file, write_fkd_file
 from fkd_dali.store.label_store import (
@@ -32,8 +33,6 @@ from fkd_dali.store.label_store import (
     open_store,
 )
 
-DEFAULT_TEACHER_NAME = "imported"
-DEFAULT_NUM_CLASSES = 1000
 IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of an imported store, beside the schema attributes
 
 
@@ -65,9 +64,9 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
 
 
 def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], out: str,
-               teacher_name: str = DEFAULT_TEACHER_NAME, num_classes: int = DEFAULT_NUM_CLASSES,
+               teacher_name: str = IMPORTED_TEACHER_NAME, num_classes: int = FKD_NUM_CLASSES,
                timm_name: str = "unknown", checkpoint_sha256: str = "",
-               input_size: tuple[int, int, int] = (3, 224, 224), interpolation: str = "bicubic",
+               input_size: tuple[int, int, int] = (3, 224, 224), interpolation: str = INTERPOLATION,
                mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
                std: tuple[float, float, float] = IMAGENET_DEFAULT_STD, temperature: float = 1.0,
                layout: StoreLayout | None = None) -> LabelStore:

@@ -10,18 +10,18 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from fkd_dali.config import LabelGenConfig
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
-from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
-from fkd_dali.dist import dist_env, parse_shard, pick_device
+from fkd_dali.data.index import DatasetIndex, build_index
+from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, StoreMismatchError
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.store.label_store import (
@@ -31,47 +31,10 @@ from fkd_dali.store.label_store import (
     StoreLayout,
     StoreSpec,
     TeacherSpec,
+    index_for_store,
     open_or_create_store,
     open_store,
 )
-
-
-@dataclass(frozen=True)
-class LabelGenConfig:
-    """Options of `fkd-dali labels generate` (the CLI's defaults come from here)."""
-
-    data: str
-    out: str
-    teacher: str = "efficientnet_lite0"
-    checkpoint: str | None = None
-    crops_per_image: int = 500
-    top_k: int = 5
-    full: bool = False
-    temperature: float = 1.0
-    seed: int = 0
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    batch_size: int = 256
-    crops_per_round: int = 8
-    images_per_chunk: int = 4096
-    slots_per_chunk: int = 8
-    reference: str | None = None
-    shard: str | None = None
-    device: str = "auto"
-    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    skip_corrupt: bool = False
-    input_size: int | None = None
-    interpolation: str | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.crops_per_round < 1:
-            raise ConfigError("--batch-size and --crops-per-round must be >= 1")
-        if self.crops_per_image < 1:
-            raise ConfigError("--crops-per-image must be >= 1")
 
 
 @dataclass
@@ -236,7 +199,7 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
         index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
     else:
         index = _reference_index(reference, cfg)
-    teacher = load_teacher(cfg.teacher, cfg.checkpoint)
+    teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     spec = build_spec(cfg, teacher, reference)
     store = open_or_create_store(cfg.out, index, spec)
     todo = [c for c in store.missing_chunks() if c % n_shards == shard]
@@ -248,7 +211,7 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     source = BatchSource()
     pipe = make_crop_pipeline(source, n_crops=per_round, size=ts.input_size[1], interpolation=ts.interpolation,
                               mean=ts.mean, std=ts.std, batch_size=images_per_batch, num_threads=cfg.threads,
-                              device_id=device.index if device.type == "cuda" else None)
+                              device_id=dali_device_id(device))
     crop_iter = CropIterator(pipe, source)
     runner = _TeacherRunner(teacher, spec.label, device)
     total = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in todo) * store.crops_per_image

@@ -10,8 +10,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from fkd_dali.config import check_recovery
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.recovery import check_recovery, recover_labels
+from fkd_dali.labels.recovery import recover_labels
 
 _REDUCTIONS = ("mean", "sum", "none")
 

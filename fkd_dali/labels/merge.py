@@ -74,8 +74,9 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
         s.check_complete()
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
-    if len(w) != len(stores) or (w <= 0).any():
-        raise ConfigError("--weights needs one positive weight per store")
+    if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
+        raise ConfigError(f"--weights needs one finite weight > 0 per store ({len(stores)} stores), "
+                          f"got {' '.join(str(v) for v in w)}")
     w = w / w.sum()
     first = stores[0]
     k = k or max(s.spec.label.k for s in stores)

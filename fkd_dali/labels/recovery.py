@@ -10,17 +10,10 @@ from typing import Callable, Optional
 
 import torch
 
+from fkd_dali.config import check_recovery
+from fkd_dali.defaults import RECOVERY_KINDS
 from fkd_dali.errors import ConfigError, LabelStoreError
 from fkd_dali.registry import Registry
-
-#: Names accepted by `recover_labels(kind=...)`, in the order the docs list them.
-RECOVERY_KINDS: tuple[str, ...] = (
-    "hard",
-    "smoothing",
-    "marginal_smoothing",
-    "marginal_renorm",
-    "full",
-)
 
 # (index (B,k) int64, prob (B,k) float32, num_classes, smoothing) -> (B, C) float32.
 _TopKRecovery = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
@@ -71,32 +64,6 @@ def _marginal_renorm(index: torch.Tensor, prob: torch.Tensor, num_classes: int, 
 def _full_placeholder(index: torch.Tensor, prob: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Registered so that `full` is a valid name; `recover_labels` handles it before dispatch."""
     raise ConfigError("recovery kind 'full' needs the dense `full` labels, not top-K ones")
-
-
-def check_recovery(
-    kind: str, k: Optional[int] = None, stored_k: Optional[int] = None, smoothing: float = 0.0
-) -> None:
-    """Validates a recovery choice once, at build time, so the hot path can stay cheap.
-
-    Args:
-        kind: one of `RECOVERY_KINDS`.
-        k: how many of the stored top-K classes to keep (None: all of them).
-        stored_k: K of the store, when known; `k` must not exceed it.
-        smoothing: eps of the ``smoothing`` kind, in [0, 1].
-
-    Raises:
-        ConfigError: unknown kind, k < 1, k > stored_k, or smoothing outside [0, 1].
-    """
-    _RECOVERIES.get(kind)
-    if not 0.0 <= smoothing <= 1.0:
-        raise ConfigError(f"smoothing must be in [0, 1], got {smoothing}")
-    if k is not None and k < 1:
-        raise ConfigError(f"recovery k must be >= 1, got {k}; pass a k between 1 and the store's K")
-    if k is not None and stored_k is not None and k > stored_k:
-        raise ConfigError(
-            f"recovery k={k} exceeds the store's top-K={stored_k}; pass k <= {stored_k} "
-            "or regenerate labels with a larger K"
-        )
 
 
 def recover_labels(
@@ -160,3 +127,4 @@ def recover_labels(
         raise LabelStoreError(f"store has top-K={stored_k} but only num_classes={num_classes}")
     keep = stored_k if k is None else k
     return recovery(index[:, :keep].long(), prob[:, :keep].to(torch.float32), num_classes, smoothing)
+

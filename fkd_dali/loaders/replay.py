@@ -16,7 +16,6 @@ slot order. `start_step` skips steps without reading or decoding them (resume).
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -27,6 +26,8 @@ import torch
 from fkd_dali.crops.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
 from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
+from fkd_dali.defaults import INTERPOLATION, default_threads
+from fkd_dali.dist import dali_device_id
 from fkd_dali.errors import ConfigError
 from fkd_dali.store.label_store import LabelStore
 
@@ -51,13 +52,6 @@ class ReplayBatch:
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.images, self.index, self.prob, self.meta))
-
-
-def _device_id(device: torch.device) -> int | None:
-    """DALI's device_id: the CUDA ordinal, or None for the CPU-only pipeline."""
-    if device.type != "cuda":
-        return None
-    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 class _Feeder:
@@ -114,7 +108,7 @@ class ReplayLoader:
     """
 
     def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
-                 mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic", seed: int = 0,
+                 mean: Sequence[float], std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, with_labels: bool = True, half: bool | None = None,
                  prefetch_tables: bool = True, with_full: bool = False) -> None:
@@ -127,7 +121,7 @@ class ReplayLoader:
         self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
         self.seed, self.rank, self.world = seed, rank, world
         self.device = torch.device(device)
-        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.threads = threads or default_threads()
         self.with_labels = with_labels
         self.with_full = with_full and with_labels
         self.half = half
@@ -162,7 +156,7 @@ class ReplayLoader:
             source = BatchSource()
             pipe = make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
                                       mean=self.mean, std=self.std, batch_size=self.images_per_step,
-                                      num_threads=self.threads, device_id=_device_id(self.device),
+                                      num_threads=self.threads, device_id=dali_device_id(self.device),
                                       half=self.half, seed=self.seed)
             self._iter, self._dirty = CropIterator(pipe, source), False
         return self._iter

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from fkd_dali.data.index import DatasetIndex
+from fkd_dali.dist import dali_device_id
 from fkd_dali.loaders.feed import EpochRunner, image_feed
 from fkd_dali.pipelines.validation import make_validation_pipeline
 
@@ -25,7 +26,7 @@ class ValidationLoader:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.ids = np.arange(rank, len(index), world, dtype=np.int64)
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+        device_id = dali_device_id(self.device)
         self._runner = EpochRunner(lambda src: make_validation_pipeline(
             src, size, crop_pct, interpolation, mean, std, batch_size, threads, device_id))
 

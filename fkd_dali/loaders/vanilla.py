@@ -7,13 +7,14 @@ replay a resumed vanilla run sees the same images at the same steps but other cr
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator, Sequence
 
 import torch
 
 from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
+from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB, VANILLA_INTERPOLATION, default_threads
+from fkd_dali.dist import dali_device_id
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.feed import EpochRunner, image_feed
 from fkd_dali.loaders.replay import ReplayBatch
@@ -29,17 +30,17 @@ class VanillaLoader:
     """
 
     def __init__(self, index: DatasetIndex, batch_size: int, size: int, mean: Sequence[float],
-                 std: Sequence[float], interpolation: str = "bilinear", seed: int = 0, rank: int = 0,
+                 std: Sequence[float], interpolation: str = VANILLA_INTERPOLATION, seed: int = 0, rank: int = 0,
                  world: int = 1, device: torch.device | str = "cpu", threads: int | None = None,
-                 scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 flip_prob: float = 0.5) -> None:
+                 scale: Sequence[float] = CROP_SCALE, ratio: Sequence[float] = CROP_RATIO,
+                 flip_prob: float = FLIP_PROB) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.index, self.batch_size = index, batch_size
         self.seed, self.rank, self.world = seed, rank, world
         self.device = torch.device(device)
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        threads = threads or min(8, os.cpu_count() or 1)
+        device_id = dali_device_id(self.device)
+        threads = threads or default_threads()
         dali_seed = (seed * 7919 + rank) % (2**31 - 1)
         self._runner = EpochRunner(lambda src: make_vanilla_pipeline(
             src, size, mean, std, batch_size, threads, device_id, interpolation, scale, ratio, flip_prob,

@@ -11,6 +11,7 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from fkd_dali.defaults import HW_DECODER_LOAD, PREFETCH_DEPTH
 from fkd_dali.pipelines.fragments import decode_and_crop
 
 OUTPUT_NAMES = ("crops", "meta")
@@ -27,7 +28,7 @@ def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Seque
 
 def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
                        std: Sequence[float], batch_size: int, num_threads: int, device_id: int | None,
-                       half: bool | None = None, prefetch: int = 2, hw_decoder_load: float = 0.65,
+                       half: bool | None = None, prefetch: int = PREFETCH_DEPTH, hw_decoder_load: float = HW_DECODER_LOAD,
                        seed: int = 0) -> Pipeline:
     """Build (not yet started) the stored-crop pipeline.
 

@@ -12,6 +12,7 @@ from typing import Sequence
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 
+from fkd_dali.defaults import HW_DECODER_LOAD
 from fkd_dali.errors import ConfigError
 
 INTERPOLATIONS = {
@@ -31,7 +32,7 @@ def interp_type(name: str) -> types.DALIInterpType:
         raise ConfigError(f"unknown interpolation {name!r}; valid: {', '.join(sorted(INTERPOLATIONS))}") from None
 
 
-def decode(encoded: DataNode, gpu: bool, hw_decoder_load: float = 0.65) -> DataNode:
+def decode(encoded: DataNode, gpu: bool, hw_decoder_load: float = HW_DECODER_LOAD) -> DataNode:
     """Decode to RGB uint8 HWC: nvJPEG (`mixed`) on a GPU, libjpeg-turbo on the CPU."""
     if gpu:
         return fn.decoders.image(encoded, device="mixed", output_type=types.RGB, adjust_orientation=False,
@@ -49,7 +50,7 @@ def normalize(image: DataNode, mirror: DataNode | int, mean: Sequence[float], st
 
 def decode_and_crop(encoded: DataNode, rois: DataNode, n_crops: int, size: int, interpolation: str,
                     mean: Sequence[float], std: Sequence[float], gpu: bool, half: bool = False,
-                    hw_decoder_load: float = 0.65) -> DataNode:
+                    hw_decoder_load: float = HW_DECODER_LOAD) -> DataNode:
     """Decode each image once and cut its `n_crops` stored crops.
 
     Args:

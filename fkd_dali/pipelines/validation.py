@@ -12,6 +12,7 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from fkd_dali.defaults import PREFETCH_DEPTH
 from fkd_dali.pipelines.fragments import decode, interp_type
 
 
@@ -39,4 +40,4 @@ def make_validation_pipeline(source, size: int, crop_pct: float, interpolation: 
     gpu = device_id is not None
     return _validation_graph(source, size, resize_size(size, crop_pct), interpolation, tuple(mean), tuple(std),
                              gpu, gpu if half is None else half, batch_size=batch_size, num_threads=num_threads,
-                             device_id=device_id, prefetch_queue_depth=2, exec_dynamic=True)
+                             device_id=device_id, prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)

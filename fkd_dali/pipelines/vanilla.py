@@ -12,6 +12,7 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB, PREFETCH_DEPTH, VANILLA_INTERPOLATION
 from fkd_dali.pipelines.fragments import interp_type, normalize
 
 
@@ -28,12 +29,12 @@ def _vanilla_graph(source, size: int, scale: Sequence[float], ratio: Sequence[fl
 
 
 def make_vanilla_pipeline(source, size: int, mean: Sequence[float], std: Sequence[float], batch_size: int,
-                          num_threads: int, device_id: int | None, interpolation: str = "bilinear",
-                          scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                          flip_prob: float = 0.5, half: bool | None = None, seed: int = 0) -> Pipeline:
+                          num_threads: int, device_id: int | None, interpolation: str = VANILLA_INTERPOLATION,
+                          scale: Sequence[float] = CROP_SCALE, ratio: Sequence[float] = CROP_RATIO,
+                          flip_prob: float = FLIP_PROB, half: bool | None = None, seed: int = 0) -> Pipeline:
     """Build the vanilla pipeline (outputs: images (B, 3, size, size), meta (B, 2) = image id, class)."""
     gpu = device_id is not None
     return _vanilla_graph(source, size, tuple(scale), tuple(ratio), interpolation, tuple(mean), tuple(std),
                           flip_prob, gpu, gpu if half is None else half, batch_size=batch_size,
-                          num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2, seed=seed,
+                          num_threads=num_threads, device_id=device_id, prefetch_queue_depth=PREFETCH_DEPTH, seed=seed,
                           exec_dynamic=True)

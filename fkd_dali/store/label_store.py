@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +26,8 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from fkd_dali import __version__
 from fkd_dali.crops.boxes import CropDistribution
-from fkd_dali.data.index import DatasetIndex
+from fkd_dali.data.index import DatasetIndex, scan_folder
+from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreMismatchError, StoreSchemaError
 
 SCHEMA_VERSION = 1
@@ -68,8 +71,8 @@ class TeacherSpec:
 class StoreLayout:
     """Chunk shape in (images, crop slots). Chosen for sequential pass reads (see DESIGN.md)."""
 
-    images_per_chunk: int = 4096
-    slots_per_chunk: int = 8
+    images_per_chunk: int = IMAGES_PER_CHUNK
+    slots_per_chunk: int = SLOTS_PER_CHUNK
 
     def __post_init__(self) -> None:
         if self.images_per_chunk < 1 or self.slots_per_chunk < 1:
@@ -436,3 +439,27 @@ def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:
         raise StoreMismatchError(
             f"store {store.url} was written with other settings: " + "; ".join(diffs)
             + ". Use the same options to resume, or write to a new --out.")
+
+
+def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetIndex:
+    """The index of `store` with paths under `root`, after checking that `root` holds its dataset.
+
+    Scans `root` (`scan_folder`: no image header is read), leaves out the files the
+    store recorded as skipped at labelling time, and compares the fingerprint with the
+    store's. The sizes come from the store (read from the headers when it was made).
+
+    Raises:
+        DatasetIndexError: `root` is not a dataset folder (as `build_index`).
+        StoreMismatchError: `root` holds another dataset; the message names the first
+            difference (as `LabelStore.check_dataset`).
+    """
+    root_path = Path(root).expanduser().resolve()
+    class_names, paths, nbytes = scan_folder(root_path)
+    skipped = set(store.skipped)
+    keep = [i for i, p in enumerate(paths) if p not in skipped]
+    cid = {name: i for i, name in enumerate(class_names)}
+    kept = [paths[i] for i in keep]
+    scanned = DatasetIndex(str(root_path), kept, np.array([cid[p.split("/", 1)[0]] for p in kept], np.int32),
+                           np.zeros((len(kept), 2), np.int32), nbytes[keep], class_names)
+    store.check_dataset(scanned)  # header-less: the fingerprint covers paths, byte sizes and class names
+    return store.load_index(root=str(root_path))

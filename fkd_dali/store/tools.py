@@ -15,14 +15,13 @@ from typing import Any, Callable
 import numpy as np
 
 from fkd_dali.crops.boxes import decode_boxes
-from fkd_dali.data.index import index_for_store
+from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import DatasetIndexError, StoreMismatchError
-from fkd_dali.store.label_store import CropLabels, LabelStore, open_store
+from fkd_dali.store.label_store import CropLabels, LabelStore, index_for_store, open_store
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
 _PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
-DEFAULT_MAX_CROPS = 16
 
 
 # -- info ---------------------------------------------------------------------
@@ -265,7 +264,7 @@ def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int],
 
 
 def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
-                 max_crops: int = DEFAULT_MAX_CROPS) -> Path:
+                 max_crops: int = SHOW_MAX_CROPS) -> Path:
     """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes.
 
     The first panel is the image as stored on disk (no EXIF rotation, as everywhere in

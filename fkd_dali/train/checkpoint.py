@@ -1,17 +1,20 @@
 """Training checkpoints: what one holds, atomic writes, and the checks before a resume or an eval.
 
 A checkpoint records the model, optimizer, schedule and scaler state plus the resume
-position (pass, steps done in that pass) and everything that must match to continue at
-the same sample: arch, label store identity, dataset fingerprint, crops per image,
-global batch, world size and seed (see `fkd_dali.train.loop` for why these suffice).
+position (pass, steps done in that pass) and the run's identity (`RunIdentity`):
+everything that must match to continue at the same sample: arch, label store identity,
+dataset fingerprint, crops per image, global batch, world size and seed (see
+`fkd_dali.train.loop` for why these suffice). Functions here take plain values and
+return new ones; the loop owns its state.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,15 +22,57 @@ from fkd_dali.atomic import save_torch
 from fkd_dali.errors import CheckpointError
 from fkd_dali.store.label_store import LabelStore
 
-if TYPE_CHECKING:
-    from fkd_dali.train.loop import TrainRun
-
 CHECKPOINT_FORMAT = "fkd-dali-train/1"
+_NOT_CONTENT = ("created", "writer_version")  # attributes that differ between bit-identical stores
 
 
 def store_id(store: LabelStore) -> str:
-    """Identity of a store's content: sha256 over its attributes (dataset, teacher, crops, creation)."""
+    """Identity of a store's content: sha256 over its attributes (dataset, teacher, crops, labels).
+
+    The creation time and writer version are left out, so a store regenerated with the
+    same options (bit-identical: boxes and labels are pure functions of them) has the
+    same identity and a run can resume on it.
+    """
+    meta = {k: v for k, v in store.meta.items() if k not in _NOT_CONTENT}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def _legacy_store_id(store: LabelStore) -> str:
+    """The identity written by fkd-dali 0.1.0 checkpoints (creation time included)."""
     return hashlib.sha256(json.dumps(store.meta, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a checkpoint must share with a run that continues it (and what `eval` needs)."""
+
+    arch: str
+    num_classes: int
+    mode: str  # "distill" or "vanilla"
+    store_fingerprint: str | None  # `store_id` of the label store; None for vanilla
+    data_fingerprint: str
+    model_classes: list[str] | None  # folder class names a vanilla model predicts
+    num_crops: int
+    batch_size: int  # global, in crops
+    world: int
+    seed: int
+    data_config: dict[str, Any]  # the student's pixels: size, interpolation, mean, std, crop_pct
+    config: dict[str, Any]  # the resolved TrainConfig, for the record
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: `step` steps of pass `pass_idx` done, `global_step` in total."""
+
+    pass_idx: int = 0
+    step: int = 0
+    global_step: int = 0
+
+    def normalized(self, steps_per_pass: int) -> Position:
+        """The same position with a finished pass rolled over to step 0 of the next one."""
+        if self.step >= steps_per_pass:
+            return Position(self.pass_idx + 1, 0, self.global_step)
+        return self
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -49,34 +94,42 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 def check_store_matches(ckpt: dict[str, Any], store: LabelStore | None, path: str) -> None:
     """Raise `CheckpointError` unless the checkpoint was trained with `store` (None: vanilla)."""
-    want = store_id(store) if store is not None else None
-    if ckpt.get("store_fingerprint") != want:
-        what = "no store (vanilla)" if ckpt.get("store_fingerprint") is None else "another label store"
+    have = ckpt.get("store_fingerprint")
+    wanted = {None} if store is None else {store_id(store), _legacy_store_id(store)}
+    if have not in wanted:
+        what = "no store (vanilla)" if have is None else "another label store"
         raise CheckpointError(f"checkpoint {path} was trained with {what}"
                               f"{'' if store is None else ', not ' + store.url}: resume with the --labels it used")
 
 
-def check_resume(ckpt: dict[str, Any], run: TrainRun, path: str) -> None:
-    """Raise `CheckpointError` unless `run` continues the checkpoint's run at the same sample."""
-    cfg = run.cfg
-    if ckpt["arch"] != cfg.arch:
-        raise CheckpointError(f"checkpoint {path} holds a {ckpt['arch']!r} model; this run builds {cfg.arch!r}. "
-                              f"Pass --arch {ckpt['arch']} or start without --resume")
-    check_store_matches(ckpt, run.store, path)
-    if ckpt["data_fingerprint"] != run.index.fingerprint:
-        raise CheckpointError(f"checkpoint {path} was trained on another dataset than {cfg.data}")
-    want = {"num_crops": run.m, "batch_size": cfg.batch_size, "world": run.env.world, "seed": cfg.seed}
+def check_resume(ckpt: dict[str, Any], identity: RunIdentity, store: LabelStore | None, path: str) -> None:
+    """Raise `CheckpointError` unless a run of `identity` continues the checkpoint's run at the same sample."""
+    if ckpt["arch"] != identity.arch:
+        raise CheckpointError(f"checkpoint {path} holds a {ckpt['arch']!r} model; this run builds "
+                              f"{identity.arch!r}. Pass --arch {ckpt['arch']} or start without --resume")
+    check_store_matches(ckpt, store, path)
+    if ckpt["data_fingerprint"] != identity.data_fingerprint:
+        raise CheckpointError(f"checkpoint {path} was trained on another dataset than this run's --data")
+    want = {"num_crops": identity.num_crops, "batch_size": identity.batch_size, "world": identity.world,
+            "seed": identity.seed}
     diffs = [f"{k} {ckpt[k]} (checkpoint) vs {v} (this run)" for k, v in want.items() if ckpt[k] != v]
     if diffs:
         raise CheckpointError(f"checkpoint {path} cannot continue at the same sample: " + "; ".join(diffs)
                               + ". Resume with the same --num-crops, --batch-size, --seed and number of processes")
 
 
-def _load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """`model.load_state_dict(state)`, with an error that names the tensors that do not fit."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['arch']}: {str(e)[:300]}") from e
+        target = model.state_dict()
+        missing = [k for k in target if k not in state][:3]
+        unexpected = [k for k in state if k not in target][:3]
+        shape = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+                 if k in target and state[k].shape != target[k].shape][:3]
+        raise CheckpointError(f"{path} does not fit {what}: missing {missing}, unexpected {unexpected}, "
+                              f"wrong shape {shape}") from e
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
@@ -84,54 +137,43 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
     import timm
 
     model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=int(ckpt["num_classes"]))
-    _load_weights(model, ckpt, path)
+    load_weights(model, ckpt["model"], path, f"model {ckpt['arch']}")
     return model
 
 
-def checkpoint_state(run: TrainRun, pass_idx: int, step: int) -> dict[str, Any]:
-    """Everything needed to continue at step `step` of pass `pass_idx`."""
-    cfg = run.cfg
+def checkpoint_state(identity: RunIdentity, position: Position, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any) -> dict[str, Any]:
+    """Everything needed to continue at `position`: identity, position, states, torch RNG."""
     return {
-        "format": CHECKPOINT_FORMAT, "arch": cfg.arch, "num_classes": run.num_classes,
-        "mode": "vanilla" if cfg.vanilla else "distill",
-        "store_fingerprint": store_id(run.store) if run.store is not None else None,
-        "data_fingerprint": run.index.fingerprint,
-        "model_classes": run.index.class_names if run.store is None else None,
-        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.schedule.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
-        "pass": pass_idx, "step": step, "global_step": run.global_step, "seed": cfg.seed,
-        "num_crops": run.m, "batch_size": cfg.batch_size, "world": run.env.world,
-        "data_config": run.data_config, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "format": CHECKPOINT_FORMAT, **dataclasses.asdict(identity),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        "pass": position.pass_idx, "step": position.step, "global_step": position.global_step,
         "torch_rng": torch.get_rng_state(),
     }
 
 
-def resume_run(run: TrainRun, path: str) -> None:
-    """Check the checkpoint at `path` against `run`, load its state and set the resume position."""
-    ckpt = load_checkpoint(path)
-    check_resume(ckpt, run, path)
-    _load_weights(run.model, ckpt, path)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.schedule.load_state_dict(ckpt["scheduler"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
+def restore(ckpt: dict[str, Any], path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: Any, scaler: Any) -> Position:
+    """Load a checked checkpoint's states into the given objects; returns its position."""
+    load_weights(model, ckpt["model"], path, f"model {ckpt['arch']}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["torch_rng"])
-    run.global_step = int(ckpt["global_step"])
-    run.start_pass, run.start_step = int(ckpt["pass"]), int(ckpt["step"])
-    if run.start_step >= run.steps_per_pass:
-        run.start_pass, run.start_step = run.start_pass + 1, 0
+    return Position(int(ckpt["pass"]), int(ckpt["step"]), int(ckpt["global_step"]))
 
 
-def save_run(run: TrainRun, pass_idx: int, step: int, keep_pass: bool = False) -> str:
-    """Rank 0 writes `output/last.pth` (and `output/pass_XXX.pth` for the pass just done with `keep_pass`).
+def save_checkpoint(state: dict[str, Any], output: str | Path, keep_pass: int | None = None) -> str:
+    """Write `state` to `output/last.pth` (and `output/pass_XXX.pth` for `keep_pass`), atomically.
 
-    Returns the path of `last.pth` on every rank.
+    A killed run never leaves half a checkpoint: the old file stays until the new one is
+    complete. Returns the path of `last.pth`.
     """
-    out = Path(run.cfg.output)
-    path = out / "last.pth"
-    if run.env.is_main:
-        state = checkpoint_state(run, pass_idx, step)
-        save_torch(state, path)  # atomic: a killed run never leaves half a checkpoint
-        if keep_pass:
-            save_torch(state, out / f"pass_{pass_idx - 1:03d}.pth")
+    path = Path(output) / "last.pth"
+    save_torch(state, path)
+    if keep_pass is not None:
+        save_torch(state, Path(output) / f"pass_{keep_pass:03d}.pth")
     return str(path)
+

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fkd_dali.config import check_recovery
 from fkd_dali.crops.plan import pass_slots
-from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
+from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import DistEnv
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.recovery import check_recovery
-from fkd_dali.store.label_store import LabelStore, open_store
+from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
 
 if TYPE_CHECKING:
-    from fkd_dali.train.loop import TrainConfig
+    from fkd_dali.config import TrainConfig
 
 
 def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | None]:

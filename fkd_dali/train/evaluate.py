@@ -10,39 +10,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from fkd_dali.data.index import DatasetIndex, build_index, index_for_store
+from fkd_dali.config import EvalConfig
+from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import LabelStore, open_store
+from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
 from fkd_dali.train.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
 from fkd_dali.train.precision import amp_context, resolve_amp
 
 if TYPE_CHECKING:
     from fkd_dali.loaders.validation import ValidationLoader
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Options of `fkd-dali eval` (the CLI's defaults come from here)."""
-
-    data: str
-    checkpoint: str
-    labels: str | None = None
-    batch_size: int = 64
-    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    device: str = "auto"
-    amp: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.threads < 1:
-            raise ConfigError("--batch-size and --threads must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ already done. SIGTERM/SIGINT finish the current step, write the checkpoint and s
 from __future__ import annotations
 
 import difflib
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,97 +24,31 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
 from fkd_dali.errors import ConfigError
 from fkd_dali.labels.loss import SoftTargetLoss
-from fkd_dali.labels.recovery import check_recovery
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
-from fkd_dali.train.checkpoint import resume_run, save_run
+from fkd_dali.train.checkpoint import (
+    Position,
+    RunIdentity,
+    check_resume,
+    checkpoint_state,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    store_id,
+)
 from fkd_dali.train.data import make_train_loader, open_training_data
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
-from fkd_dali.train.precision import AMP_CHOICES, amp_context, resolve_amp
+from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
-from fkd_dali.train.schedule import SCHEDULES, LrSchedule, ScheduleSpec, create_schedule
+from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of `fkd-dali train`; the CLI reads its defaults from here.
-
-    Defaults follow FKD's ImageNet recipe (m = 4 crops per image per pass, global batch
-    1024 crops, SGD with lr 0.1 per 256 crops, cosine, 300 epochs) and the paper's
-    recommended label (marginal smoothing of the stored top-K).
-    """
-
-    data: str
-    labels: str  # store path/URL, or "none" for vanilla training with hard folder labels
-    arch: str = "resnet50"
-    output: str = "output"
-    epochs: int = 300
-    num_crops: int = 4
-    batch_size: int = 1024  # global, in crops
-    lr: float = 0.4
-    opt: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    sched: str = "cosine"
-    warmup_epochs: float = 5.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 0.0
-    decay_epochs: float = 30.0
-    decay_rate: float = 0.1
-    clip_grad: float | None = None
-    amp: str = "auto"  # auto: bf16 on GPU, off on CPU
-    channels_last: bool = False
-    compile: bool = False
-    image_size: int | None = None  # default: the student's pretrained input size
-    interpolation: str | None = None  # default: the student's pretrained cfg
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    crop_pct: float | None = None
-    recovery: str = "marginal_smoothing"
-    recovery_k: int | None = None  # default: the store's K
-    smoothing: float = 0.1
-    temperature: float | None = None  # default: the store's label temperature
-    scale: tuple[float, float] = (0.08, 1.0)  # vanilla random-resized-crop
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    val: str | None = None
-    val_every: int = 1  # passes
-    val_batch_size: int = 64  # images per rank
-    resume: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    log_interval: int = 50
-    tensorboard: bool = False
-    save_every_pass: bool = False  # also keep output/pass_XXX.pth
-    synthetic: bool = False
-    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every", "val_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.amp not in AMP_CHOICES:
-            raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        SCHEDULES.get(self.sched)
-        check_recovery(self.recovery, self.recovery_k, smoothing=self.smoothing)
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ConfigError("--max-steps must be >= 0")
-
-    @property
-    def vanilla(self) -> bool:
-        return self.labels.lower() == "none"
-
-    @property
-    def m(self) -> int:
-        return 1 if self.vanilla else self.num_crops
 
 
 @dataclass
@@ -221,7 +154,7 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
                    num_classes)
     try:
         if cfg.resume:
-            resume_run(run, cfg.resume)
+            _resume(run, cfg.resume)
         _wrap(run)
         if cfg.val:
             _make_val(run)
@@ -229,6 +162,47 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
         loader.close()
         raise
     return run
+
+
+def run_identity(run: TrainRun) -> RunIdentity:
+    """What a checkpoint of this run records so that a resume (or `eval`) can check it."""
+    cfg = run.cfg
+    return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode="vanilla" if cfg.vanilla else "distill",
+                       store_fingerprint=store_id(run.store) if run.store is not None else None,
+                       data_fingerprint=run.index.fingerprint,
+                       model_classes=run.index.class_names if run.store is None else None,
+                       num_crops=run.m, batch_size=cfg.batch_size, world=run.env.world, seed=cfg.seed,
+                       data_config=run.data_config, config=config_dict(cfg))
+
+
+def _resume(run: TrainRun, path: str) -> None:
+    """Check the checkpoint at `path` against the run, load its states and set the resume position."""
+    ckpt = load_checkpoint(path)
+    check_resume(ckpt, run_identity(run), run.store, path)
+    position = restore(ckpt, path, run.model, run.optimizer, run.schedule, run.scaler)
+    position = position.normalized(run.steps_per_pass)
+    run.start_pass, run.start_step, run.global_step = position.pass_idx, position.step, position.global_step
+
+
+def _save(run: TrainRun, pass_idx: int, step: int, keep_pass: int | None = None) -> str:
+    """Rank 0 writes the checkpoint of `step` steps done in pass `pass_idx`; returns its path on every rank."""
+    path = str(Path(run.cfg.output) / "last.pth")
+    if run.env.is_main:
+        state = checkpoint_state(run_identity(run), Position(pass_idx, step, run.global_step), run.model,
+                                 run.optimizer, run.schedule, run.scaler)
+        path = save_checkpoint(state, run.cfg.output, keep_pass)
+    return path
+
+
+def _write_config(run: TrainRun) -> None:
+    if not run.env.is_main:
+        return
+    resolved = {"passes": run.passes, "steps_per_pass": run.steps_per_pass, "world": run.env.world,
+                "crops_per_rank_step": run.cfg.batch_size // run.env.world, "num_classes": run.num_classes,
+                "device": str(run.device), "amp_dtype": str(run.amp_dtype), "data_config": run.data_config,
+                "store_fingerprint": store_id(run.store) if run.store else None, "start_pass": run.start_pass,
+                "start_step": run.start_step}
+    write_run_config(run.cfg.output, config_dict(run.cfg), resolved)
 
 
 def _wrap(run: TrainRun) -> None:
@@ -352,7 +326,7 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
         stats = train_one_pass(run, pass_idx, start, metrics, stop)
         loss = stats.loss if stats.steps_done > start else loss
         if stats.steps_done < run.steps_per_pass:
-            ckpt = save_run(run, pass_idx, stats.steps_done)
+            ckpt = _save(run, pass_idx, stats.steps_done)
             break
         record = {"kind": "pass", "pass": pass_idx, "step": stats.steps_done, "global_step": run.global_step,
                   "loss": stats.loss,
@@ -365,7 +339,7 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
             record.update(val_top1=val.top1, val_top5=val.top5)
         metrics.write(record)
         history.append(record)
-        ckpt = save_run(run, pass_idx + 1, 0, run.cfg.save_every_pass)
+        ckpt = _save(run, pass_idx + 1, 0, pass_idx if run.cfg.save_every_pass else None)
         pass_idx, start = pass_idx + 1, 0
         if stats.stop:
             break
@@ -389,7 +363,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
     with distributed(cfg.device) as (env, device), StopOnSignal() as stop:
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
         run = build_run(cfg, env, device)
-        write_run_config(run)
+        _write_config(run)
         metrics = RunLog(cfg.output, env.is_main, run.passes * run.steps_per_pass, run.global_step,
                          append=bool(cfg.resume), progress=cfg.progress, tensorboard=cfg.tensorboard)
         try:

@@ -11,8 +11,6 @@ import torch
 
 from fkd_dali.errors import ConfigError
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `--amp` on `device` (None: full precision)."""

@@ -1,34 +1,46 @@
-"""What a training run writes besides checkpoints: `config.json`, `metrics.jsonl`, a progress bar, TensorBoard.
+"""What a training run writes besides checkpoints: `config.json`/`.yaml`, `metrics.jsonl`, a progress bar, TensorBoard.
 
 Only rank 0 writes; on other ranks a `RunLog` is a no-op. Every metrics line is one
-JSON object with `kind` ("step" or "pass") and `global_step`.
+JSON object with `kind` ("step" or "pass") and `global_step`. A resumed run first drops
+the lines logged after its checkpoint (they are logged again), so each step appears once.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from fkd_dali.train.checkpoint import store_id
-
-if TYPE_CHECKING:
-    from fkd_dali.train.loop import TrainRun
+from typing import Any
 
 TB_KEYS = ("loss", "lr", "images_per_s", "val_top1", "val_top5")  # what goes to TensorBoard
 
-
-def write_run_config(run: TrainRun) -> None:
-    """Rank 0 writes `output/config.json`: the options as given and the values derived from them."""
-    if not run.env.is_main:
+def _drop_after(path: Path, global_step: int) -> None:
+    """Remove the lines of `path` past `global_step` (and a torn last line), atomically."""
+    if not path.exists():
         return
-    resolved = {"passes": run.passes, "steps_per_pass": run.steps_per_pass, "world": run.env.world,
-                "crops_per_rank_step": run.cfg.batch_size // run.env.world, "num_classes": run.num_classes,
-                "device": str(run.device), "amp_dtype": str(run.amp_dtype), "data_config": run.data_config,
-                "store_fingerprint": store_id(run.store) if run.store else None, "start_pass": run.start_pass,
-                "start_step": run.start_step}
-    text = json.dumps({"config": dataclasses.asdict(run.cfg), "resolved": resolved}, indent=2, default=str)
-    (Path(run.cfg.output) / "config.json").write_text(text)
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if int(record.get("global_step", 0)) <= global_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_run_config(output: str | Path, config: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """Write `output/config.json` and `output/config.yaml`: the options as given and the values derived from them.
+
+    Both hold `{"config": ..., "resolved": ...}`; `fkd-dali train --config output/config.yaml`
+    reads the `config` part back, so a run can be repeated from its own record.
+    """
+    import yaml
+
+    doc = json.loads(json.dumps({"config": config, "resolved": resolved}, default=str))
+    out = Path(output)
+    (out / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 class RunLog:
@@ -52,7 +64,10 @@ class RunLog:
         from tqdm import tqdm
 
         out = Path(output)
-        self.file = open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8")
+        path = out / "metrics.jsonl"
+        if append:
+            _drop_after(path, done_steps)
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=done_steps, unit="step", dynamic_ncols=True,
                         disable=not progress, desc="train")
         if tensorboard:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from fkd_dali.defaults import WARMUP_EPOCHS
 from fkd_dali.errors import ConfigError
 from fkd_dali.registry import Registry
 
@@ -35,7 +36,7 @@ class ScheduleSpec:
     passes: int = 1
     steps_per_pass: int = 1
     m: int = 4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = WARMUP_EPOCHS
     warmup_lr: float = 1e-6
     min_lr: float = 0.0
     decay_epochs: float = 30.0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+from fkd_dali.config import LabelGenConfig
+from fkd_dali.labels.generate import generate_labels
 from fkd_dali.store.label_store import open_store
 from fkd_dali.store.tools import verify_store
 

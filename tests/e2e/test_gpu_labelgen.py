@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from fkd_dali.config import LabelGenConfig
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
-from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+from fkd_dali.labels.generate import generate_labels
 from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
 from fkd_dali.pipelines.crops import make_crop_pipeline
 from fkd_dali.store.label_store import open_store

@@ -25,11 +25,12 @@ import zarr
 from PIL import Image
 
 from fkd_dali.cli import main as cli_main
+from fkd_dali.config import LabelGenConfig
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 from fkd_dali.errors import StoreMismatchError
 from fkd_dali.labels import generate as labelgen
-from fkd_dali.labels.generate import LabelGenConfig, generate_labels
+from fkd_dali.labels.generate import generate_labels
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
 from fkd_dali.pipelines.crops import make_crop_pipeline
@@ -206,7 +207,7 @@ def test_teacher_receives_reference_pixels_for_each_stored_slot(photo_root, phot
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     fake = Teacher(name="recorder", timm_name="resnet10t", model=model, checkpoint_sha256="0" * 64,
                    input_size=(3, 96, 96), interpolation="bicubic", mean=mean, std=std, num_classes=1000)
-    monkeypatch.setattr(labelgen, "load_teacher", lambda name, checkpoint=None: fake)
+    monkeypatch.setattr(labelgen, "load_teacher", lambda name, checkpoint=None, num_classes=None: fake)
     out = tmp_path / "rec.zarr"
     generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), crops_per_image=4, top_k=2, batch_size=6,
                                    crops_per_round=3, images_per_chunk=5, slots_per_chunk=2, threads=2,

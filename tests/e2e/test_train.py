@@ -16,11 +16,12 @@ import pytest
 import torch
 import zarr
 
+from fkd_dali.config import TrainConfig
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
 from fkd_dali.store.label_store import open_store
 from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
 from fkd_dali.train.evaluate import resolve_class_map, teacher_agreement
-from fkd_dali.train.loop import TrainConfig, fit
+from fkd_dali.train.loop import fit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,10 +219,15 @@ def test_resume_from_another_model_or_store(photo_root, small_store, copy_store,
     other = copy_store(small_store)
     group = zarr.open_group(str(other), mode="r+")
     meta = dict(group.attrs["fkd_dali"])
-    meta["created"] = "2000-01-01T00:00:00+00:00"  # another store (e.g. relabelled) for the same folder
+    meta["created"] = "2000-01-01T00:00:00+00:00"  # the same store regenerated later: same content
+    meta["writer_version"] = "0.0.9"
+    group.attrs["fkd_dali"] = meta
+    again = fit(cfg(photo_root, other, tmp_path / "c", max_steps=2, resume=first.checkpoint))
+    assert again.steps == 2
+    meta["teacher"] = {**meta["teacher"], "checkpoint_sha256": "0" * 64}  # relabelled by another teacher
     group.attrs["fkd_dali"] = meta
     with pytest.raises(CheckpointError, match="another label store"):
-        fit(cfg(photo_root, other, tmp_path / "c", resume=first.checkpoint))
+        fit(cfg(photo_root, other, tmp_path / "c2", resume=first.checkpoint))
     with pytest.raises(CheckpointError, match="batch_size"):
         fit(cfg(photo_root, small_store, tmp_path / "d", batch_size=16, resume=first.checkpoint))
     with pytest.raises(CheckpointError, match="not an fkd-dali"):

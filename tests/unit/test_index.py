@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 from torchvision.datasets.folder import find_classes
 
-from fkd_dali.data.index import build_index, dataset_fingerprint, index_for_store, read_image_header, scan_folder
+from fkd_dali.data.index import build_index, dataset_fingerprint, read_image_header, scan_folder
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
 from fkd_dali.loaders.feed import read_encoded
+from fkd_dali.store.label_store import index_for_store
 
 
 def _jpeg(path: Path, size=(40, 30), color=(200, 30, 30), **save) -> Path:

@@ -1,0 +1,361 @@
+"""The options of every fkd-dali command, as frozen dataclasses: the single source of their defaults.
+
+The CLI reads each flag's default from these fields (`field_default`), YAML files given
+with `--config` only override them, and library functions take these objects, never an
+argparse namespace. Every check that needs no file, model or store runs in
+`__post_init__`, so a bad value fails before anything heavy is imported or started,
+with a message that names the flag. This module imports no torch, DALI or zarr.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from fkd_dali.defaults import (
+    AMP_CHOICES,
+    CROP_RATIO,
+    CROP_SCALE,
+    DEVICE_CHOICES,
+    FLIP_PROB,
+    IMAGES_PER_CHUNK,
+    RECOVERY_KINDS,
+    SCHEDULE_NAMES,
+    SLOTS_PER_CHUNK,
+    WARMUP_EPOCHS,
+    default_threads,
+)
+from fkd_dali.errors import ConfigError
+
+MAX_INPUT_SIZE = 2048  # pixels per side: beyond this a batch of crops exhausts memory, not a real teacher input
+
+
+# -- checks shared by the configs (each names the flag) -------------------------------
+def flag(name: str) -> str:
+    """The CLI spelling of a config field: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    """`value` is one of `choices`; else the error lists them and the closest one."""
+    choices = tuple(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{flag(name)}: unknown value {value!r}; valid: {', '.join(choices)}.{hint}")
+
+
+def check_at_least(cfg: Any, minimum: float, *names: str) -> None:
+    """Each named field is a number >= `minimum` (None passes: it means "use the default")."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value >= minimum:  # also refuses NaN
+            raise ConfigError(f"{flag(name)} must be >= {minimum:g}, got {value}")
+
+
+def check_finite(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag(name)} must be a finite number, got {value}")
+
+
+def check_fraction(cfg: Any, *names: str) -> None:
+    """Each named field lies in [0, 1]."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag(name)} must be in [0, 1], got {value}")
+
+
+def check_range(name: str, pair: tuple[float, float] | None, low: float, high: float) -> None:
+    """A (min, max) pair with low < min <= max <= high (high may be inf)."""
+    if pair is None:
+        return
+    a, b = pair
+    if not (math.isfinite(a) and low < a <= b <= high and not math.isnan(b)):
+        raise ConfigError(f"{flag(name)} must be two numbers min,max with {low:g} < min <= max <= {high:g}, "
+                          f"got {a},{b}")
+
+
+def check_normalization(cfg: Any) -> None:
+    """`mean` finite and `std` finite and > 0 (a zero std makes every pixel infinite)."""
+    if cfg.mean is not None and not all(math.isfinite(v) for v in cfg.mean):
+        raise ConfigError(f"--mean must be three finite numbers, got {cfg.mean}")
+    if cfg.std is not None and not all(math.isfinite(v) and v > 0 for v in cfg.std):
+        raise ConfigError(f"--std must be three finite numbers > 0, got {cfg.std}")
+
+
+def check_recovery(kind: str, k: int | None = None, stored_k: int | None = None, smoothing: float = 0.0) -> None:
+    """Validate a label-recovery choice once, at build time, so the hot path can stay cheap.
+
+    Args:
+        kind: one of `RECOVERY_KINDS`.
+        k: how many of the stored top-K classes to keep (None: all of them).
+        stored_k: K of the store, when known; `k` must not exceed it.
+        smoothing: eps of the ``smoothing`` kind, in [0, 1].
+
+    Raises:
+        ConfigError: unknown kind, k < 1, k > stored_k, or smoothing outside [0, 1].
+    """
+    check_choice("recovery", kind, RECOVERY_KINDS)
+    if not 0.0 <= smoothing <= 1.0:
+        raise ConfigError(f"--smoothing must be in [0, 1], got {smoothing}")
+    if k is not None and k < 1:
+        raise ConfigError(f"--recovery-k must be >= 1, got {k}; pass a k between 1 and the store's K")
+    if k is not None and stored_k is not None and k > stored_k:
+        raise ConfigError(f"--recovery-k {k} exceeds the store's top-K={stored_k}; pass k <= {stored_k} "
+                          "or regenerate labels with a larger K")
+
+
+# -- label generation ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelGenConfig:
+    """Options of `fkd-dali labels generate`."""
+
+    data: str
+    out: str
+    teacher: str = "efficientnet_lite0"
+    checkpoint: str | None = None
+    num_classes: int | None = None  # classifier width of a plain timm teacher (timm's default otherwise)
+    crops_per_image: int = 500
+    top_k: int = 5
+    full: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+    scale: tuple[float, float] = CROP_SCALE
+    ratio: tuple[float, float] = CROP_RATIO
+    flip_prob: float = FLIP_PROB
+    batch_size: int = 256
+    crops_per_round: int = 8
+    images_per_chunk: int = IMAGES_PER_CHUNK
+    slots_per_chunk: int = SLOTS_PER_CHUNK
+    reference: str | None = None
+    shard: str | None = None
+    device: str = "auto"
+    threads: int = field(default_factory=default_threads)
+    skip_corrupt: bool = False
+    input_size: int | None = None
+    interpolation: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "crops_per_image", "top_k", "batch_size", "crops_per_round", "images_per_chunk",
+                       "slots_per_chunk", "threads", "num_classes")
+        check_at_least(self, 0, "seed")
+        check_finite(self, "temperature")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        check_range("scale", self.scale, 0.0, 1.0)
+        check_range("ratio", self.ratio, 0.0, math.inf)
+        check_fraction(self, "flip_prob")
+        check_choice("device", self.device, DEVICE_CHOICES)
+        check_normalization(self)
+        if self.input_size is not None and not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            raise ConfigError(f"--input-size must be between 1 and {MAX_INPUT_SIZE} pixels, got {self.input_size}")
+
+
+# -- training --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of `fkd-dali train`.
+
+    Defaults follow FKD's ImageNet recipe (m = 4 crops per image per pass, global batch
+    1024 crops, SGD with lr 0.1 per 256 crops, cosine with warmup, 300 epochs) and the
+    paper's recommended label (marginal smoothing of the stored top-K).
+    """
+
+    data: str
+    labels: str  # store path/URL, or "none" for vanilla training with hard folder labels
+    arch: str = "resnet50"
+    output: str = "output"
+    epochs: int = 300
+    num_crops: int = 4
+    batch_size: int = 1024  # global, in crops
+    lr: float = 0.4
+    opt: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    sched: str = "cosine"
+    warmup_epochs: float = WARMUP_EPOCHS
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    decay_epochs: float = 30.0
+    decay_rate: float = 0.1
+    clip_grad: float | None = None
+    amp: str = "auto"  # auto: bf16 on GPU, off on CPU
+    channels_last: bool = False
+    compile: bool = False
+    image_size: int | None = None  # default: the student's pretrained input size
+    interpolation: str | None = None  # default: the student's pretrained cfg
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    crop_pct: float | None = None
+    recovery: str = "marginal_smoothing"
+    recovery_k: int | None = None  # default: the store's K
+    smoothing: float = 0.1
+    temperature: float | None = None  # default: the store's label temperature
+    scale: tuple[float, float] = CROP_SCALE  # vanilla random-resized-crop
+    ratio: tuple[float, float] = CROP_RATIO
+    val: str | None = None
+    val_every: int = 1  # passes
+    val_batch_size: int = 64  # images per rank
+    resume: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int = field(default_factory=default_threads)
+    log_interval: int = 50
+    tensorboard: bool = False
+    save_every_pass: bool = False  # also keep output/pass_XXX.pth
+    synthetic: bool = False
+    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
+                       "val_batch_size", "image_size", "recovery_k")
+        check_at_least(self, 0, "seed", "max_steps", "lr", "momentum", "weight_decay", "warmup_epochs",
+                       "warmup_lr", "min_lr", "decay_rate")
+        check_finite(self, "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr",
+                     "decay_epochs", "decay_rate", "clip_grad")
+        if not self.decay_epochs > 0:
+            raise ConfigError(f"--decay-epochs must be > 0, got {self.decay_epochs}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ConfigError(f"--clip-grad must be > 0, got {self.clip_grad}")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        if self.image_size is not None and self.image_size > MAX_INPUT_SIZE:
+            raise ConfigError(f"--image-size must be at most {MAX_INPUT_SIZE} pixels, got {self.image_size}")
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_choice("sched", self.sched, SCHEDULE_NAMES)
+        check_choice("device", self.device, DEVICE_CHOICES)
+        check_recovery(self.recovery, self.recovery_k, smoothing=self.smoothing)
+        check_range("scale", self.scale, 0.0, 1.0)
+        check_range("ratio", self.ratio, 0.0, math.inf)
+        check_normalization(self)
+
+    @property
+    def vanilla(self) -> bool:
+        return self.labels.lower() == "none"
+
+    @property
+    def m(self) -> int:
+        """Crops of each image per step: `num_crops` with stored labels, 1 for vanilla training."""
+        return 1 if self.vanilla else self.num_crops
+
+
+# -- evaluation and demo -------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of `fkd-dali eval`."""
+
+    data: str
+    checkpoint: str
+    labels: str | None = None
+    batch_size: int = 64
+    threads: int = field(default_factory=default_threads)
+    device: str = "auto"
+    amp: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "batch_size", "threads")
+        check_choice("device", self.device, DEVICE_CHOICES)
+        check_choice("amp", self.amp, AMP_CHOICES)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of `fkd-dali demo`; sized to finish in a few minutes on 2 CPU cores."""
+
+    output: str = "demo-out"
+    images_per_class: int = 8
+    val_images_per_class: int = 3
+    crops_per_image: int = 32
+    val_crops_per_image: int = 4
+    teacher: str = "efficientnet_lite0"
+    student: str = "resnet10t"
+    image_size: int = 128
+    num_crops: int = 4
+    passes: int = 16
+    batch_size: int = 32
+    lr: float = 0.05
+    device: str = "auto"
+    threads: int = field(default_factory=default_threads)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "images_per_class", "val_images_per_class", "crops_per_image", "val_crops_per_image",
+                       "image_size", "num_crops", "passes", "batch_size", "threads")
+        check_at_least(self, 0, "seed", "lr")
+        check_finite(self, "lr")
+        check_choice("device", self.device, DEVICE_CHOICES)
+        if self.crops_per_image < self.num_crops:
+            raise ConfigError("--crops-per-image must be >= --num-crops")
+        if self.batch_size % self.num_crops:
+            raise ConfigError("--batch-size must be a multiple of --num-crops")
+
+
+# -- defaults for the CLI and config files -----------------------------------------------------
+def field_default(config_cls: type, name: str) -> Any:
+    """The default of a config dataclass field: the CLI never states its own defaults."""
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+            return None
+    raise KeyError(name)
+
+
+def load_config_file(path: str | os.PathLike[str], config_cls: type) -> dict[str, Any]:
+    """Read a YAML (or JSON) file of option values for `config_cls`, as timm's `--config`.
+
+    Keys are field names, with `-` or `_` (`batch-size` and `batch_size` both work); a
+    file written by a previous run (`{"config": {...}, "resolved": {...}}`) is accepted
+    too and its `config` part used. Lists become tuples for tuple-typed fields.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not a mapping, or names an
+            option that `config_cls` does not have (the message lists the close names).
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+        doc = yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read the file ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(doc, Mapping) and isinstance(doc.get("config"), Mapping) and "resolved" in doc:
+        doc = doc["config"]
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value, got a {type(doc).__name__}")
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"--config {path}: unknown option {key!r}{hint}")
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain JSON/YAML types (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

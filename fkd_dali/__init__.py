@@ -3,5 +3,46 @@
 A teacher labels many random crops of every image once; the crop boxes, flips and
 top-K probabilities live in a Zarr soft-label store; training replays those crops
 through a DALI pipeline into a plain PyTorch DDP loop.
+
+The public API for your own training loop (see the README's "Your own training loop"):
+
+    loader = fkd_dali.create_loader(data="train/", labels="labels.zarr", num_crops=4,
+                                    batch_size=256, image_size=224, device="cuda")
+    loss_fn = fkd_dali.SoftTargetCrossEntropy()
+    for images, target in loader:
+        loss = loss_fn(model(images), target)
+
+Names are imported on first use, so `import fkd_dali` (and the CLI) stays light.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "create_loader": "fkd_dali.loaders.fkd_loader",
+    "FkdLoader": "fkd_dali.loaders.fkd_loader",
+    "FkdBatch": "fkd_dali.loaders.fkd_loader",
+    "SoftTargetCrossEntropy": "fkd_dali.labels.loss",
+    "recover_labels": "fkd_dali.labels.recovery",
+    "open_store": "fkd_dali.store.label_store",
+    "LabelStore": "fkd_dali.store.label_store",
+    "FkdError": "fkd_dali.errors",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fkd_dali' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -117,3 +117,24 @@ class SoftTargetLoss(torch.nn.Module):
             f"num_classes={self.num_classes}, kind={self.kind!r}, k={self.k}, "
             f"temperature={self.temperature}, smoothing={self.smoothing}"
         )
+
+
+class SoftTargetCrossEntropy(torch.nn.Module):
+    """Soft cross-entropy against dense (B, C) targets, timm-style: `loss(logits, target)`.
+
+    For the targets `fkd_dali.create_loader` yields (already recovered from the stored
+    top-K); `temperature` softens the student's logits (with the ``T**2`` factor, see
+    `soft_cross_entropy`), and should be the store's label temperature (1 by default).
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_cross_entropy(logits, target, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -6,19 +6,16 @@ indexes the folder.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from fkd_dali.config import check_recovery
-from fkd_dali.crops.plan import pass_slots
+from fkd_dali.config import TrainConfig
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import DistEnv
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
-
-if TYPE_CHECKING:
-    from fkd_dali.config import TrainConfig
+from fkd_dali.loaders.fkd_loader import open_replay_data
+from fkd_dali.store.label_store import LabelStore
 
 
 def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | None]:
@@ -31,15 +28,7 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
     """
     if cfg.vanilla:
         return build_index(cfg.data), None
-    store = open_store(cfg.labels)
-    index = index_for_store(store, cfg.data)
-    store.check_complete()
-    pass_slots(0, cfg.num_crops, store.crops_per_image)  # --num-crops <= M, with an explanation
-    check_recovery(cfg.recovery, cfg.recovery_k, stored_k=store.spec.label.k, smoothing=cfg.smoothing)
-    if cfg.recovery == "full" and store.spec.label.kind != "full":
-        raise ConfigError(f"--recovery full needs a store with dense labels; {store.url} holds top-"
-                          f"{store.spec.label.k} only: pick another --recovery or regenerate with --full")
-    return index, store
+    return open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k, cfg.smoothing)
 
 
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,

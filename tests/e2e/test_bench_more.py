@@ -154,6 +154,7 @@ def test_cli_lists_the_four_benchmarks() -> None:
         assert name in done.stdout
 
 
+@pytest.mark.slow
 def test_tiny_store_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     """Through `fkd-dali bench store`: sizes of the three formats, pass-table timing of N=2000 x M=500."""
     out = tmp_path / "out"
@@ -177,6 +178,7 @@ def test_tiny_store_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     assert not list((out / "assets").glob("synthetic-*"))  # deleted unless --keep-synthetic
 
 
+@pytest.mark.slow
 def test_tiny_labelgen_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     out = tmp_path / "out"
     summary = run(["labelgen", "--corpus-images", "4", "-M", "4", "--teacher", "resnet10t", "--checkpoint",
@@ -206,6 +208,7 @@ def test_tiny_train_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     assert doc["result"]["target_ratio"] == 0.97 and summary["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_tiny_stages_benchmark_and_summary(tmp_path: Path, tiny_teacher: Path) -> None:
     """`bench stages` splits each loader's CPU per crop into stages; `bench.summary` tabulates the JSON."""
     out = tmp_path / "out"

@@ -150,6 +150,7 @@ def test_paired_ratios() -> None:
     assert row["cpu_efficiency"] == pytest.approx(2.0)  # median of 2, 4, 2
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_json_and_png(tmp_path: Path) -> None:
     """`python -m bench loaders` with a random resnet10t as teacher: completes, valid JSON, a PNG."""
     checkpoint = tmp_path / "tiny.pth"

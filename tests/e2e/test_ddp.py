@@ -45,6 +45,7 @@ def _replay_rank(rank: int, init_file: str, store_path: str, root: str, out: str
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_split_each_pass_into_disjoint_equal_parts(small_store, photo_root, photo_index, tmp_path):
     out = tmp_path / "metas.json"
     mp.spawn(_replay_rank, args=(str(tmp_path / "init"), str(small_store), str(photo_root), str(out)),
@@ -104,6 +105,7 @@ def test_torchrun_two_processes_train_stop_on_sigterm_and_resume(photo_root, sma
     assert load_checkpoint(str(out / "last.pth"))["global_step"] == done + 3
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_complete_a_short_run(photo_root, small_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = tmp_path / "short"

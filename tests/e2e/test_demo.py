@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fkd_dali.cli import main
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "-o", str(out), "--images-per-class", "2", "-M", "8", "--passes", "2", "--image-size", "64",

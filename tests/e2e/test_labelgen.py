@@ -317,6 +317,7 @@ def _done_flags(out: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".partial")) if folder.is_dir() else []
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(photo_root, tmp_path, uninterrupted):
     out = tmp_path / "killed.zarr"
     proc = _spawn(_gen_args(photo_root, out))
@@ -346,6 +347,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(photo_root, tmp_path, uni
     _assert_same_store(out, uninterrupted)
 
 
+@pytest.mark.slow
 def test_two_concurrent_shards_equal_single_process(photo_root, tmp_path, uninterrupted):
     out = tmp_path / "sharded.zarr"
     procs = [_spawn(_gen_args(photo_root, out, "--shard", f"{i}/2")) for i in range(2)]

@@ -91,6 +91,7 @@ def test_soft_target_cross_entropy_matches_the_formula():
         fkd_dali.SoftTargetCrossEntropy(0.0)
 
 
+@pytest.mark.slow
 def test_example_loop_trains_on_cpu(photo_root, small_store, tmp_path):
     out = tmp_path / "own.pth"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

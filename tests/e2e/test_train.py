@@ -140,6 +140,7 @@ def test_synthetic_mode_runs_the_same_loop_without_data(photo_root, small_store,
     assert result.steps == 3 and result.crops_per_s > 0
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_resume_continues(photo_root, small_store, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "fkd_dali", "train", "--data", str(photo_root), "--labels", str(small_store),

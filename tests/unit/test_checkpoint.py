@@ -7,9 +7,19 @@ import pytest
 import torch
 
 from fkd_dali.errors import CheckpointError
-from fkd_dali.train.checkpoint import (CHECKPOINT_FORMAT, Position, RunIdentity, check_resume, check_store_matches,
-                                       checkpoint_state, load_checkpoint, load_weights, restore, save_checkpoint,
-                                       store_id)
+from fkd_dali.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    Position,
+    RunIdentity,
+    check_resume,
+    check_store_matches,
+    checkpoint_state,
+    load_checkpoint,
+    load_weights,
+    restore,
+    save_checkpoint,
+    store_id,
+)
 
 
 class _Store:

@@ -118,10 +118,22 @@ def test_verify_detects_dataset_mismatch(small_store, photo_root, tmp_path):
 
 def test_render_crops_writes_png(small_store, photo_root, tmp_path):
     rel = _path_of(small_store, 3)
-    for image in (3, rel, "3"):
-        out = render_crops(str(small_store), image, tmp_path / "sub" / "crops.png", str(photo_root), max_crops=4)
+    pictures = []
+    for image in (3, rel, "3"):  # index, path and digit string name the same image
+        out = render_crops(str(small_store), image, tmp_path / f"crops{len(pictures)}.png", str(photo_root),
+                           max_crops=4)
         with Image.open(out) as im:
-            assert im.format == "PNG" and im.width > 100 and im.height > 100
+            assert im.format == "PNG"
+            pictures.append(np.asarray(im.convert("RGB")))
+    assert all(np.array_equal(pictures[0], p) for p in pictures[1:])
+    assert pictures[0].std() > 10  # photos and captions, not a blank canvas
+    other = render_crops(str(small_store), 4, tmp_path / "other.png", str(photo_root), max_crops=4)
+    with Image.open(other) as im:
+        assert not np.array_equal(np.asarray(im.convert("RGB")), pictures[0])
+    # 1 + 4 panels fit one row of 5; 1 + 8 panels need two rows
+    wide = render_crops(str(small_store), 3, tmp_path / "wide.png", str(photo_root), max_crops=8)
+    with Image.open(wide) as im:
+        assert im.height > pictures[0].shape[0] * 1.5 and im.width == pictures[0].shape[1]
 
 
 @pytest.mark.parametrize("image, data, match", [

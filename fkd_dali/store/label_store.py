@@ -305,7 +305,9 @@ class LabelStore:
                             classes=np.asarray(g["images/class"][:], np.int32),
                             sizes=np.asarray(g["images/size"][:], np.int32),
                             nbytes=np.asarray(g["images/nbytes"][:], np.int64),
-                            class_names=self.class_names, skipped=self.skipped)
+                            class_names=self.class_names, skipped=self.skipped,
+                            left_out=[(p, "left out when the store was made (could not be decoded)")
+                                      for p in self.skipped])
 
     def check_dataset(self, index: DatasetIndex) -> None:
         """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""

@@ -18,7 +18,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import simplejpeg
@@ -147,6 +147,16 @@ def _list_images(root: Path, class_name: str) -> _ClassFiles:
             f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; "
             "remove it or add its images")
     return out
+
+
+def index_order_key(rel_path: str, class_position: Mapping[str, int]) -> tuple[int, str, str]:
+    """Sort key of a relative image path in index order: class, then folder path, then file name.
+
+    The order `_list_images` gives (ImageFolder's); paths of a valid index are strictly
+    increasing under it.
+    """
+    folder, _, name = rel_path.rpartition("/")
+    return class_position.get(rel_path.split("/", 1)[0], -1), folder, name
 
 
 def _rel(root: Path, path: str) -> str:

@@ -209,6 +209,27 @@ def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.
     return class_names, rel_paths, np.array(nbytes, dtype=np.int64)
 
 
+_TAIL_WINDOW = 64 * 1024
+
+
+def check_complete_file(data: np.ndarray, path: str) -> None:
+    """Reject empty files and JPEG/PNG data cut off before its end marker (costs nothing).
+
+    libjpeg-turbo decodes a truncated JPEG into grey pixels without failing, which
+    would silently poison labels. Cameras may append data after the end marker, so the
+    marker is looked for beyond the last bytes; but not in the first half, where an
+    EXIF thumbnail carries an end marker of its own.
+    """
+    if len(data) == 0:
+        raise CorruptImageError(path, "empty file")
+    head = data[:8].tobytes()
+    tail = data[-max(1024, min(_TAIL_WINDOW, len(data) // 2)):].tobytes()
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
+    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        raise CorruptImageError(path, "truncated PNG (no IEND chunk)")
+
+
 def check_image_data(data: bytes | np.ndarray, path: str) -> tuple[int, int]:
     """(height, width) of an image after a strict decode of its bytes.
 
@@ -223,7 +244,9 @@ def check_image_data(data: bytes | np.ndarray, path: str) -> tuple[int, int]:
     Raises:
         CorruptImageError: the data cannot be decoded cleanly; the message names `path`.
     """
-    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    array = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    check_complete_file(array, path)
+    buf = array.tobytes()
     if buf[:2] == b"\xff\xd8":
         try:
             height, width = simplejpeg.decode_jpeg_header(buf)[:2]

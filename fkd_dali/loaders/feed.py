@@ -18,7 +18,7 @@ import torch
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from fkd_dali.data.index import DatasetIndex, check_image_data, read_image_header
+from fkd_dali.data.index import DatasetIndex, check_complete_file, check_image_data, read_image_header
 from fkd_dali.errors import CorruptImageError, PipelineError
 from fkd_dali.pipelines.crops import OUTPUT_NAMES
 
@@ -134,14 +134,10 @@ def dali_reason(err: Exception) -> str:
     return type(err).__name__ + " (DALI gave no reason; rerun with --debug for the full error)"
 
 
-_TAIL_WINDOW = 64 * 1024
-
-
 def read_encoded(path: str, check: bool = False) -> np.ndarray:
     """Read an image file and reject truncated JPEG/PNG data before DALI sees it.
 
-    libjpeg-turbo decodes a truncated JPEG into grey pixels without failing, which
-    would silently poison labels; the end-of-image marker check costs nothing. With
+    The end-marker check (`check_complete_file`) costs nothing. With
     `check`, the data is also decoded strictly (`check_image_data`, about a third of a
     full decode), which catches corrupt data inside the file: label generation does
     this once per image, the training replay does not.
@@ -150,18 +146,10 @@ def read_encoded(path: str, check: bool = False) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise CorruptImageError(path, f"cannot read: {e}") from e
-    head = data[:8].tobytes()
-    # Cameras may append data after the end marker, so look beyond the last bytes; but
-    # not into the first half, where an EXIF thumbnail carries an end marker of its own.
-    tail = data[-max(1024, min(_TAIL_WINDOW, len(data) // 2)):].tobytes()
-    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
-        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
-    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
-        raise CorruptImageError(path, "truncated PNG (no IEND chunk)")
-    if len(data) == 0:
-        raise CorruptImageError(path, "empty file")
     if check:
-        check_image_data(data, path)
+        check_image_data(data, path)  # includes the end-marker check
+    else:
+        check_complete_file(data, path)
     return data
 
 

@@ -450,7 +450,7 @@ def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
     """(kind, description) of each way the stored array `d.name` differs from `d`; [] when it fits.
 
     Kinds: missing, shape, dtype, chunks, fill_value, checksum (no crc32c codec: stores
-    written before fkd-dali 0.2 lack it on `images/path` and `progress/done`).
+    written by older fkd-dali releases lack it on `images/path` and `progress/done`).
     """
     try:
         arr = group[d.name]

@@ -246,7 +246,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     return report
 
 
-_NO_CRC_BEFORE_0_2 = ("images/path", "progress/done")  # stores written by fkd-dali 0.1 have no crc32c on these
+_NO_CRC_IN_OLD_STORES = ("images/path", "progress/done")  # older stores have no crc32c on these
 
 
 def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> None:
@@ -254,12 +254,12 @@ def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> No
     unchecked = []
     for d in array_defs(store.spec, store.n_images):
         for kind, text in array_mismatches(store.group, d):
-            if kind == "checksum" and d.name in _NO_CRC_BEFORE_0_2:
+            if kind == "checksum" and d.name in _NO_CRC_IN_OLD_STORES:
                 unchecked.append(d.name)
             else:
                 found.add("metadata", "array metadata differs from what the attributes imply", [(text, -1)], 1)
     if unchecked:
-        notes.append(f"{', '.join(unchecked)} have no crc32c checksum (written by fkd-dali 0.1): their content "
+        notes.append(f"{', '.join(unchecked)} have no crc32c checksum (a store written by an older fkd-dali): their content "
                      "is checked against the dataset fingerprint and the index rules instead")
 
 

@@ -175,3 +175,25 @@ def test_class_folder_of_only_broken_links_says_why(two_classes):
     os.symlink(two_classes / "nowhere.JPEG", two_classes / "zz" / "a.JPEG")
     with pytest.raises(DatasetIndexError, match="holds no images.*zz/a.JPEG: dangling symbolic link"):
         build_index(two_classes)
+
+
+def test_dali_errors_keep_their_reason():
+    """DALI's message starts with "Critical error in pipeline:"; the reason must survive into the one line."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from fkd_dali.loaders.feed import dali_reason
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode_garbage():
+        data = fn.external_source(source=lambda: [np.frombuffer(b"\xff\xd8garbage\xff\xd9", np.uint8)],
+                                  batch=True, dtype=types.UINT8)
+        return fn.decoders.image(data, device="cpu")
+
+    pipe = decode_garbage()
+    pipe.build()
+    with pytest.raises(RuntimeError) as e:
+        pipe.run()
+    assert str(e.value).startswith("Critical error in pipeline:")
+    reason = dali_reason(e.value)
+    assert "decoders.image" in reason and not reason.startswith("Critical") and len(reason) > 40, reason
+    assert "DALI gave no reason" in dali_reason(RuntimeError("Critical error in pipeline:\n"))

@@ -535,10 +535,19 @@ def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
 
 
 def _remove_local(url: str) -> bool:
+    """Remove a store this process was creating (local only); True when it is gone.
+
+    Retried briefly: zarr's other writes of the failed step may still land after the error.
+    """
     if "://" in url and not url.startswith("file://"):
         return False
-    shutil.rmtree(url.removeprefix("file://"), ignore_errors=True)
-    return not os.path.exists(url.removeprefix("file://"))
+    path = url.removeprefix("file://")
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.1)
+        if not os.path.exists(path):
+            return True
+    return False
 
 
 def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:

@@ -110,22 +110,36 @@ def test_verify_data_names_corrupt_and_resized_images(small_store, photo_root, t
     size_before = corrupt.stat().st_size
     _damage(corrupt, "zeros")
     assert corrupt.stat().st_size == size_before  # same bytes count: the fingerprint cannot see it
-    resized = data / index.paths[9]  # another photo of the same byte size: a different image
+    resized = data / index.paths[9]  # replaced by another picture of the same byte size
     with Image.open(resized) as im:
         w, h = im.size
-        fmt = im.format
-    payload = resized.read_bytes()
-    other = Image.new("RGB", (w + 8, h), (120, 60, 30))
-    other.save(resized, format=fmt, quality=90)
-    new = resized.read_bytes()
-    resized.write_bytes((new + b"\0" * len(payload))[:len(payload)] if len(new) < len(payload) else new)
-    if resized.stat().st_size != len(payload):
-        pytest.skip("could not make a same-size replacement")
+    _same_size_jpeg(Image.new("RGB", (w + 8, h), (120, 60, 30)), resized)
     report = verify_store(str(small_store), str(data))
     assert report.problem("image_corrupt").count == 1
     assert index.paths[4] in report.problem("image_corrupt").examples[0][0]
     assert report.problem("image_size").count == 1
     assert f"{w + 8}x{h} on disk, {w}x{h} stored" in report.problem("image_size").examples[0][0]
+
+
+def _same_size_jpeg(image: Image.Image, path: Path) -> None:
+    """Write `image` as a JPEG padded with comment segments to exactly the byte size `path` has now."""
+    import io
+
+    target = path.stat().st_size
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    pad = target - len(data)
+    assert pad >= 4, "the replacement must be smaller than the original"
+    segments = b""
+    while pad > 0:
+        size = min(pad, 65537)
+        if 0 < pad - size < 4:  # never leave a remainder too small for a segment
+            size = pad - 4
+        segments += b"\xff\xfe" + (size - 2).to_bytes(2, "big") + b"\0" * (size - 4)
+        pad -= size
+    path.write_bytes(data[:2] + segments + data[2:])
+    assert path.stat().st_size == target
 
 
 # -- the folder rules --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The dataset index: an ordered, fingerprinted list of the images of an ImageNet-style folder.
 
-Layout `root/<class>/<file>`; class ids are the positions of the sorted class folder
-names (as torchvision's ImageFolder numbers them); files are sorted within a class.
+Layout `root/<class>/<file>` (files in sub-folders of a class folder count too, as in
+torchvision's ImageFolder); class ids are the positions of the sorted class folder
+names and files follow ImageFolder's order; files left out are listed with why.
 Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
 is ignored everywhere in fkd-dali so that a box means the same pixels in every
 pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
@@ -123,7 +124,12 @@ def _list_images(root: Path, class_name: str) -> _ClassFiles:
         out.left_out.append((_rel(root, err.filename or str(folder)), f"folder cannot be listed ({err.strerror})"))
 
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
-        st = os.stat(dirpath)
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            out.left_out.append((_rel(root, dirpath), f"folder cannot be read ({e.strerror})"))
+            dirnames[:] = []
+            continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symbolic link (a loop, or a second link)
             out.left_out.append((_rel(root, dirpath), "folder already listed (symbolic link loop or duplicate link)"))
             dirnames[:] = []
@@ -238,7 +244,7 @@ def check_image_data(data: bytes | np.ndarray, path: str) -> tuple[int, int]:
     prints it without a file name and decodes grey or garbled pixels; DALI does the same,
     and PIL silences the warning. So JPEGs are decoded with simplejpeg in strict mode,
     which raises on those warnings. The decode is scaled to 1/8 and grey: the whole
-    entropy-coded stream is still read (where corruption shows), at about a third of
+    entropy-coded stream is still read (where corruption shows), at a third to a half of
     the cost of a full decode. Other formats get a full PIL decode.
 
     Raises:

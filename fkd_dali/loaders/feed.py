@@ -138,8 +138,8 @@ def read_encoded(path: str, check: bool = False) -> np.ndarray:
     """Read an image file and reject truncated JPEG/PNG data before DALI sees it.
 
     The end-marker check (`check_complete_file`) costs nothing. With
-    `check`, the data is also decoded strictly (`check_image_data`, about a third of a
-    full decode), which catches corrupt data inside the file: label generation does
+    `check`, the data is also decoded strictly (`check_image_data`, 0.3-0.7x the cost of
+    one full decode), which catches corrupt data inside the file: label generation does
     this once per image, the training replay does not.
     """
     try:

@@ -24,6 +24,7 @@ class CorruptImageError(DatasetIndexError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot decode image {path}: {reason}")
         self.path = path
+        self.reason = reason
 
 
 class LabelStoreError(FkdError):

@@ -1,7 +1,8 @@
 """The dataset index: an ordered, fingerprinted list of the images of an ImageNet-style folder.
 
-Layout `root/<class>/<file>`; class ids are the positions of the sorted class folder
-names (as torchvision's ImageFolder numbers them); files are sorted within a class.
+Layout `root/<class>/<file>` (files in sub-folders of a class folder count too, as in
+torchvision's ImageFolder); class ids are the positions of the sorted class folder
+names and files follow ImageFolder's order; files left out are listed with why.
 Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
 is ignored everywhere in fkd-dali so that a box means the same pixels in every
 pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
@@ -10,20 +11,27 @@ check needs without opening an image; `fkd_dali.store.label_store.index_for_stor
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: torchvision's other image extensions: ImageFolder would include such files, so they are
+#: reported as left out rather than ignored like other files.
+OTHER_IMAGE_EXTENSIONS = (".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,8 @@ class DatasetIndex:
     sizes: np.ndarray  # (N, 2) int32: height, width
     nbytes: np.ndarray  # (N,) int64
     class_names: list[str]
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out by --skip-corrupt (stored)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of every file left out
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -70,39 +79,129 @@ def _list_classes(root: Path) -> list[str]:
     names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise DatasetIndexError(f"data folder {root} has no class folders; expected root/<class>/<image>.JPEG")
+    for name in names:
+        if not _is_utf8(name):
+            raise DatasetIndexError(f"class folder {_printable(str(root / name))} has a name that is not valid "
+                                    "UTF-8; rename it (class names are stored as text)")
     return names
 
 
-def _list_images(root: Path, class_name: str) -> list[os.DirEntry[str]]:
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by os as lone surrogates
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A path with undecodable bytes shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class _ClassFiles:
+    paths: list[str] = field(default_factory=list)  # relative to the data root
+    nbytes: list[int] = field(default_factory=list)
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _list_images(root: Path, class_name: str) -> _ClassFiles:
+    """The images of one class folder and its sub-folders, in torchvision ImageFolder's order.
+
+    ImageFolder walks each class folder with `os.walk(followlinks=True)`, sorts the
+    folders by path and the files by name: so do we (a folder seen twice through
+    symbolic links, e.g. a loop, is listed once). Files with an image extension that
+    cannot be indexed (a dangling or looping link, a name that is not valid UTF-8, an
+    image type fkd-dali does not decode) are left out with the reason, never silently.
+    """
     folder = root / class_name
-    files = sorted((e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
-                   key=lambda e: e.name)
-    if not files:
+    found: list[tuple[str, str, int]] = []  # (relative folder, file name, bytes)
+    out = _ClassFiles()
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(err: OSError) -> None:
+        out.left_out.append((_rel(root, err.filename or str(folder)), f"folder cannot be listed ({err.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            out.left_out.append((_rel(root, dirpath), f"folder cannot be read ({e.strerror})"))
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symbolic link (a loop, or a second link)
+            out.left_out.append((_rel(root, dirpath), "folder already listed (symbolic link loop or duplicate link)"))
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        rel_dir = _rel(root, dirpath)
+        for name in filenames:
+            reason, size = _file_status(os.path.join(dirpath, name), f"{rel_dir}/{name}")
+            if reason == "":
+                found.append((rel_dir, name, size))
+            elif reason is not None:
+                out.left_out.append((f"{rel_dir}/{name}", reason))
+    found.sort(key=lambda f: (f[0], f[1]))
+    out.paths = [f"{d}/{name}" for d, name, _ in found]
+    out.nbytes = [size for _, _, size in found]
+    out.left_out = sorted((_printable(p), why) for p, why in out.left_out)
+    if not out.paths:
+        more = f" ({len(out.left_out)} file(s) left out, e.g. {out.left_out[0][0]}: {out.left_out[0][1]})" \
+            if out.left_out else ""
         raise DatasetIndexError(
-            f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; "
             "remove it or add its images")
-    return files
+    return out
 
 
-def _walk(root_path: Path) -> tuple[list[str], list[str], list[int], list[os.DirEntry[str]]]:
-    """(class names, relative paths, class ids, directory entries) in index order; no file is opened."""
+def index_order_key(rel_path: str, class_position: Mapping[str, int]) -> tuple[int, str, str]:
+    """Sort key of a relative image path in index order: class, then folder path, then file name.
+
+    The order `_list_images` gives (ImageFolder's); paths of a valid index are strictly
+    increasing under it.
+    """
+    folder, _, name = rel_path.rpartition("/")
+    return class_position.get(rel_path.split("/", 1)[0], -1), folder, name
+
+
+def _rel(root: Path, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _file_status(path: str, rel: str) -> tuple[str | None, int]:
+    """("", bytes) for an image to index; (reason, 0) for one to leave out; (None, 0) for a non-image file."""
+    ext = os.path.splitext(rel)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        return (f"{ext} images are not decoded by fkd-dali (convert to JPEG or PNG)"
+                if ext in OTHER_IMAGE_EXTENSIONS else None), 0
+    if not _is_utf8(rel):
+        return "file name is not valid UTF-8 (rename it)", 0
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("dangling symbolic link" if os.path.islink(path) else "disappeared while indexing"), 0
+    except OSError as e:
+        return ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"), 0
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file", 0
+    return "", int(st.st_size)
+
+
+def _walk(root_path: Path) -> tuple[list[str], list[str], list[int], list[int], list[tuple[str, str]]]:
+    """(class names, relative paths, class ids, byte sizes, left-out files) in index order; no file is opened."""
     class_names = _list_classes(root_path)
     rel_paths: list[str] = []
     labels: list[int] = []
-    entries: list[os.DirEntry[str]] = []
+    nbytes: list[int] = []
+    left_out: list[tuple[str, str]] = []
     for cid, name in enumerate(class_names):
         files = _list_images(root_path, name)
-        rel_paths += [f"{name}/{e.name}" for e in files]
-        labels += [cid] * len(files)
-        entries += files
-    return class_names, rel_paths, labels, entries
-
-
-def _entry_size(entry: os.DirEntry[str]) -> int:
-    try:
-        return entry.stat().st_size
-    except FileNotFoundError as e:
-        raise DatasetIndexError(f"image {entry.path} disappeared while indexing") from e
+        rel_paths += files.paths
+        labels += [cid] * len(files.paths)
+        nbytes += files.nbytes
+        left_out += files.left_out
+    return class_names, rel_paths, labels, nbytes, left_out
 
 
 def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -112,49 +211,124 @@ def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.
     fingerprint, and fast on ImageNet-sized folders. Raises as `build_index` does for a
     missing folder, a folder without class folders or a class folder without images.
     """
-    class_names, rel_paths, _, entries = _walk(Path(root).expanduser().resolve())
-    return class_names, rel_paths, np.array([_entry_size(e) for e in entries], dtype=np.int64)
+    class_names, rel_paths, _, nbytes, _ = _walk(Path(root).expanduser().resolve())
+    return class_names, rel_paths, np.array(nbytes, dtype=np.int64)
+
+
+_TAIL_WINDOW = 64 * 1024
+
+
+def check_complete_file(data: np.ndarray, path: str) -> None:
+    """Reject empty files and JPEG/PNG data cut off before its end marker (costs nothing).
+
+    libjpeg-turbo decodes a truncated JPEG into grey pixels without failing, which
+    would silently poison labels. Cameras may append data after the end marker, so the
+    marker is looked for beyond the last bytes; but not in the first half, where an
+    EXIF thumbnail carries an end marker of its own.
+    """
+    if len(data) == 0:
+        raise CorruptImageError(path, "empty file")
+    head = data[:8].tobytes()
+    tail = data[-max(1024, min(_TAIL_WINDOW, len(data) // 2)):].tobytes()
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
+    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        raise CorruptImageError(path, "truncated PNG (no IEND chunk)")
+
+
+def check_image_data(data: bytes | np.ndarray, path: str) -> tuple[int, int]:
+    """(height, width) of an image after a strict decode of its bytes.
+
+    libjpeg-turbo treats corrupt entropy-coded data (a zeroed block, a few random bytes)
+    as a recoverable warning ("Corrupt JPEG data: premature end of data segment"),
+    prints it without a file name and decodes grey or garbled pixels; DALI does the same,
+    and PIL silences the warning. So JPEGs are decoded with simplejpeg in strict mode,
+    which raises on those warnings. The decode is scaled to 1/8 and grey: the whole
+    entropy-coded stream is still read (where corruption shows), at a third to a half of
+    the cost of a full decode. Other formats get a full PIL decode.
+
+    Raises:
+        CorruptImageError: the data cannot be decoded cleanly; the message names `path`.
+    """
+    array = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    check_complete_file(array, path)
+    buf = array.tobytes()
+    if buf[:2] == b"\xff\xd8":
+        try:
+            height, width = simplejpeg.decode_jpeg_header(buf)[:2]
+            simplejpeg.decode_jpeg(buf, colorspace="GRAY", min_height=1, min_width=1, min_factor=8, strict=True)
+            return int(height), int(width)
+        except ValueError as e:
+            if _decodes_leniently(buf):  # only a warning: the pixels are garbage
+                raise CorruptImageError(path, str(e)) from None
+            # a fatal error of the TurboJPEG API (e.g. an unusual layout it does not take): PIL decides
+    try:
+        with Image.open(io.BytesIO(buf)) as im:
+            width, height = im.size
+            im.load()
+    except Exception as e:  # PIL raises many types for bad files
+        raise CorruptImageError(path, f"{type(e).__name__}: {e}") from e
+    return int(height), int(width)
+
+
+def _decodes_leniently(buf: bytes) -> bool:
+    try:
+        simplejpeg.decode_jpeg(buf, colorspace="GRAY", min_height=1, min_width=1, min_factor=8, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def read_image_header(path: str, full_decode: bool = False) -> tuple[int, int, int]:
-    """(height, width, byte size) of an image from its header; `full_decode` also decodes it.
+    """(height, width, byte size) of an image from its header; `full_decode` also decodes it strictly.
 
     Raises:
-        CorruptImageError: the header (or, with `full_decode`, the data) is unreadable.
+        CorruptImageError: the header (or, with `full_decode`, the data: `check_image_data`) is unreadable.
     """
     try:
+        if full_decode:
+            with open(path, "rb") as f:
+                data = f.read()
+            height, width = check_image_data(data, path)
+            return height, width, len(data)
         nbytes = os.path.getsize(path)
         with Image.open(path) as im:
             width, height = im.size
-            if full_decode:
-                im.load()
     except FileNotFoundError as e:
         raise DatasetIndexError(f"image {path} disappeared while indexing") from e
+    except CorruptImageError:
+        raise
     except Exception as e:  # PIL raises many types for bad files
         raise CorruptImageError(path, f"{type(e).__name__}: {e}") from e
     return height, width, nbytes
 
 
 def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False,
-                progress: bool = False) -> DatasetIndex:
+                progress: bool = False, decode: bool = False) -> DatasetIndex:
     """Index an ImageNet-style folder, reading headers in parallel threads.
+
+    Folder rules (`_list_images`): torchvision ImageFolder's, sub-folders of class
+    folders included; files it would take that cannot be indexed are in `left_out`.
 
     Args:
         root: folder with one sub-folder per class.
         workers: header-reading threads (I/O bound; more than cores is fine).
-        skip_corrupt: fully decode every image and leave out (and record in
-            `skipped`) those that fail, instead of raising on the first bad header.
+        skip_corrupt: leave out (and record in `skipped`) the images that fail the
+            check, instead of raising on the first one; implies `decode`.
         progress: show a progress bar (files/s, ETA) for folders of 10,000+ files.
+        decode: check every image with a strict decode (`check_image_data`), not only
+            its header: label generation does, so that no corrupt image gets labels.
     """
     root_path = Path(root).expanduser().resolve()
-    class_names, rel_paths, labels, _ = _walk(root_path)
+    class_names, rel_paths, labels, _, left_out = _walk(root_path)
+    decode = decode or skip_corrupt
 
     def header(rel: str) -> tuple[int, int, int] | str:
         try:
-            return read_image_header(str(root_path / rel), full_decode=skip_corrupt)
+            return read_image_header(str(root_path / rel), full_decode=decode)
         except CorruptImageError as e:
             if skip_corrupt:
-                return str(e)
+                return e.reason
             raise
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
@@ -165,7 +339,7 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
             results.append(r)
             bar.update(1)
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    skipped = [rel_paths[i] for i, r in enumerate(results) if isinstance(r, str)]
+    corrupt = [(rel_paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if not keep:
         raise DatasetIndexError(f"no readable images under {root_path}")
     meta = np.array([results[i] for i in keep], dtype=np.int64).reshape(-1, 3)
@@ -176,5 +350,6 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         sizes=meta[:, :2].astype(np.int32),
         nbytes=meta[:, 2].copy(),
         class_names=class_names,
-        skipped=skipped,
+        skipped=[p for p, _ in corrupt],
+        left_out=sorted(left_out + [(p, f"cannot be decoded: {why}") for p, why in corrupt]),
     )

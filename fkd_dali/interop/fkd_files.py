@@ -11,8 +11,9 @@ nothing else; moving labels between it and a store is the importer's job.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,17 +38,57 @@ class FkdLabels(NamedTuple):
 def fkd_file_path(root: str | os.PathLike[str], rel_image_path: str) -> Path:
     """Where FKD keeps the labels of `rel_image_path` (`<class>/<file>`): `<root>/<class>/<stem>.tar`.
 
-    The stem is everything before the last dot (`a.b.JPEG` -> `a.b.tar`).
+    The stem is everything before the last dot (`a.b.JPEG` -> `a.b.tar`). Images that
+    share a stem share this path: export and import use `fkd_file_paths`, which keeps
+    them apart.
 
     Raises:
         ConfigError: the image path is absolute or climbs out of the root with `..`,
             which would put a label file outside `root`.
     """
+    rel = _relative(rel_image_path)
+    return Path(root).joinpath(*rel.parent.parts, rel.stem + FKD_SUFFIX)
+
+
+def fkd_file_paths(root: str | os.PathLike[str], rel_image_paths: Sequence[str]) -> list[Path]:
+    """The label file of each image of an index: FKD's `<stem>.tar` unless another image needs that name.
+
+    FKD names a label file after the image's stem, so images of one folder that differ
+    only in their extension (`a.JPEG`, `a.jpg`, `a.png`) would overwrite each other's
+    labels. Such images get their whole file name instead (`a.JPEG.tar`, `a.jpg.tar`,
+    `a.png.tar`), as does an image whose `<stem>.tar` would equal one of those names
+    (`a.JPEG.png` -> `a.JPEG.png.tar`). Whole names are unique within a folder, so no
+    two images share a file. The rule depends only on the list of paths, so export
+    and import, which see the same index, agree; datasets without shared stems get
+    exactly FKD's names.
+
+    Raises:
+        ConfigError: as `fkd_file_path`.
+    """
+    rels = [_relative(p) for p in rel_image_paths]
+    by_folder: dict[PurePosixPath, list[int]] = {}
+    for i, rel in enumerate(rels):
+        by_folder.setdefault(rel.parent, []).append(i)
+    whole: set[int] = set()
+    for members in by_folder.values():
+        stems = Counter(rels[i].stem for i in members)
+        whole |= {i for i in members if stems[rels[i].stem] > 1}
+        while True:  # each round moves at least one image to its (unique) whole name, so it ends
+            taken = {rels[i].name for i in members if i in whole}
+            clash = {i for i in members if i not in whole and rels[i].stem in taken}
+            if not clash:
+                break
+            whole |= clash
+    return [Path(root).joinpath(*rel.parent.parts, (rel.name if i in whole else rel.stem) + FKD_SUFFIX)
+            for i, rel in enumerate(rels)]
+
+
+def _relative(rel_image_path: str) -> PurePosixPath:
     rel = PurePosixPath(str(rel_image_path).replace(os.sep, "/"))
     if rel.is_absolute() or ".." in rel.parts or not rel.name:
         raise ConfigError(f"image path {rel_image_path!r} must be relative to the dataset root "
                           "(like 'n01440764/img.JPEG')")
-    return Path(root).joinpath(*rel.parent.parts, rel.stem + FKD_SUFFIX)
+    return rel
 
 
 def write_fkd_file(path: str | os.PathLike[str], coords: np.ndarray | torch.Tensor,

@@ -11,8 +11,7 @@ store chunk at a time.
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -20,47 +19,65 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from fkd_dali.crops.boxes import CropDistribution, boxes_to_fractions, fractions_to_boxes
 from fkd_dali.data.index import build_index
 from fkd_dali.defaults import FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, INTERPOLATION
-from fkd_dali.errors import FkdError, LabelStoreError
-from fkd_dali.interop.fkd_files import FkdLabels, fkd_file_path, read_fkd_file, write_fkd_file
+from fkd_dali.errors import LabelStoreError
+from fkd_dali.interop.fkd_files import FKD_SUFFIX, FkdLabels, fkd_file_paths, read_fkd_file, write_fkd_file
 from fkd_dali.store.label_store import (
+    IMPORT_ATTR_KEY,
     CropLabels,
     LabelSpec,
     LabelStore,
     StoreLayout,
     StoreSpec,
     TeacherSpec,
-    create_store,
+    open_or_create_store,
     open_store,
 )
-
-IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of an imported store, beside the schema attributes
 
 
 def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
     """Write every image's crops of a complete store as FKD label files under `out_dir`.
 
-    Each file is written atomically, so an interrupted export leaves only whole files
-    (rerunning it overwrites them). A `full`-kind store exports its top-K part.
+    File names follow `fkd_file_paths` (FKD's `<class>/<stem>.tar`, whole file names
+    for images that share a stem). Each file is written atomically, so an interrupted
+    export leaves only whole files (rerunning it overwrites them). A `full`-kind store
+    exports its top-K part.
 
     Returns:
-        The number of files written (one per image).
+        The number of files written (one per image, all distinct).
 
     Raises:
-        LabelStoreError: the store is missing or incomplete.
+        LabelStoreError: the store is missing or incomplete; `out_dir` is a file or
+            cannot be written (the message names the path).
     """
     store = open_store(url)
     store.check_complete()
     index = store.load_index()
+    _prepare_out_dir(Path(out_dir))
+    targets = fkd_file_paths(out_dir, index.paths)
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
         labels = store.read_images(start, stop)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
-        for row, rel in enumerate(index.paths[start:stop]):
-            write_fkd_file(fkd_file_path(out_dir, rel), coords[row], labels.flips[row], labels.index[row],
-                           labels.prob[row].astype(np.float32))
+        for row in range(stop - start):
+            target = targets[start + row]
+            try:
+                write_fkd_file(target, coords[row], labels.flips[row], labels.index[row],
+                               labels.prob[row].astype(np.float32))
+            except OSError as e:
+                raise LabelStoreError(f"writing FKD label file {target} failed ({e.strerror or e}); the files "
+                                      "written so far are whole: fix the cause and rerun export-fkd") from e
             written += 1
     return written
+
+
+def _prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LabelStoreError(f"--out {out} is a file; export-fkd writes a folder of label files: choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabelStoreError(f"cannot create --out {out} ({e.strerror or e}); choose a writable folder") from e
 
 
 def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], out: str,
@@ -70,19 +87,24 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
                mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
                std: tuple[float, float, float] = IMAGENET_DEFAULT_STD, temperature: float = 1.0,
                layout: StoreLayout | None = None) -> LabelStore:
-    """Build a new store at `out` from FKD label files, one per image of the dataset at `data`.
+    """Build a store at `out` from FKD label files, one per image of the dataset at `data`.
 
     M and K come from the first image's file; every other file must agree. FKD files
     do not say which crop distribution or teacher made them, so the store records the
     given teacher fields and the default crop distribution with seed 0 as
     placeholders, and notes in its `fkd_dali_import` attribute that both are
     unknown. Crops whose probabilities are not sorted most probable first are
-    reordered (class ids with them), as the store requires.
+    reordered (class ids with them), as the store requires. Label files are found
+    with `fkd_file_paths` (the names `export_fkd` writes).
+
+    Resumable like label generation: chunks are written whole and flagged done, so an
+    interrupted import is finished by rerunning it with the same arguments (a store
+    made with other ones is refused with what differs).
 
     Args:
         fkd_dir: root of the label files (`<fkd_dir>/<class>/<stem>.tar`).
         data: the ImageNet-style dataset folder the files label.
-        out: the new store (must not exist).
+        out: the store (created, or resumed if an import left it incomplete).
         teacher_name .. temperature: recorded in the store's teacher and label specs.
         num_classes: size of the teacher's class space (class ids must lie below it).
         layout: chunk shape of the new store (default `StoreLayout()`).
@@ -90,11 +112,12 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
     Raises:
         LabelStoreError: a label file is missing, malformed, disagrees with the first
             file in M or K, or holds a class id >= num_classes (the message names the
-            file); `out` already exists. A store this call created is removed again
-            when a local import fails.
+            file; chunks imported before it stay, and a rerun resumes); `out` holds
+            another store.
     """
     index = build_index(data)
-    first = _read(fkd_dir, index.paths[0], None, num_classes)
+    sources = fkd_file_paths(fkd_dir, index.paths)
+    first = _read(sources[0], None, num_classes, index.paths[0])
     m, k = first.coords.shape[0], first.index.shape[1]
     spec = StoreSpec(
         crops_per_image=m, crop=CropDistribution(seed=0),
@@ -103,24 +126,25 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
                             input_size=tuple(input_size), interpolation=interpolation,  # type: ignore[arg-type]
                             mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]
         layout=layout or StoreLayout())
-    store = create_store(out, index, spec)
-    try:
+    store = open_or_create_store(out, index, spec)
+    if IMPORT_ATTR_KEY not in store.group.attrs:
         store.group.attrs[IMPORT_ATTR_KEY] = {"source": str(fkd_dir), "format": "FKD per-image files",
                                               "crop_distribution": "unknown (placeholder recorded)",
                                               "teacher": "as given to import-fkd"}
-        for chunk in range(store.n_chunks):
-            start, stop = store.chunk_range(chunk)
-            files = [_read(fkd_dir, rel, (m, k), num_classes) for rel in index.paths[start:stop]]
-            store.write_chunk(chunk, _stack(files, index.sizes[start:stop]))
-    except FkdError:
-        _remove_local(out)
-        raise
+    for chunk in store.missing_chunks():
+        start, stop = store.chunk_range(chunk)
+        files = [_read(sources[i], (m, k), num_classes, index.paths[i]) for i in range(start, stop)]
+        store.write_chunk(chunk, _stack(files, index.sizes[start:stop]))
     return store
 
 
-def _read(fkd_dir: str | os.PathLike[str], rel: str, mk: tuple[int, int] | None, num_classes: int) -> FkdLabels:
+def _read(path: Path, mk: tuple[int, int] | None, num_classes: int, image: str) -> FkdLabels:
     """One image's FKD file, checked against the store's M, K and class count, sorted by probability."""
-    path = fkd_file_path(fkd_dir, rel)
+    if path.name != PurePosixPath(image).stem + FKD_SUFFIX and not path.exists():
+        raise LabelStoreError(
+            f"FKD label file {path} does not exist: image {image} shares its stem with another image of its "
+            f"folder, so its labels are in a file named after the whole file name, as `fkd-dali labels export-fkd` "
+            "writes it (FKD's own naming gives such images one file between them, which cannot be imported)")
     labels = read_fkd_file(path)
     shape = (labels.coords.shape[0], labels.index.shape[1])
     if mk is not None and shape != mk:
@@ -139,10 +163,3 @@ def _stack(files: list[FkdLabels], sizes: np.ndarray) -> CropLabels:
                       flips=np.stack([f.flip for f in files]),
                       index=np.stack([f.index for f in files]).astype(np.int16),
                       prob=np.clip(np.stack([f.prob for f in files]), 0.0, 1.0).astype(np.float16))
-
-
-def _remove_local(url: str) -> None:
-    """Delete a store this import created, when it is a local folder (remote ones are left)."""
-    if "://" not in url and Path(url).is_dir():
-        shutil.rmtree(url, ignore_errors=True)
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -22,7 +22,7 @@ from fkd_dali.config import LabelGenConfig
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
-from fkd_dali.errors import ConfigError, StoreMismatchError
+from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.store.label_store import (
     CropLabels,
@@ -36,6 +36,8 @@ from fkd_dali.store.label_store import (
     open_store,
 )
 
+MAX_LISTED = 20  # left-out files named in the summary line (all of them are counted)
+
 
 @dataclass
 class LabelGenSummary:
@@ -46,6 +48,7 @@ class LabelGenSummary:
     seconds: float
     store_bytes: int
     n_images_total: int
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files not labelled
 
     @property
     def crops_per_s(self) -> float:
@@ -59,7 +62,9 @@ class LabelGenSummary:
         return {"images": self.images, "crops": self.crops, "chunks_written": self.chunks_written,
                 "chunks_skipped": self.chunks_skipped, "seconds": round(self.seconds, 3),
                 "crops_per_s": round(self.crops_per_s, 1), "store_bytes": self.store_bytes,
-                "bytes_per_image": round(self.bytes_per_image, 1)}
+                "bytes_per_image": round(self.bytes_per_image, 1), "left_out": len(self.left_out),
+                "left_out_files": [f"{p}: {why}" for p, why in self.left_out[:MAX_LISTED]]
+                + ([f"... and {len(self.left_out) - MAX_LISTED} more"] if len(self.left_out) > MAX_LISTED else [])}
 
 
 def teacher_spec(teacher: Teacher, cfg: LabelGenConfig) -> TeacherSpec:
@@ -99,8 +104,12 @@ def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
 
 
 def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, flips: np.ndarray,
-                  images_per_batch: int, per_round: int) -> Iterator:
-    """Batches of (image, round) items: each image's bytes are read once per chunk."""
+                  images_per_batch: int, per_round: int, check: bool) -> Iterator:
+    """Batches of (image, round) items: each image's bytes are read once per chunk.
+
+    `check`: decode each image strictly first (`read_encoded`), for indexes whose images
+    were not checked when they were built (a `--reference` store's).
+    """
     from fkd_dali.loaders.feed import FeedBatch, read_encoded
 
     m = rois.shape[1]
@@ -113,7 +122,7 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
     for a in range(start, stop, images_per_batch):
         ids = range(a, min(a + images_per_batch, stop))
         paths = [index.abspath(i) for i in ids]
-        data = [read_encoded(p) for p in paths]
+        data = [read_encoded(p, check=check) for p in paths]
         for r in range(rounds):
             sl = slice(r * per_round, (r + 1) * per_round)
             yield FeedBatch(encoded=data, rois=[rois[i - start, sl] for i in ids],
@@ -154,7 +163,8 @@ def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, runner: _Tea
     top_i = np.full((n, m, k), -1, np.int16)
     top_p = np.zeros((n, m, k), np.float16)
     full = np.zeros((n, m, store.spec.label.num_classes), np.float16) if store.spec.label.kind == "full" else None
-    for crops, meta in crop_iter.epoch(_feed_batches(index, start, stop, rois, flips, images_per_batch, per_round)):
+    feed = _feed_batches(index, start, stop, rois, flips, images_per_batch, per_round, check=reference is not None)
+    for crops, meta in crop_iter.epoch(feed):
         b, r = crops.shape[0], crops.shape[1]
         idx, prob, dense = runner(crops.reshape(b * r, *crops.shape[2:]))
         meta = meta.numpy()
@@ -167,8 +177,20 @@ def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, runner: _Tea
             if full is not None:
                 full[img - start, s0:s0 + take] = dense[rows].numpy()
             bar.update(take)
+    _check_finite(top_p, index, start)
     store.write_chunk(chunk, CropLabels(boxes=boxes_q, flips=flips, index=top_i, prob=top_p, full=full))
     return n * m
+
+
+def _check_finite(prob: np.ndarray, index: DatasetIndex, start: int) -> None:
+    """Refuse to write NaN/inf probabilities (e.g. a teacher whose weights or inputs overflow)."""
+    bad = ~np.isfinite(prob.astype(np.float32)).all(axis=(1, 2))
+    if bad.any():
+        first = start + int(np.flatnonzero(bad)[0])
+        raise TeacherError(
+            f"the teacher gave NaN or infinite probabilities for {int(bad.sum())} image(s) of images "
+            f"{start}-{start + len(prob) - 1} (first: {index.paths[first]}); nothing of them was written. "
+            "Check the teacher's --checkpoint and --mean/--std/--temperature")
 
 
 def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex:
@@ -179,6 +201,20 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
         raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
     reference.check_complete()
     return index
+
+
+def _checked_index(cfg: LabelGenConfig) -> DatasetIndex:
+    """The index of `cfg.data` with every image decoded strictly, before any store is made.
+
+    Checking all images first means a corrupt one stops the run before the store
+    records it (the store's index could not drop it later), and `--skip-corrupt`
+    leaves it out and records it instead.
+    """
+    try:
+        return build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, decode=True, progress=cfg.progress)
+    except CorruptImageError as e:
+        raise CorruptImageError(e.path, f"{e.reason}. Replace or remove the file, or pass --skip-corrupt to "
+                                        "leave it out (recorded in the store)") from e
 
 
 def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
@@ -196,7 +232,7 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     device = pick_device(cfg.device, env.local_rank)
     reference = open_store(cfg.reference) if cfg.reference else None
     if reference is None:
-        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
+        index = _checked_index(cfg)
     else:
         index = _reference_index(reference, cfg)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
@@ -224,4 +260,5 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     seconds = time.perf_counter() - t0
     return LabelGenSummary(images=crops // store.crops_per_image, crops=crops, chunks_written=len(todo),
                            chunks_skipped=len(mine) - len(todo), seconds=seconds,
-                           store_bytes=store.nbytes_stored(), n_images_total=store.n_images)
+                           store_bytes=store.nbytes_stored(), n_images_total=store.n_images,
+                           left_out=index.left_out)

@@ -14,7 +14,15 @@ from typing import Sequence
 import numpy as np
 
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.store.label_store import CropLabels, LabelSpec, LabelStore, TeacherSpec, open_or_create_store, open_store
+from fkd_dali.store.label_store import (
+    ENSEMBLE_TIMM_NAME,
+    CropLabels,
+    LabelSpec,
+    LabelStore,
+    TeacherSpec,
+    open_or_create_store,
+    open_store,
+)
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -84,7 +92,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     spec = dataclasses.replace(
         first.spec, label=LabelSpec(kind="topk", k=k, num_classes=first.spec.label.num_classes,
                                     temperature=first.spec.label.temperature),
-        teacher=TeacherSpec(name=f"ensemble({names})", timm_name="ensemble",
+        teacher=TeacherSpec(name=f"ensemble({names})", timm_name=ENSEMBLE_TIMM_NAME,
                             checkpoint_sha256=",".join(s.spec.teacher.checkpoint_sha256[:12] for s in stores),
                             input_size=first.spec.teacher.input_size, interpolation=first.spec.teacher.interpolation,
                             mean=first.spec.teacher.mean, std=first.spec.teacher.std))

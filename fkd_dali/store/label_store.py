@@ -12,8 +12,11 @@ One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept h
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +32,23 @@ from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreMismatchError, StoreSchemaError
+from fkd_dali.store.creation import (
+    CREATE_WAIT_S,
+    CREATING_KEY,
+    check_out_location,
+    clear_command,
+    creator_age_s,
+    creator_alive,
+    creator_marker,
+    describe_creator,
+)
 
 SCHEMA_VERSION = 1
 ATTR_KEY = "fkd_dali"
+CHECKSUM_KEY = "fkd_dali_sha256"  # sha256 of the `fkd_dali` attributes, beside them (not part of them)
+IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of a store built by `labels import-fkd`
+ENSEMBLE_TIMM_NAME = "ensemble"  # teacher.timm_name of a store written by `labels merge`
+_log = logging.getLogger(__name__)
 BOX_ENCODING = "uint16-normalized"
 LABEL_KINDS = ("topk", "full")
 
@@ -140,6 +157,40 @@ def spec_from_attrs(meta: dict[str, Any]) -> StoreSpec:
     )
 
 
+def attrs_checksum(meta: dict[str, Any]) -> str:
+    """sha256 of the schema attributes as canonical JSON: shows a hand edit or a damaged zarr.json."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _parse_attrs(meta: dict[str, Any], url: str) -> StoreSpec:
+    """`spec_from_attrs` plus the dataset section, with one-line errors for edited or damaged attributes."""
+    try:
+        spec = spec_from_attrs(meta)
+        dataset = meta["dataset"]
+        n = dataset["n_images"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"dataset.n_images is {n!r}, not a whole number >= 1")
+        if not isinstance(dataset["fingerprint"], str) or not isinstance(dataset["class_names"], list):
+            raise ValueError("dataset.fingerprint or dataset.class_names has the wrong type")
+    except KeyError as e:
+        reason = f"the key {e.args[0]!r} is missing"
+    except (TypeError, ValueError, AttributeError, ConfigError) as e:
+        reason = str(e)
+    else:
+        return spec
+    raise LabelStoreError(f"store {url}: its '{ATTR_KEY}' attributes are damaged or were edited by hand ({reason}). "
+                          "Restore zarr.json from a copy or regenerate the store.")
+
+
+def _not_a_store_message(marker: Any, url: str) -> str:
+    """Why a Zarr group without schema attributes (`marker`: its creator marker) is not usable, and what to do."""
+    if not isinstance(marker, dict):
+        return (f"{url} is a Zarr group but not an fkd-dali soft-label store (no '{ATTR_KEY}' attributes); "
+                "choose another path, or remove it with " + clear_command(url) + " if it is a leftover")
+    return (f"{url} is a half-created store ({describe_creator(marker)} did not finish creating it: killed, "
+            f"disk full or crashed); it holds no labels. Remove it with {clear_command(url)} and rerun")
+
+
 def _compressors(shuffle: str = "bitshuffle") -> list[Any]:
     # zstd packs the fields tightly; crc32c turns a flipped byte into a read error
     # instead of silently wrong labels.
@@ -171,15 +222,26 @@ class LabelStore:
         self.url = url
         meta = group.attrs.get(ATTR_KEY)
         if meta is None:
-            raise LabelStoreError(f"{url} is a Zarr group but not an fkd-dali soft-label store "
-                                  f"(no '{ATTR_KEY}' attributes)")
+            raise LabelStoreError(_not_a_store_message(group.attrs.get(CREATING_KEY), url))
+        if not isinstance(meta, dict):
+            raise LabelStoreError(f"store {url}: its '{ATTR_KEY}' attribute is a {type(meta).__name__}, not a "
+                                  "mapping: damaged or edited by hand. Restore zarr.json from a copy or regenerate it.")
         version = meta.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreSchemaError(
-                f"store {url} has schema version {version}; this fkd-dali ({__version__}) reads only "
-                f"version {SCHEMA_VERSION}. Use the fkd-dali release that wrote it, or regenerate the labels.")
+                f"store {url} has schema version {version!r}; this fkd-dali ({__version__}) reads only "
+                f"version {SCHEMA_VERSION!r}. Use the fkd-dali release that wrote it, or regenerate the labels.")
         self.meta: dict[str, Any] = meta
-        self.spec = spec_from_attrs(meta)
+        self.spec = _parse_attrs(meta, url)
+        stored = group.attrs.get(CHECKSUM_KEY)
+        if stored is not None and stored != attrs_checksum(meta):
+            raise LabelStoreError(
+                f"store {url}: its '{ATTR_KEY}' attributes do not match their checksum ({CHECKSUM_KEY}): they were "
+                "edited or damaged after creation. Restore zarr.json from a copy or regenerate the store.")
+        for d in array_defs(self.spec, self.n_images):
+            bad = next((text for kind, text in array_mismatches(group, d) if kind in ("missing", "shape")), None)
+            if bad:
+                raise LabelStoreError(f"store {url} is damaged: {bad}. Regenerate it (or restore it from a copy).")
 
     # -- shape and progress -------------------------------------------------
     @property
@@ -226,7 +288,14 @@ class LabelStore:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise LabelStoreError(
                 f"store {self.url} is incomplete: {len(missing)} of {self.n_chunks} chunks unfinished "
-                f"(images {ranges}{more}). Rerun the same `fkd-dali labels generate` command to resume.")
+                f"(images {ranges}{more}). Rerun the same `fkd-dali labels {self.made_by}` command to resume.")
+
+    @property
+    def made_by(self) -> str:
+        """The `fkd-dali labels` action that writes this store's chunks (and resumes it)."""
+        if IMPORT_ATTR_KEY in self.group.attrs:
+            return "import-fkd"
+        return "merge" if self.spec.teacher.timm_name == ENSEMBLE_TIMM_NAME else "generate"
 
     # -- dataset ------------------------------------------------------------
     def load_index(self, root: str = "") -> DatasetIndex:
@@ -236,7 +305,9 @@ class LabelStore:
                             classes=np.asarray(g["images/class"][:], np.int32),
                             sizes=np.asarray(g["images/size"][:], np.int32),
                             nbytes=np.asarray(g["images/nbytes"][:], np.int64),
-                            class_names=self.class_names, skipped=self.skipped)
+                            class_names=self.class_names, skipped=self.skipped,
+                            left_out=[(p, "left out when the store was made (could not be decoded)")
+                                      for p in self.skipped])
 
     def check_dataset(self, index: DatasetIndex) -> None:
         """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""
@@ -341,49 +412,142 @@ def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
     return "paths and byte sizes agree, so the fingerprint recipe differs"
 
 
-def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
-    n, m = len(index), spec.crops_per_image
+@dataclass(frozen=True)
+class ArrayDef:
+    """One array of the schema: how `create_store` makes it and what opening and `verify` expect of it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name; "str" for variable-length UTF-8 strings
+    chunks: tuple[int, ...]
+    fill_value: Any = None  # None: zarr's default (0, False, "")
+    filters: tuple[Any, ...] = ()
+    shuffle: str = "bitshuffle"
+
+
+def array_defs(spec: StoreSpec, n: int) -> list[ArrayDef]:
+    """Every array of a store of `n` images made with `spec`, in creation order."""
+    m = spec.crops_per_image
     ipc = min(spec.layout.images_per_chunk, n)
     spc = min(spec.layout.slots_per_chunk, m)
     k, c = spec.label.k, spec.label.num_classes
-    comp = _compressors()
-    g.create_array("images/path", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(index.paths, dtype=object)
-    g.create_array("images/class", shape=(n,), dtype="int32", chunks=(n,), compressors=comp)[:] = index.classes
-    g.create_array("images/size", shape=(n, 2), dtype="int32", chunks=(n, 2), compressors=comp)[:] = index.sizes
-    g.create_array("images/nbytes", shape=(n,), dtype="int64", chunks=(n,), compressors=comp)[:] = index.nbytes
-    g.create_array("crops/box", shape=(n, m, 4), dtype="uint16", chunks=(ipc, spc, 4), filters=[_K_FIRST],
-                   compressors=comp)
-    g.create_array("crops/flip", shape=(n, m), dtype="bool", chunks=(ipc, spc), compressors=comp)
-    g.create_array("labels/index", shape=(n, m, k), dtype="int16", chunks=(ipc, spc, k),
-                   fill_value=-1, compressors=_compressors("noshuffle"))
-    g.create_array("labels/prob", shape=(n, m, k), dtype="float16", chunks=(ipc, spc, k), filters=[_K_FIRST],
-                   fill_value=float("nan"), compressors=comp)
-    if spec.label.kind == "full":
-        g.create_array("labels/full", shape=(n, m, c), dtype="float16", chunks=(ipc, spc, c),
-                       fill_value=float("nan"), compressors=comp)
     n_chunks = (n + spec.layout.images_per_chunk - 1) // spec.layout.images_per_chunk
+    nan = float("nan")
+    defs = [ArrayDef("images/path", (n,), "str", (n,)), ArrayDef("images/class", (n,), "int32", (n,)),
+            ArrayDef("images/size", (n, 2), "int32", (n, 2)), ArrayDef("images/nbytes", (n,), "int64", (n,)),
+            ArrayDef("crops/box", (n, m, 4), "uint16", (ipc, spc, 4), filters=(_K_FIRST,)),
+            ArrayDef("crops/flip", (n, m), "bool", (ipc, spc)),
+            ArrayDef("labels/index", (n, m, k), "int16", (ipc, spc, k), fill_value=-1, shuffle="noshuffle"),
+            ArrayDef("labels/prob", (n, m, k), "float16", (ipc, spc, k), fill_value=nan, filters=(_K_FIRST,))]
+    if spec.label.kind == "full":
+        defs.append(ArrayDef("labels/full", (n, m, c), "float16", (ipc, spc, c), fill_value=nan))
     # one file per flag: concurrent writers never share a progress chunk
-    g.create_array("progress/done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False)
+    defs.append(ArrayDef("progress/done", (n_chunks,), "bool", (1,), fill_value=False))
+    return defs
+
+
+def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
+    """(kind, description) of each way the stored array `d.name` differs from `d`; [] when it fits.
+
+    Kinds: missing, shape, dtype, chunks, fill_value, checksum (no crc32c codec: stores
+    written by older fkd-dali releases lack it on `images/path` and `progress/done`).
+    """
+    try:
+        arr = group[d.name]
+    except KeyError:
+        return [("missing", f"array {d.name} is missing")]
+    except Exception as e:  # unreadable array metadata (zarr.json damaged)
+        return [("missing", f"array {d.name} has unreadable metadata ({type(e).__name__}: {e})")]
+    out = []
+    if tuple(arr.shape) != d.shape:
+        out.append(("shape", f"array {d.name} has shape {tuple(arr.shape)}, expected {d.shape}"))
+    dtype = "str" if arr.dtype.kind in ("T", "U", "O") else str(arr.dtype)
+    if dtype != d.dtype:
+        out.append(("dtype", f"array {d.name} has dtype {dtype}, expected {d.dtype}"))
+    if tuple(arr.chunks) != d.chunks:
+        out.append(("chunks", f"array {d.name} has chunks {tuple(arr.chunks)}, expected {d.chunks}"))
+    if d.fill_value is not None and not _same_fill(arr.fill_value, d.fill_value):
+        out.append(("fill_value", f"array {d.name} has fill value {arr.fill_value!r}, expected {d.fill_value!r}"))
+    if not any(isinstance(codec, Crc32cCodec) for codec in arr.metadata.codecs):
+        out.append(("checksum", f"array {d.name} has no crc32c checksum"))
+    return out
+
+
+def _same_fill(have: Any, want: Any) -> bool:
+    if isinstance(want, float) and np.isnan(want):
+        return bool(np.isnan(have))
+    return bool(have == want)
+
+
+def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
+    values = {"images/path": np.array(index.paths, dtype=object), "images/class": index.classes,
+              "images/size": index.sizes, "images/nbytes": index.nbytes}
+    for d in array_defs(spec, len(index)):
+        arr = g.create_array(d.name, shape=d.shape, dtype=str if d.dtype == "str" else d.dtype, chunks=d.chunks,
+                             fill_value=d.fill_value, filters=list(d.filters) if d.filters else "auto",
+                             compressors=_compressors(d.shuffle))
+        if d.name in values:
+            arr[:] = values[d.name]
+
+
+class StoreExistsError(LabelStoreError):
+    """`create_store` found a store, or another writer's store being created, at the path."""
 
 
 def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
                  storage_options: dict[str, Any] | None = None) -> LabelStore:
-    """Create a new, empty store. The attributes are written last: they mark creation complete."""
+    """Create a new, empty store. The attributes are written last: they mark creation complete.
+
+    The group is created with a `fkd_dali_creating` attribute naming this process and
+    the schema attributes replace it in one final write (`fkd_dali.store.creation`).
+
+    Raises:
+        LabelStoreError: `url` is a file, a non-empty folder without a store, or not
+            writable; or creation failed midway (a local half-made store is removed).
+        StoreExistsError: a store (complete or being created) is already at `url`.
+    """
+    check_out_location(url)
     if url.startswith("file://") and storage_options is None:
         storage_options = {"auto_mkdir": True}  # fsspec's local filesystem does not create folders itself
     try:
-        g = zarr.open_group(url, mode="w-", storage_options=storage_options)
-    except (ContainsGroupError, FileExistsError) as e:
-        raise LabelStoreError(f"{url} already exists; open it or choose another --out") from e
+        g = zarr.open_group(url, mode="w-", storage_options=storage_options,
+                            attributes={CREATING_KEY: creator_marker()})
+    except (ContainsGroupError, ContainsArrayError, FileExistsError) as e:
+        raise StoreExistsError(f"{url} already exists; open it or choose another --out") from e
+    except OSError as e:
+        raise LabelStoreError(f"cannot create the store {url}: {e.strerror or e}; choose a writable --out") from e
     try:
         _create_arrays(g, index, spec)
+        meta = spec_to_attrs(spec, index)
+        g.attrs.put({ATTR_KEY: meta, CHECKSUM_KEY: attrs_checksum(meta)})
     except (ContainsArrayError, ContainsGroupError) as e:
         # Writers started together (torchrun, --shard) can all pass the "w-" check; the
         # first to find an array made by another stops here and waits for that one's
         # attributes (creation order is fixed, so at least one writer always finishes).
-        raise LabelStoreError(f"{url} is being created by another writer or already exists") from e
-    g.attrs[ATTR_KEY] = spec_to_attrs(spec, index)
+        raise StoreExistsError(f"{url} is being created by another writer or already exists") from e
+    except OSError as e:  # ENOSPC, EROFS, EDQUOT...: nothing but this process's own arrays is there yet
+        removed = _remove_local(url)
+        raise LabelStoreError(
+            f"creating the store {url} failed ({e.strerror or e}); "
+            + ("the half-made store was removed" if removed else f"remove the half-made store with "
+               f"{clear_command(url)}") + ". Fix the cause (free disk space?) and rerun") from e
     return LabelStore(g, url)
+
+
+def _remove_local(url: str) -> bool:
+    """Remove a store this process was creating (local only); True when it is gone.
+
+    Retried briefly: zarr's other writes of the failed step may still land after the error.
+    """
+    if "://" in url and not url.startswith("file://"):
+        return False
+    path = url.removeprefix("file://")
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.1)
+        if not os.path.exists(path):
+            return True
+    return False
 
 
 def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:
@@ -397,17 +561,20 @@ def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None
     return LabelStore(g, url)
 
 
-def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = 120.0,
+def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = CREATE_WAIT_S,
                          storage_options: dict[str, Any] | None = None) -> LabelStore:
     """Open the store a resumed or parallel writer shares, or create it.
 
     A store that exists must have been made for the same dataset and spec (else
     `StoreMismatchError` says what differs). Another process may be creating it at
-    this moment: wait until its attributes appear.
+    this moment: wait, saying for whom, until its attributes appear. A store whose
+    creator died before finishing it is named as half-created at once on the
+    creator's machine (after `wait_s` seconds of its creation time elsewhere), with
+    the command that removes it.
     """
     try:
         store = create_store(url, index, spec, storage_options)
-    except LabelStoreError:
+    except StoreExistsError:
         store = _wait_for_store(url, wait_s, storage_options)
     store.check_dataset(index)
     check_same_spec(store, spec)
@@ -415,16 +582,36 @@ def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s:
 
 
 def _wait_for_store(url: str, wait_s: float, storage_options: dict[str, Any] | None) -> LabelStore:
-    deadline = time.monotonic() + wait_s
+    said = False
     while True:
         try:
             return open_store(url, mode="r+", storage_options=storage_options)
         except StoreSchemaError:
             raise
         except LabelStoreError:
-            if time.monotonic() > deadline:
-                raise
+            marker = _creating_marker(url, storage_options)
+            if marker is None:
+                raise  # not being created by anyone: the error says what is there
+            alive = creator_alive(marker)
+            if alive is False or creator_age_s(marker) > wait_s:
+                raise LabelStoreError(_not_a_store_message(marker, url)
+                                      + ("" if alive is False else f" (after waiting {wait_s:.0f} s for "
+                                         "its creator; if it is still running, rerun when it has finished)"))
+            if not said:
+                _log.info("waiting for %s to finish creating the store %s (gives up %.0f s after it started)",
+                          describe_creator(marker), url, wait_s)
+                said = True
             time.sleep(0.5)
+
+
+def _creating_marker(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The creator marker of a group at `url` without schema attributes; None otherwise."""
+    try:
+        attrs = zarr.open_group(url, mode="r", storage_options=storage_options).attrs
+    except Exception:
+        return None
+    marker = attrs.get(CREATING_KEY)
+    return marker if isinstance(marker, dict) and ATTR_KEY not in attrs else None
 
 
 def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:

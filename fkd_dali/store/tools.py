@@ -8,6 +8,7 @@ fine for a preview of one image.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,9 +16,18 @@ from typing import Any, Callable
 import numpy as np
 
 from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
-from fkd_dali.errors import DatasetIndexError, StoreMismatchError
-from fkd_dali.store.label_store import CropLabels, LabelStore, index_for_store, open_store
+from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
+from fkd_dali.store.label_store import (
+    PROB_QUANTUM,
+    CropLabels,
+    LabelStore,
+    array_defs,
+    array_mismatches,
+    index_for_store,
+    open_store,
+)
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -124,6 +134,7 @@ class VerifyReport:
     crops_checked: int = 0
     dataset_checked: bool = False
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts that are not problems (e.g. an older store's format)
 
     @property
     def ok(self) -> bool:
@@ -135,10 +146,11 @@ class VerifyReport:
     def summary(self) -> str:
         head = (f"{self.url}: checked {self.chunks_checked}/{self.chunks_total} chunks, "
                 f"{self.crops_checked} crops" + (", dataset fingerprint" if self.dataset_checked else ""))
+        notes = [f"  note: {n}" for n in self.notes]
         if self.ok:
-            return head + ": no problems found"
+            return "\n".join([head + ": no problems found"] + notes)
         return "\n".join([head + f": {len(self.problems)} kind(s) of problem"]
-                         + [f"  - {p.line()}" for p in self.problems])
+                         + [f"  - {p.line()}" for p in self.problems] + notes)
 
 
 class _Problems:
@@ -155,39 +167,68 @@ class _Problems:
         p.examples.extend(examples[:MAX_EXAMPLES - len(p.examples)])
 
 
-def verify_store(url: str, data: str | None = None) -> VerifyReport:
-    """Check a store's completeness, its dataset fingerprint (with `data`) and every stored value.
+def prob_sum_floor(k: int, num_classes: int) -> float:
+    """The least plausible sum of a crop's stored top-K probabilities.
 
-    Value checks run over every chunk flagged done, one whole chunk at a time:
-    probabilities finite, in [0, 1], non-increasing along K and summing to at most
-    1 + `PROB_SUM_TOLERANCE`; class ids in [0, num_classes) and distinct within a
-    crop; boxes non-empty and inside the image (decoded with `images/size`). A chunk
-    that cannot be read (e.g. a crc32c mismatch) is reported as `unreadable`.
+    The K largest of num_classes softmax probabilities (which sum to 1) sum to at least
+    K / num_classes; each stored value may be rounded down by half a `PROB_QUANTUM`.
+    A crop below this floor is not a softmax's top-K: e.g. all zeros, which an
+    ensemble with a NaN weight would write. Where the floor is not above zero, only
+    an all-zero crop is refused.
+    """
+    return k / num_classes - k * PROB_QUANTUM / 2
 
-    Args:
-        url: the store.
-        data: the dataset folder the store should describe; None skips that check.
+
+def verify_store(url: str, data: str | None = None, workers: int = 16) -> VerifyReport:
+    """Check a store's metadata, index, completeness, every stored value and (with `data`) the images.
+
+    - metadata: every array exists with the shape, dtype, chunks, fill value and crc32c
+      codec that the attributes imply (`array_defs`); the attributes' own checksum is
+      checked when the store is opened;
+    - index: the stored paths, byte sizes and class names reproduce the dataset
+      fingerprint recorded at creation, each path lies in its class's folder, paths
+      are unique and in index order, sizes positive (this catches a damaged
+      `images/path` even in stores written before it had a checksum);
+    - values, over every chunk flagged done, one whole chunk at a time: probabilities
+      finite, in [0, 1], non-increasing along K, summing to at most 1 +
+      `PROB_SUM_TOLERANCE` and at least `prob_sum_floor`; class ids in
+      [0, num_classes) and distinct within a crop; boxes non-empty and inside the
+      image. A chunk that cannot be read (e.g. a crc32c mismatch) is `unreadable`;
+    - with `data`: the folder's fingerprint, then every image decoded strictly
+      (`check_image_data`, in `workers` threads) and its decoded size compared with
+      `images/size`.
 
     Raises:
-        LabelStoreError: the store cannot be opened at all.
+        LabelStoreError: the store cannot be opened at all (damaged attributes included).
         DatasetIndexError: `data` is not a readable dataset folder.
     """
     store = open_store(url)
     report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
     found = _Problems()
-    index = store.load_index()
-    missing = store.missing_chunks()
+    _check_metadata(store, found, report.notes)
+    index = _checked_index(store, found)
+    try:
+        missing = store.missing_chunks()
+    except Exception as e:  # codec / checksum errors of progress/done
+        found.add("unreadable", f"array progress/done cannot be read ({type(e).__name__}: {e})", [], 1)
+        missing = list(range(store.n_chunks))
     if missing:
         ranges = [store.chunk_range(c) for c in missing]
         found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written (rerun "
-                                "`fkd-dali labels generate` to finish)",
+                                f"`fkd-dali labels {store.made_by}` to finish)",
                   [(f"images {a}-{b - 1}", -1) for a, b in ranges], len(missing))
     if data is not None:
         report.dataset_checked = True
         try:
-            index_for_store(store, data)  # names the first differing file, reads no image header
+            on_disk = index_for_store(store, data)  # names the first differing file, reads no image header
         except StoreMismatchError as e:
             found.add("dataset", str(e), [], 1)
+        else:
+            if index is not None:
+                _check_images(on_disk, found, workers)
+    if index is None:
+        report.problems = list(found.by_kind.values())
+        return report
     skip = set(missing)
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
@@ -205,19 +246,90 @@ def verify_store(url: str, data: str | None = None) -> VerifyReport:
     return report
 
 
+_NO_CRC_IN_OLD_STORES = ("images/path", "progress/done")  # older stores have no crc32c on these
+
+
+def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> None:
+    """Every array as the attributes imply; a missing crc32c of an old store is a note, not a problem."""
+    unchecked = []
+    for d in array_defs(store.spec, store.n_images):
+        for kind, text in array_mismatches(store.group, d):
+            if kind == "checksum" and d.name in _NO_CRC_IN_OLD_STORES:
+                unchecked.append(d.name)
+            else:
+                found.add("metadata", "array metadata differs from what the attributes imply", [(text, -1)], 1)
+    if unchecked:
+        notes.append(f"{', '.join(unchecked)} have no crc32c checksum (a store written by an older fkd-dali): their content "
+                     "is checked against the dataset fingerprint and the index rules instead")
+
+
+def _checked_index(store: LabelStore, found: _Problems) -> DatasetIndex | None:
+    """The stored index after the index rules; None (with a problem) when an index array cannot be read."""
+    try:
+        index = store.load_index()
+    except Exception as e:  # crc32c mismatch or a missing chunk of an images/ array
+        found.add("unreadable", f"the image index (images/*) cannot be read ({type(e).__name__}: {e}); "
+                                "chunk values were not checked", [], 1)
+        return None
+    n = len(index)
+    if index.fingerprint != store.fingerprint:
+        found.add("index_fingerprint", "images/path, images/nbytes or the class names do not reproduce the dataset "
+                           f"fingerprint recorded at creation ({store.fingerprint[:12]}): the index was changed "
+                           "or damaged; regenerate the store", [], 1)
+    class_of = [p.split("/", 1)[0] for p in index.paths]
+    cid = np.asarray(index.classes, np.int64)
+    in_range = (cid >= 0) & (cid < len(index.class_names))
+    wrong = [i for i in range(n) if not in_range[i] or class_of[i] != index.class_names[cid[i]]]
+    found.add("index_class", "image path is not in the folder of its class id (images/class or images/path damaged)",
+              [(index.paths[i], -1) for i in wrong[:MAX_EXAMPLES]], len(wrong))
+    position = {name: i for i, name in enumerate(index.class_names)}
+    keys = [index_order_key(p, position) for p in index.paths]
+    unordered = [i for i in range(1, n) if not keys[i - 1] < keys[i]]  # also catches repeated paths
+    found.add("index_order", "image paths repeat or are out of index order (images/path damaged)",
+              [(index.paths[i], -1) for i in unordered[:MAX_EXAMPLES]], len(unordered))
+    bad_size = np.flatnonzero((index.sizes <= 0).any(axis=1))
+    found.add("index_size", "image size is not positive (images/size damaged)",
+              [(index.paths[i], -1) for i in bad_size[:MAX_EXAMPLES]], len(bad_size))
+    return index
+
+
+def _check_images(index: DatasetIndex, found: _Problems, workers: int) -> None:
+    """Decode every image of the folder strictly and compare its size with the stored one."""
+    def decoded(i: int) -> tuple[int, int] | str:
+        try:
+            return check_image_data(np.fromfile(index.abspath(i), dtype=np.uint8), index.abspath(i))
+        except (CorruptImageError, OSError) as e:
+            return getattr(e, "reason", str(e))
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(decoded, range(len(index)), chunksize=64))
+    corrupt = [(index.paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
+    found.add("image_corrupt", "image cannot be decoded cleanly (replace the file)",
+              [(f"{p} ({why})", -1) for p, why in corrupt[:MAX_EXAMPLES]], len(corrupt))
+    other = [i for i, r in enumerate(results) if not isinstance(r, str) and tuple(r) != tuple(index.sizes[i])]
+    found.add("image_size", "decoded image size differs from images/size (another file under the same name?)",
+              [(f"{index.paths[i]} ({results[i][1]}x{results[i][0]} on disk, {index.sizes[i][1]}x"
+                f"{index.sizes[i][0]} stored)", -1) for i in other[:MAX_EXAMPLES]], len(other))
+
+
 def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_classes: int,
                   found: _Problems) -> None:
     """Per-crop value checks of one chunk; each mask is (images, slots)."""
     prob = labels.prob.astype(np.float32)
     idx = labels.index.astype(np.int64)
     finite = np.isfinite(prob)
+    k = prob.shape[-1]
+    floor = prob_sum_floor(k, num_classes)
     with np.errstate(invalid="ignore"):
+        total = prob.sum(-1)
         checks = [
             ("prob_nonfinite", "probability is NaN or infinite (unwritten or corrupt)", ~finite.all(-1)),
             ("prob_range", "probability outside [0, 1]", ((prob < 0) | (prob > 1)).any(-1)),
             ("prob_order", "probabilities not sorted most probable first", (np.diff(prob, axis=-1) > 0).any(-1)),
-            ("prob_sum", f"top-K probabilities sum above 1 + {PROB_SUM_TOLERANCE}",
-             prob.sum(-1) > 1 + PROB_SUM_TOLERANCE),
+            ("prob_sum", f"top-K probabilities sum above 1 + {PROB_SUM_TOLERANCE}", total > 1 + PROB_SUM_TOLERANCE),
+            ("prob_sum_low", f"top-K probabilities sum below {max(floor, 0):.3g}, which no softmax over "
+                             f"{num_classes} classes gives (e.g. all zero)",
+             (total < floor) | (total <= 0)),
             ("index_range", f"class id outside [0, {num_classes})", ((idx < 0) | (idx >= num_classes)).any(-1)),
             ("index_duplicate", "a class id repeats within one crop",
              (np.diff(np.sort(idx, axis=-1), axis=-1) == 0).any(-1)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         CheckpointError: the file is missing, unreadable or not an fkd-dali checkpoint.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        size = os.path.getsize(path)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {path} does not exist") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({e.strerror or e})") from e
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was cut off while being written; "
+                              "use another checkpoint (e.g. a pass_XXX.pth) or start without --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged, cut off or not a torch file "
+                              f"({type(e).__name__}{': ' + first[:200] if first else ''}); use another "
+                              "checkpoint or start without --resume") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an fkd-dali training checkpoint ({CHECKPOINT_FORMAT})")
     return ckpt
@@ -170,10 +181,16 @@ def save_checkpoint(state: dict[str, Any], output: str | Path, keep_pass: int | 
 
     A killed run never leaves half a checkpoint: the old file stays until the new one is
     complete. Returns the path of `last.pth`.
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, --output not writable).
     """
     path = Path(output) / "last.pth"
-    save_torch(state, path)
-    if keep_pass is not None:
-        save_torch(state, Path(output) / f"pass_{keep_pass:03d}.pth")
+    try:
+        save_torch(state, path)
+        if keep_pass is not None:
+            save_torch(state, Path(output) / f"pass_{keep_pass:03d}.pth")
+    except OSError as e:
+        raise CheckpointError(f"saving the checkpoint failed: {e}. The previous {path.name} is intact; "
+                              "free disk space (or fix --output) and resume from it") from e
     return str(path)
-

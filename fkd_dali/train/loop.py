@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from fkd_dali.atomic import ensure_writable_dir
 from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
@@ -361,7 +362,10 @@ def fit(cfg: TrainConfig) -> TrainResult:
         `CheckpointError` (resume from another model, store or layout).
     """
     with distributed(cfg.device) as (env, device), StopOnSignal() as stop:
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        try:
+            ensure_writable_dir(cfg.output, f"--output {cfg.output}")
+        except OSError as e:
+            raise ConfigError(f"{e}; choose a folder that can be written") from e
         run = build_run(cfg, env, device)
         _write_config(run)
         metrics = RunLog(cfg.output, env.is_main, run.passes * run.steps_per_pass, run.global_step,

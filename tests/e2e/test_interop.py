@@ -60,7 +60,7 @@ def test_export_refuses_incomplete_store(small_store, copy_store, tmp_path):
         export_fkd(str(url), tmp_path / "out")
 
 
-def test_import_names_missing_file(exported, photo_root, tmp_path):
+def test_import_names_missing_file_and_resumes(small_store, exported, photo_root, tmp_path):
     fkd = tmp_path / "fkd"
     shutil.copytree(exported, fkd)
     victim = sorted(fkd.rglob("*.tar"))[12]
@@ -68,7 +68,15 @@ def test_import_names_missing_file(exported, photo_root, tmp_path):
     out = tmp_path / "s.zarr"
     with pytest.raises(LabelStoreError, match=re.escape(str(victim))):
         import_fkd(fkd, photo_root, str(out), layout=StoreLayout(8, 4))
-    assert not out.exists()  # the partial store is removed
+    partial = open_store(str(out))
+    assert partial.missing_chunks() == [1, 2] and partial.made_by == "import-fkd"  # image 12: chunk 1 failed
+    with pytest.raises(LabelStoreError, match="Rerun the same `fkd-dali labels import-fkd` command"):
+        partial.check_complete()
+    shutil.copy(exported / victim.relative_to(fkd), victim)  # fixed: the rerun finishes the store
+    store = import_fkd(fkd, photo_root, str(out), layout=StoreLayout(8, 4))
+    assert store.missing_chunks() == []
+    original = open_store(str(small_store)).read_images(0, 21)
+    assert all(np.array_equal(getattr(store.read_images(0, 21), f), getattr(original, f)) for f in FIELDS)
 
 
 @pytest.mark.parametrize("what", ["crops", "classes"])
@@ -99,7 +107,8 @@ def test_cli_interop(small_store, exported, photo_root, tmp_path, capsys):
     assert main(args) == 0
     assert open_store(str(store)).spec.teacher.name == "t"
     capsys.readouterr()
-    assert main(args) == 2  # the store exists already
-    assert "already exists" in capsys.readouterr().err
+    assert main(args) == 0  # the store is complete already: nothing to do
+    assert main(args[:-2] + ["--images-per-chunk", "8"]) == 2  # another layout: refused, naming it
+    assert "layout.images_per_chunk: store has 16, run asks 8" in capsys.readouterr().err
     assert main(["labels", "import-fkd", str(tmp_path / "none"), "--data", str(photo_root),
                  "--out", str(tmp_path / "t.zarr")]) == 2

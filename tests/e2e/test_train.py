@@ -18,7 +18,7 @@ import zarr
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.label_store import CHECKSUM_KEY, attrs_checksum, open_store
 from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
 from fkd_dali.train.evaluate import resolve_class_map, teacher_agreement
 from fkd_dali.train.loop import fit
@@ -222,11 +222,11 @@ def test_resume_from_another_model_or_store(photo_root, small_store, copy_store,
     meta = dict(group.attrs["fkd_dali"])
     meta["created"] = "2000-01-01T00:00:00+00:00"  # the same store regenerated later: same content
     meta["writer_version"] = "0.0.9"
-    group.attrs["fkd_dali"] = meta
+    group.attrs.update({"fkd_dali": meta, CHECKSUM_KEY: attrs_checksum(meta)})
     again = fit(cfg(photo_root, other, tmp_path / "c", max_steps=2, resume=first.checkpoint))
     assert again.steps == 2
     meta["teacher"] = {**meta["teacher"], "checkpoint_sha256": "0" * 64}  # relabelled by another teacher
-    group.attrs["fkd_dali"] = meta
+    group.attrs.update({"fkd_dali": meta, CHECKSUM_KEY: attrs_checksum(meta)})
     with pytest.raises(CheckpointError, match="another label store"):
         fit(cfg(photo_root, other, tmp_path / "c2", resume=first.checkpoint))
     with pytest.raises(CheckpointError, match="batch_size"):

@@ -194,7 +194,7 @@ def test_unknown_schema_version_refused(full_store, version):
     _set_attr(full_store.url, schema_version=version)
     with pytest.raises(StoreSchemaError) as e:
         open_store(full_store.url)
-    assert f"schema version {version}" in str(e.value)
+    assert f"schema version {version!r}" in str(e.value)
     with pytest.raises(StoreSchemaError):  # a resuming writer is refused too, without waiting
         open_or_create_store(full_store.url, make_index(), make_spec(), wait_s=0.1)
 

@@ -6,7 +6,7 @@ import pytest
 
 from fkd_dali.errors import StoreMismatchError
 from fkd_dali.labels.merge import merge_stores, merge_topk
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.label_store import CHECKSUM_KEY, attrs_checksum, open_store
 
 
 @pytest.mark.parametrize("weights, expect_i, expect_p", [
@@ -43,7 +43,7 @@ def test_merge_refuses_stores_with_other_crops(small_store, copy_store):
     g = zarr.open_group(str(other), mode="r+")
     meta = dict(g.attrs["fkd_dali"])
     meta["crop"] = {**meta["crop"], "seed": 99}
-    g.attrs["fkd_dali"] = meta
+    g.attrs.update({"fkd_dali": meta, CHECKSUM_KEY: attrs_checksum(meta)})  # a consistent store, other crops
     with pytest.raises(StoreMismatchError, match="different crops"):
         merge_stores([str(small_store), str(other)], str(other) + "-ens")
 

@@ -119,7 +119,7 @@ def test_load_weights_names_the_tensors_that_do_not_fit():
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"", "cannot read checkpoint"),
+    (b"", "is empty \\(0 bytes\\)"),
     (b"not a zip", "cannot read checkpoint"),
 ])
 def test_unreadable_checkpoints_are_checkpoint_errors(tmp_path, content, match):

@@ -46,15 +46,16 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
         The number of files written (one per image).
 
     Raises:
-        LabelStoreError: the store is missing or incomplete.
+        LabelStoreError: the store is missing, incomplete or damaged (`StoreDamageError`).
     """
     store = open_store(url)
     store.check_complete()
+    store.check_chunk_files()
     index = store.load_index()
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
-        labels = store.read_images(start, stop)
+        labels = store.read_images(start, stop, check=True)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
         for row, rel in enumerate(index.paths[start:stop]):
             write_fkd_file(fkd_file_path(out_dir, rel), coords[row], labels.flips[row], labels.index[row],

@@ -90,9 +90,11 @@ def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | No
 def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
                 reference: LabelStore | None) -> tuple[np.ndarray, np.ndarray]:
     """Encoded (uint16) boxes and flips of images [start, stop), all slots."""
-    if reference is not None:
-        ref = reference.read_images(start, stop)
-        return ref.boxes, ref.flips
+    if reference is not None:  # only its crops are needed: damaged labels there do not matter
+        sel = (slice(start, stop), slice(None))
+        boxes, flips = reference.read("crops/box", sel), reference.read("crops/flip", sel)
+        reference.check_written({"crops/box": boxes}, start, range(reference.crops_per_image))
+        return boxes, flips
     slots = np.arange(store.crops_per_image)
     boxes, flips = sample_crops(index.sizes[start:stop], np.arange(start, stop), slots, store.spec.crop)
     return encode_boxes(boxes, index.sizes[start:stop]), flips
@@ -178,6 +180,7 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     except StoreMismatchError as e:
         raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
     reference.check_complete()
+    reference.check_chunk_files(("crops/box", "crops/flip"))  # only its crops are used
     return index
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.defaults import SHOW_MAX_CROPS
-from fkd_dali.errors import DatasetIndexError, StoreMismatchError
+from fkd_dali.errors import DatasetIndexError, StoreDamageError, StoreMismatchError
 from fkd_dali.store.label_store import CropLabels, LabelStore, index_for_store, open_store
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
@@ -124,6 +124,7 @@ class VerifyReport:
     crops_checked: int = 0
     dataset_checked: bool = False
     problems: list[Problem] = field(default_factory=list)
+    damaged_chunks: list[int] = field(default_factory=list)  # done image chunks with any problem
 
     @property
     def ok(self) -> bool:
@@ -147,6 +148,9 @@ class _Problems:
     def __init__(self) -> None:
         self.by_kind: dict[str, Problem] = {}
 
+    def total(self) -> int:
+        return sum(p.count for p in self.by_kind.values())
+
     def add(self, kind: str, description: str, examples: list[tuple[str, int]], count: int) -> None:
         if count == 0:
             return
@@ -162,7 +166,10 @@ def verify_store(url: str, data: str | None = None) -> VerifyReport:
     probabilities finite, in [0, 1], non-increasing along K and summing to at most
     1 + `PROB_SUM_TOLERANCE`; class ids in [0, num_classes) and distinct within a
     crop; boxes non-empty and inside the image (decoded with `images/size`). A chunk
-    that cannot be read (e.g. a crc32c mismatch) is reported as `unreadable`.
+    that cannot be read (e.g. a crc32c mismatch) is reported as `unreadable`, a chunk
+    file of a done chunk that is not in the store as `chunk_file_missing`
+    (`LabelStore.missing_chunk_files`). The image chunks with any of these problems
+    are `report.damaged_chunks`: what `labels repair` recomputes.
 
     Args:
         url: the store.
@@ -188,20 +195,30 @@ def verify_store(url: str, data: str | None = None) -> VerifyReport:
             index_for_store(store, data)  # names the first differing file, reads no image header
         except StoreMismatchError as e:
             found.add("dataset", str(e), [], 1)
+    damaged = set()
+    for name, chunk in store.missing_chunk_files():
+        found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
+                                        "lost: it reads back as fill values)", [(name, -1)], 1)
+        damaged.add(chunk)
     skip = set(missing)
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
             labels = store.read_images(start, stop)
-        except Exception as e:  # codec / checksum / missing-file errors of any kind
-            found.add("unreadable", f"chunk data cannot be read ({type(e).__name__}: {e})",
-                      [(f"images {start}-{stop - 1}", -1)], 1)
+        except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
+            found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
+                                    "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
+            damaged.add(chunk)
             continue
+        before = found.total()
         _check_values(labels, index.paths[start:stop], index.sizes[start:stop],
                       store.spec.label.num_classes, found)
+        if found.total() > before:
+            damaged.add(chunk)
         report.chunks_checked += 1
         report.crops_checked += labels.flips.size
     report.problems = list(found.by_kind.values())
+    report.damaged_chunks = sorted(damaged)
     return report
 
 
@@ -237,7 +254,7 @@ def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_c
 # -- show ---------------------------------------------------------------------
 def resolve_image(store: LabelStore, image: int | str) -> int:
     """An image index from an index or a dataset-relative path (a string of digits is an index)."""
-    paths = [str(p) for p in store.group["images/path"][:]]
+    paths = [str(p) for p in store.read("images/path")]
     if isinstance(image, str):
         rel = image.replace(os.sep, "/")
         if rel in paths:
@@ -305,7 +322,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    labels = store.read_images(i, i + 1)
+    labels = store.read_images(i, i + 1, check=True)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
     name = class_namer(store.spec.label.num_classes, store.class_names)

@@ -26,14 +26,16 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
 
     Raises:
         StoreMismatchError, LabelStoreError, CropPlanError, ConfigError: the store was
-            made for another folder, is incomplete, holds fewer than m crops per image,
-            or lacks what `--recovery` needs.
+            made for another folder, is incomplete or damaged (`StoreDamageError`: chunk
+            files missing), holds fewer than m crops per image, or lacks what `--recovery`
+            needs.
     """
     if cfg.vanilla:
         return build_index(cfg.data), None
     store = open_store(cfg.labels)
     index = index_for_store(store, cfg.data)
     store.check_complete()
+    store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
     pass_slots(0, cfg.num_crops, store.crops_per_image)  # --num-crops <= M, with an explanation
     check_recovery(cfg.recovery, cfg.recovery_k, stored_k=store.spec.label.k, smoothing=cfg.smoothing)
     if cfg.recovery == "full" and store.spec.label.kind != "full":

@@ -62,5 +62,9 @@ class PipelineError(FkdError):
     """A DALI pipeline failed for a reason the user can fix."""
 
 
+class NonFiniteLossError(FkdError):
+    """Training stopped at a NaN or infinite loss; the checkpoints written before it are kept."""
+
+
 class CheckpointError(FkdError):
     """A training checkpoint does not fit the run that tries to resume from it."""

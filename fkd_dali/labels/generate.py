@@ -184,12 +184,13 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     return index
 
 
-def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
+def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None) -> LabelGenSummary:
     """Run (or resume) label generation for this process's share of the chunks.
 
     With `cfg.reference` the images, their sizes and the skipped files are the
     reference store's (the folder is only checked against it), so `skip_corrupt` has no
-    effect there.
+    effect there. `index` replaces indexing `cfg.data` (`labels repair` passes the
+    store's own, checked against the folder without reading image headers).
     """
     from fkd_dali.loaders.feed import BatchSource, CropIterator
     from fkd_dali.pipelines.crops import make_crop_pipeline
@@ -198,10 +199,10 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     shard, n_shards = parse_shard(cfg.shard, env)
     device = pick_device(cfg.device, env.local_rank)
     reference = open_store(cfg.reference) if cfg.reference else None
-    if reference is None:
-        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
-    else:
+    if reference is not None:
         index = _reference_index(reference, cfg)
+    elif index is None:
+        index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     spec = build_spec(cfg, teacher, reference)
     store = open_or_create_store(cfg.out, index, spec)

@@ -286,6 +286,23 @@ class LabelStore:
                 f"writing images {start}-{stop - 1} to {self.url} failed ({e}); the store is still valid: "
                 "fix the cause (free disk space?) and rerun the same command to resume") from e
 
+    def clear_chunk(self, chunk: int) -> None:
+        """Make image chunk `chunk` unwritten again (for `labels repair`): done flag first, then its files.
+
+        Clearing the flag first means a crash in between leaves a chunk that a rerun of
+        generation simply redoes; deleting the files of every crop array (all slot chunks)
+        means the rewrite never reads a damaged file back.
+        """
+        from zarr.core.sync import sync
+
+        self.array("progress/done")[chunk] = False
+        for key in _CROP_KEYS:
+            if key == "labels/full" and self.spec.label.kind != "full":
+                continue
+            arr = self.array(key)
+            for name in _chunk_files(key, arr, chunk):
+                sync(arr.store_path.store.delete(_store_key(self.group, name)))
+
     # -- reading ------------------------------------------------------------
     def read_images(self, start: int, stop: int, with_full: bool = False, check: bool = False) -> CropLabels:
         """All slots of images [start, stop) (for tools and interop, not the training hot path).
@@ -351,7 +368,8 @@ class LabelStore:
                                     "retry, and if it persists run `fkd-dali labels verify`", key, None, (lo, lo))
         coords, cause = chunk
         rows = arr.chunks[0]
-        images = (coords[0] * rows, min((coords[0] + 1) * rows, arr.shape[0]))
+        images = (self.chunk_range(coords[0]) if key == "progress/done"  # one flag per image chunk
+                  else (coords[0] * rows, min((coords[0] + 1) * rows, arr.shape[0])))
         name = f"{key}/{arr.metadata.encode_chunk_key(coords)}"
         what = _describe_chunk(key, arr, coords, images)
         reason = ("checksum mismatch: the file is damaged" if "checksum" in str(cause).lower()
@@ -402,14 +420,13 @@ class LabelStore:
         done = np.flatnonzero(self.done()).tolist()
         missing = []
         for key in keys:
-            if key not in self.group:
+            if key == "labels/full" and self.spec.label.kind != "full":
                 continue
             arr = self.array(key)
             present = self._listed_keys(key)
             for c in done:
-                for rest in itertools.product(*(range(-(-n // k)) for n, k in zip(arr.shape[1:], arr.chunks[1:]))):
-                    name = f"{key}/{arr.metadata.encode_chunk_key((c, *rest))}"
-                    if name not in present and (key != "crops/flip" or self._flips_never_all_false(arr, c, rest[0])):
+                for j, name in enumerate(_chunk_files(key, arr, c)):
+                    if name not in present and (key != "crops/flip" or self._flips_never_all_false(arr, c, j)):
                         missing.append((name, c))
         return missing
 
@@ -532,6 +549,16 @@ def _sel_bounds(arr: zarr.Array, sel: Any) -> list[tuple[int, int]]:
     return bounds
 
 
+def _chunk_files(key: str, arr: zarr.Array, chunk: int) -> list[str]:
+    """Names (relative to the group) of array `key`'s files for image chunk `chunk`, one per slot chunk."""
+    rest = itertools.product(*(range(-(-n // k)) for n, k in zip(arr.shape[1:], arr.chunks[1:])))
+    return [f"{key}/{arr.metadata.encode_chunk_key((chunk, *r))}" for r in rest]
+
+
+def _store_key(group: zarr.Group, name: str) -> str:
+    return f"{group.path}/{name}" if group.path else name
+
+
 def _failing_chunk(arr: zarr.Array, sel: Any) -> tuple[tuple[int, ...], Exception] | None:
     """The first chunk of `sel` that cannot be read alone, with its error (None if all read)."""
     ranges = [range(a // c, (b - 1) // c + 1) if b > a else range(0)
@@ -547,7 +574,7 @@ def _failing_chunk(arr: zarr.Array, sel: Any) -> tuple[tuple[int, ...], Exceptio
 
 def _describe_chunk(key: str, arr: zarr.Array, coords: tuple[int, ...], images: tuple[int, int]) -> str:
     if key == "progress/done":
-        return f"done flags of image chunks {images[0]}-{images[1] - 1}"
+        return f"the done flag of images {images[0]}-{images[1] - 1}"
     what = f"images {images[0]}-{images[1] - 1}"
     if key in _CROP_KEYS:
         spc = arr.chunks[1]

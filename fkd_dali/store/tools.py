@@ -138,8 +138,11 @@ class VerifyReport:
                 f"{self.crops_checked} crops" + (", dataset fingerprint" if self.dataset_checked else ""))
         if self.ok:
             return head + ": no problems found"
-        return "\n".join([head + f": {len(self.problems)} kind(s) of problem"]
-                         + [f"  - {p.line()}" for p in self.problems])
+        lines = [head + f": {len(self.problems)} kind(s) of problem"] + [f"  - {p.line()}" for p in self.problems]
+        if self.damaged_chunks:
+            lines.append(f"  {len(self.damaged_chunks)} damaged chunk(s) {self.damaged_chunks}: "
+                         f"`fkd-dali labels repair {self.url} --data DIR` recomputes them")
+        return "\n".join(lines)
 
 
 class _Problems:

@@ -184,13 +184,15 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     return index
 
 
-def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None) -> LabelGenSummary:
+def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
+                    teacher: Teacher | None = None) -> LabelGenSummary:
     """Run (or resume) label generation for this process's share of the chunks.
 
     With `cfg.reference` the images, their sizes and the skipped files are the
     reference store's (the folder is only checked against it), so `skip_corrupt` has no
-    effect there. `index` replaces indexing `cfg.data` (`labels repair` passes the
-    store's own, checked against the folder without reading image headers).
+    effect there. `index` replaces indexing `cfg.data` and `teacher` loading `cfg.teacher`
+    (`labels repair` passes the store's own index, checked against the folder without
+    reading image headers, and the teacher it checked against the store).
     """
     from fkd_dali.loaders.feed import BatchSource, CropIterator
     from fkd_dali.pipelines.crops import make_crop_pipeline
@@ -203,7 +205,8 @@ def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None) -> L
         index = _reference_index(reference, cfg)
     elif index is None:
         index = build_index(cfg.data, skip_corrupt=cfg.skip_corrupt, progress=cfg.progress)
-    teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
+    if teacher is None:
+        teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     spec = build_spec(cfg, teacher, reference)
     store = open_or_create_store(cfg.out, index, spec)
     todo = [c for c in store.missing_chunks() if c % n_shards == shard]

@@ -20,8 +20,9 @@ from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
 from fkd_dali.interop.fkd_store import IMPORT_ATTR_KEY
-from fkd_dali.labels.generate import LabelGenSummary, chunk_boxes, generate_labels
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
+from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
+from fkd_dali.labels.teacher import load_teacher
+from fkd_dali.store.label_store import LabelStore, check_same_spec, index_for_store, open_store
 from fkd_dali.store.tools import verify_store
 
 _MAX_FLAG_RESETS = 1000  # unreadable done flags cleared one by one before giving up
@@ -85,7 +86,8 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
             from FKD files or merged from other stores (its labels cannot be recomputed
             from a teacher).
         StoreMismatchError: `opts.data` is not the store's dataset, or the teacher
-            checkpoint differs from the one recorded.
+            checkpoint differs from the one recorded (checked before anything changes).
+        TeacherError: no weights for a plain timm teacher (`opts.checkpoint`).
         ConfigError: the stored crops are not the ones the seed draws and no (or another)
             `--reference` was given.
     """
@@ -98,10 +100,13 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
         return RepairSummary([], [], None)
     index = index_for_store(store, opts.data)
     cfg = repair_config(store, opts)
-    _check_crops_reproducible(store, index, damaged, cfg.reference)
+    reference = open_store(cfg.reference) if cfg.reference else None
+    teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
+    check_same_spec(store, build_spec(cfg, teacher, reference))  # the same teacher weights, before any change
+    _check_crops_reproducible(store, index, damaged, reference)
     for chunk in damaged:
         store.clear_chunk(chunk)
-    generation = generate_labels(cfg, index=None if cfg.reference else index)
+    generation = generate_labels(cfg, index=None if reference else index, teacher=teacher)
     return RepairSummary(damaged, unfinished, generation)
 
 
@@ -128,7 +133,7 @@ def _reset_unreadable_flags(store: LabelStore) -> None:
 
 
 def _check_crops_reproducible(store: LabelStore, index: DatasetIndex, damaged: list[int],
-                              reference: str | None) -> None:
+                              reference: LabelStore | None) -> None:
     """Refuse before clearing anything if regenerated crops would differ from the stored ones.
 
     Compares one intact chunk's stored boxes and flips with what generation would draw
@@ -140,11 +145,10 @@ def _check_crops_reproducible(store: LabelStore, index: DatasetIndex, damaged: l
     if not intact:
         return  # nothing left to compare with: the recorded crop distribution is all there is
     start, stop = store.chunk_range(intact[0])
-    ref = open_store(reference) if reference else None
-    boxes, flips = chunk_boxes(store, index, start, stop, ref)
+    boxes, flips = chunk_boxes(store, index, start, stop, reference)
     sel = (slice(start, stop), slice(None))
     if (boxes != store.read("crops/box", sel)).any() or (flips != store.read("crops/flip", sel)).any():
-        source = f"the --reference store {reference}" if reference else f"crop seed {store.spec.crop.seed}"
+        source = f"the --reference store {reference.url}" if reference else f"crop seed {store.spec.crop.seed}"
         raise ConfigError(
             f"the boxes stored for images {start}-{stop - 1} of {store.url} are not the ones {source} gives: "
             + ("pass the --reference store the labels were generated with" if not reference

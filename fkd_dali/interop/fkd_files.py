@@ -135,7 +135,7 @@ def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:
 def _load_failure(error: Exception) -> str:
     """Why `torch.load` refused a label file, in one line (torch's own message spans many)."""
     text = str(error)
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
+    refused = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
     if refused:
         return (f"holds a pickled {refused.group(1)}, which is not a numeric array: refused without unpickling it "
                 "(FKD label files hold only numpy arrays or tensors of float16/32/64 and bool); regenerate the file")

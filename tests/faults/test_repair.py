@@ -55,18 +55,21 @@ def test_repair_of_an_undamaged_store_does_nothing(clean_store, store_copy, phot
     assert_same_store(store, clean_store)
 
 
-def test_repair_needs_the_teacher_weights_the_store_records(clean_store, store_copy, photo_root, tmp_path):
+def test_repair_needs_the_teacher_weights_the_store_records(clean_store, store_copy, photo_root, tmp_path,
+                                                            capsys):
+    from fkd_dali.cli import main
+
     store = store_copy(clean_store)
     chunk_file(store, "labels/prob", chunk=1).unlink()
-    proc = run_cli(["labels", "repair", str(store), "--data", str(photo_root), "--no-progress"])
-    assert_user_error(proc, "resnet10t", "--checkpoint")  # a plain timm teacher: the weights are not shipped
-    torch.manual_seed(1)
+    code = main(["labels", "repair", str(store), "--data", str(photo_root), "--no-progress"])
+    assert_user_error((code, capsys.readouterr().err), "resnet10t", "--checkpoint")  # plain timm: not shipped
     import timm
 
+    torch.manual_seed(1)
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), other)
-    proc = run_cli(repair_args(store, photo_root, other))
-    assert_user_error(proc, "checkpoint_sha256")
+    code = main(repair_args(store, photo_root, other))
+    assert_user_error((code, capsys.readouterr().err), "checkpoint_sha256")
     assert verify_store(str(store)).damaged_chunks == [1]  # refused before anything was cleared
 
 

@@ -2,17 +2,21 @@
 
 The suite plays a careless or hostile user: processes killed at random moments, stores
 damaged on disk, full disks, foreign files. Generation here uses a random resnet10t
-teacher (saved once) at 64 pixels on the 21 real photos of `photo_root`, so each run is
-dominated by start-up; what is under test (resume, refusal, repair) does not depend on
-the teacher being good.
+teacher (saved once) at 64 pixels on the 21 real photos of `photo_root`; what is under
+test (resume, refusal, repair) does not depend on the teacher being good. Processes that
+are killed run as subprocesses; everything else runs in-process through the CLI's `main`
+with one torch thread (bit-identical to a one-thread subprocess, and it saves the ~10 s
+start-up of torch + timm + DALI per command on 2 shared cores).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -34,16 +38,38 @@ def spawn(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    """Wait for a subprocess that must succeed; returns its stdout."""
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{err[-3000:]}"
-    return out
-
-
 def run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fkd_dali", *args], cwd=REPO, env=cli_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_main(args: list, capsys) -> tuple[int, str, str]:
+    """`fkd-dali ARGS` in this process with one torch thread: (exit code, stdout, stderr)."""
+    from fkd_dali.cli import main
+
+    with single_torch_thread():
+        code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def finish_main(args: list, capsys) -> str:
+    """`run_main` of a command that must succeed; returns its stdout."""
+    code, out, err = run_main(args, capsys)
+    assert code == 0, f"exit {code}\n{err[-3000:]}"
+    return out
 
 
 def assert_user_error(proc: subprocess.CompletedProcess | tuple[int, str], *words: str) -> str:
@@ -117,7 +143,10 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def clean_store(photo_root, teacher_ckpt, tmp_path_factory) -> Path:
-    """The uninterrupted store every fault run is compared with (made by the CLI, as the others)."""
+    """The uninterrupted store every fault run is compared with (one process, one torch thread)."""
+    from fkd_dali.cli import main
+
     out = tmp_path_factory.mktemp("clean") / "clean.zarr"
-    finish(spawn(gen_args(photo_root, out, teacher_ckpt)))
+    with single_torch_thread():
+        assert main([str(a) for a in gen_args(photo_root, out, teacher_ckpt)]) == 0
     return out

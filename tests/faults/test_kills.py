@@ -22,7 +22,15 @@ import pytest
 from fkd_dali.store.label_store import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 
-from .conftest import assert_same_store, assert_user_error, done_flags, finish, gen_args, run_cli, spawn
+from .conftest import (
+    assert_same_store,
+    assert_user_error,
+    done_flags,
+    finish_main,
+    gen_args,
+    run_main,
+    spawn,
+)
 
 N_CHUNKS = 5  # of `gen_args` stores: 21 images, 5 per chunk
 POLL_S = 0.0005
@@ -63,7 +71,7 @@ def assert_valid_after_kill(out: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_generate_killed_at_a_random_moment_resumes_bit_exact(photo_root, teacher_ckpt, clean_store, tmp_path,
-                                                              seed):
+                                                              capsys, seed):
     """Killed 0-1.5 s after the store exists: during a chunk, between chunks, or while it exits."""
     out = tmp_path / "killed.zarr"
     proc = spawn(gen_args(photo_root, out, teacher_ckpt))
@@ -71,18 +79,18 @@ def test_generate_killed_at_a_random_moment_resumes_bit_exact(photo_root, teache
     time.sleep(random.Random(seed).uniform(0.0, 1.5))
     kill(proc)
     assert_valid_after_kill(out)
-    finish(spawn(gen_args(photo_root, out, teacher_ckpt)))
+    finish_main(gen_args(photo_root, out, teacher_ckpt), capsys)
     assert_same_store(out, clean_store)
 
 
 @pytest.mark.slow
-def test_generate_killed_during_its_last_chunk(photo_root, teacher_ckpt, clean_store, tmp_path):
+def test_generate_killed_during_its_last_chunk(photo_root, teacher_ckpt, clean_store, tmp_path, capsys):
     out = tmp_path / "killed.zarr"
     proc = spawn(gen_args(photo_root, out, teacher_ckpt))
     wait_for(proc, lambda: len(done_flags(out)) >= N_CHUNKS - 1, "all but the last chunk were done")
     kill(proc)
     assert_valid_after_kill(out)
-    text = finish(spawn(gen_args(photo_root, out, teacher_ckpt)))
+    text = finish_main(gen_args(photo_root, out, teacher_ckpt), capsys)
     assert json.loads(text)["chunks_written"] in (0, 1)
     assert_same_store(out, clean_store)
 
@@ -90,12 +98,12 @@ def test_generate_killed_during_its_last_chunk(photo_root, teacher_ckpt, clean_s
 @pytest.mark.xfail(reason="a store killed while its arrays are created has no attributes yet; resuming it "
                           "(instead of waiting for another writer, then failing) is issue 15's half-created-store "
                           "handling in create_store/open_or_create_store", run=False)
-def test_generate_killed_during_store_creation(photo_root, teacher_ckpt, clean_store, tmp_path):
+def test_generate_killed_during_store_creation(photo_root, teacher_ckpt, clean_store, tmp_path, capsys):
     out = tmp_path / "killed.zarr"
     proc = spawn(gen_args(photo_root, out, teacher_ckpt))
     wait_for(proc, lambda: (out / "crops").is_dir(), "store creation began")
     kill(proc)
-    finish(spawn(gen_args(photo_root, out, teacher_ckpt)), timeout=60)
+    finish_main(gen_args(photo_root, out, teacher_ckpt), capsys)
     assert_same_store(out, clean_store)
 
 
@@ -114,8 +122,11 @@ def test_two_unsharded_writers_on_one_store(photo_root, teacher_ckpt, clean_stor
 
 
 @pytest.mark.slow
-def test_full_disk_during_generation_then_resume(photo_root, teacher_ckpt, clean_store, tmp_path):
-    """A 120 KiB tmpfs holds the created store and about two chunks (each file takes a 4 KiB page)."""
+def test_full_disk_during_generation_then_resume(photo_root, teacher_ckpt, clean_store, tmp_path, capsys):
+    """A 120 KiB tmpfs holds the created store and about two chunks (each file takes a 4 KiB page).
+
+    Runs in-process: what is under test is the error and the resume, not a kill.
+    """
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(disk)], capture_output=True,
@@ -124,12 +135,12 @@ def test_full_disk_during_generation_then_resume(photo_root, teacher_ckpt, clean
         pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
         out = disk / "store.zarr"
-        proc = run_cli(gen_args(photo_root, out, teacher_ckpt))
-        assert_user_error(proc, str(out), "No space left on device", "the store is still valid", "rerun")
+        code, _, err = run_main(gen_args(photo_root, out, teacher_ckpt), capsys)
+        assert_user_error((code, err), str(out), "No space left on device", "the store is still valid", "rerun")
         assert 1 <= len(done_flags(out)) < N_CHUNKS
         assert_valid_after_kill(out)
         subprocess.run(["mount", "-o", "remount,size=2m", str(disk)], check=True)
-        finish(spawn(gen_args(photo_root, out, teacher_ckpt)))
+        finish_main(gen_args(photo_root, out, teacher_ckpt), capsys)
         assert_same_store(out, clean_store)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
@@ -137,11 +148,11 @@ def test_full_disk_during_generation_then_resume(photo_root, teacher_ckpt, clean
 
 # -- training ----------------------------------------------------------------------------------
 
-def train_args(photo_root, store, out, *extra: str) -> list[str]:
+def train_args(photo_root, store, out, *extra) -> list[str]:
     """10 steps per pass (21 images, 2 per step); a checkpoint at every pass end."""
     return ["train", "--data", str(photo_root), "--labels", str(store), "--arch", "resnet10t", "--epochs", "400",
             "-m", "4", "-b", "8", "--image-size", "32", "--opt", "adamw", "--lr", "0.001", "-j", "1",
-            "--log-interval", "1", "--no-progress", "--output", str(out), *extra]
+            "--log-interval", "1", "--no-progress", "--output", str(out), *map(str, extra)]
 
 
 def steps_logged(out: Path) -> list[dict]:
@@ -150,29 +161,29 @@ def steps_logged(out: Path) -> list[dict]:
     return [r for r in (json.loads(x) for x in lines if x.strip()) if r.get("kind") == "step"]
 
 
-def resume_and_finish(photo_root, store, out: Path, steps: int) -> None:
+def resume_and_finish(photo_root, store, out: Path, steps: int, capsys) -> None:
     """Resume from out/last.pth for `steps` more steps; the run completes and its checkpoint loads."""
     ckpt = load_checkpoint(str(out / "last.pth"))
     target = ckpt["global_step"] + steps
-    proc = run_cli(train_args(photo_root, store, out, "--resume", str(out / "last.pth"), "--max-steps", str(target)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == target
+    text = finish_main(train_args(photo_root, store, out, "--resume", out / "last.pth", "--max-steps", target),
+                       capsys)
+    assert json.loads(text.strip().splitlines()[-1])["steps"] == target
     assert load_checkpoint(str(out / "last.pth"))["global_step"] == target
 
 
 @pytest.mark.slow
-def test_train_killed_mid_pass_resumes(photo_root, clean_store, tmp_path):
+def test_train_killed_mid_pass_resumes(photo_root, clean_store, tmp_path, capsys):
     out = tmp_path / "run"
     proc = spawn(train_args(photo_root, clean_store, out))
     wait_for(proc, lambda: any(r["pass"] == 1 and r["step"] >= 3 for r in steps_logged(out)), "pass 1 was underway")
     kill(proc)
     ckpt = load_checkpoint(str(out / "last.pth"))
     assert (ckpt["pass"], ckpt["step"], ckpt["global_step"]) == (1, 0, 10)  # the end of pass 0
-    resume_and_finish(photo_root, clean_store, out, 3)
+    resume_and_finish(photo_root, clean_store, out, 3, capsys)
 
 
 @pytest.mark.slow
-def test_train_killed_while_writing_a_checkpoint(photo_root, clean_store, tmp_path):
+def test_train_killed_while_writing_a_checkpoint(photo_root, clean_store, tmp_path, capsys):
     out = tmp_path / "run"
     proc = spawn(train_args(photo_root, clean_store, out))
     wait_for(proc, lambda: (out / "last.pth").is_file(), "the first checkpoint was written")
@@ -181,7 +192,7 @@ def test_train_killed_while_writing_a_checkpoint(photo_root, clean_store, tmp_pa
     assert list(out.glob(".last.pth.tmp*.partial")), "the kill did not land inside the write"
     ckpt = load_checkpoint(str(out / "last.pth"))  # the previous checkpoint, whole
     assert ckpt["step"] == 0 and ckpt["global_step"] == 10 * ckpt["pass"] >= 10
-    resume_and_finish(photo_root, clean_store, out, 2)
+    resume_and_finish(photo_root, clean_store, out, 2, capsys)
 
 
 # -- merge and import ---------------------------------------------------------------------------
@@ -218,21 +229,21 @@ def merge_inputs(tmp_path_factory) -> list[str]:
     return urls
 
 
-def test_merge_killed_midway_then_rerun(merge_inputs, tmp_path):
+def test_merge_killed_midway_then_rerun(merge_inputs, tmp_path, capsys):
     want = tmp_path / "want.zarr"
-    finish(spawn(["labels", "merge", *merge_inputs, "--out", str(want)]))
+    finish_main(["labels", "merge", *merge_inputs, "--out", want], capsys)
     out = tmp_path / "merged.zarr"
     proc = spawn(["labels", "merge", *merge_inputs, "--out", str(out)])
     wait_for(proc, lambda: len(done_flags(out)) >= 1, "the first merged chunk was done")
     kill(proc)
     assert_valid_after_kill(out)
-    finish(spawn(["labels", "merge", *merge_inputs, "--out", str(out)]))
+    finish_main(["labels", "merge", *merge_inputs, "--out", out], capsys)
     assert_same_store(out, want)
 
 
 @pytest.mark.xfail(reason="import-fkd creates its store with mode 'w-': a killed import leaves a store that a "
                           "rerun refuses as existing; making it resumable is issue 15's", strict=False)
-def test_import_fkd_killed_midway_then_rerun(clean_store, photo_root, tmp_path):
+def test_import_fkd_killed_midway_then_rerun(clean_store, photo_root, tmp_path, capsys):
     from fkd_dali.interop.fkd_store import export_fkd, import_fkd
     from fkd_dali.store.label_store import StoreLayout
 
@@ -244,5 +255,5 @@ def test_import_fkd_killed_midway_then_rerun(clean_store, photo_root, tmp_path):
     proc = spawn([*args, "--out", str(out)])
     wait_for(proc, lambda: len(done_flags(out)) >= 1, "the first imported chunk was done")
     kill(proc)
-    finish(spawn([*args, "--out", str(out)]))
+    finish_main([*args, "--out", out], capsys)
     assert_same_store(out, want)

@@ -15,7 +15,7 @@ from fkd_dali.labels.repair import RepairOptions, repair_store
 from fkd_dali.store.label_store import open_store
 from fkd_dali.store.tools import verify_store
 
-from .conftest import assert_same_store, assert_user_error, gen_args, run_cli
+from .conftest import assert_same_store, assert_user_error, finish_main, gen_args, run_main
 from .test_store_damage import chunk_file, flip_byte, truncate
 
 
@@ -25,7 +25,7 @@ def repair_args(store, photo_root, teacher_ckpt, *extra) -> list[str]:
             "--batch-size", "16", "--crops-per-round", "8", "--threads", "1", "--no-progress", *extra]
 
 
-def test_repair_restores_the_original_store_bit_for_bit(clean_store, store_copy, photo_root, teacher_ckpt):
+def test_repair_restores_the_original_store_bit_for_bit(clean_store, store_copy, photo_root, teacher_ckpt, capsys):
     store = store_copy(clean_store)
     chunk_file(store, "labels/prob", chunk=0).unlink()  # deleted: reads back as NaN
     flip_byte(chunk_file(store, "labels/index", chunk=2))  # crc32c mismatch
@@ -34,9 +34,7 @@ def test_repair_restores_the_original_store_bit_for_bit(clean_store, store_copy,
     before = {c: chunk_file(store, "labels/prob", c).stat().st_mtime_ns for c in (1, 3)}
     assert verify_store(str(clean_store)).ok
 
-    proc = run_cli(repair_args(store, photo_root, teacher_ckpt))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(finish_main(repair_args(store, photo_root, teacher_ckpt), capsys).strip().splitlines()[-1])
     assert summary["damaged_chunks"] == [0, 2, 3]
     assert summary["chunks_written"] == 4 and summary["chunks_skipped"] == 1  # 0, 2, 3 and the unflagged 4
     assert_same_store(store, clean_store)
@@ -68,7 +66,7 @@ def test_repair_needs_the_teacher_weights_the_store_records(clean_store, store_c
     torch.manual_seed(1)
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), other)
-    code = main(repair_args(store, photo_root, other))
+    code = main([str(a) for a in repair_args(store, photo_root, other)])
     assert_user_error((code, capsys.readouterr().err), "checkpoint_sha256")
     assert verify_store(str(store)).damaged_chunks == [1]  # refused before anything was cleared
 
@@ -100,7 +98,7 @@ def test_repair_refuses_stores_it_cannot_recompute(imported_store, photo_root):
 
 @pytest.mark.slow
 def test_repair_of_a_relabelled_store_needs_its_reference(clean_store, store_copy, photo_root, teacher_ckpt,
-                                                          tmp_path):
+                                                          tmp_path, capsys):
     """Crops that are not the seed's (here: FKD files with other boxes) are caught before anything is cleared."""
     from fkd_dali.interop.fkd_files import fkd_file_path, read_fkd_file, write_fkd_file
     from fkd_dali.interop.fkd_store import export_fkd, import_fkd
@@ -115,15 +113,14 @@ def test_repair_of_a_relabelled_store_needs_its_reference(clean_store, store_cop
     imported = str(tmp_path / "imported.zarr")
     import_fkd(tmp_path / "fkd", photo_root, imported, layout=None)
     relabel = tmp_path / "relabel.zarr"
-    proc = run_cli(gen_args(photo_root, relabel, teacher_ckpt, "--reference", imported))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    finish_main(gen_args(photo_root, relabel, teacher_ckpt, "--reference", imported), capsys)
     original = store_copy(relabel)
     chunk_file(relabel, "labels/prob", chunk=1).unlink()
 
-    assert_user_error(run_cli(repair_args(relabel, photo_root, teacher_ckpt)), "--reference", "images 0-4")
+    code, _, err = run_main(repair_args(relabel, photo_root, teacher_ckpt), capsys)
+    assert_user_error((code, err), "--reference", "images 0-4")
     assert zarr.open_group(str(relabel), mode="r")["progress/done"][1]  # nothing cleared
-    proc = run_cli(repair_args(relabel, photo_root, teacher_ckpt, "--reference", imported))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    finish_main(repair_args(relabel, photo_root, teacher_ckpt, "--reference", imported), capsys)
     assert_same_store(relabel, original)
 
 

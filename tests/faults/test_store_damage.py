@@ -22,7 +22,7 @@ from fkd_dali.errors import LabelStoreError, StoreDamageError
 from fkd_dali.store.label_store import open_store
 from fkd_dali.store.tools import verify_store
 
-from .conftest import assert_user_error, gen_args, run_cli
+from .conftest import assert_user_error, gen_args, run_cli, run_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,9 +53,9 @@ def train_args(photo_root, store, out, *extra) -> list[str]:
             "--output", str(out), *extra]
 
 
-def cli(capsys, args: list[str]) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
+def cli(capsys, args: list) -> tuple[int, str]:
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 # -- train: the store is refused before (or as) a pass reads it --------------------------------

@@ -108,6 +108,7 @@ def _rank(rank: int, init_file: str, bad_rank: int, results: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stop_together_naming_the_first_bad_step(tmp_path):
     mp.spawn(_rank, args=(str(tmp_path / "init"), 1, str(tmp_path)), nprocs=2, join=True)
     outcomes = [(tmp_path / f"rank{r}").read_text() for r in range(2)]

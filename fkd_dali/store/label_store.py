@@ -17,7 +17,6 @@ after it was written) are found by `LabelStore.check_written` on the data in mem
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
 import os
 import time
@@ -35,6 +34,24 @@ from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError, StoreMismatchError, StoreSchemaError
+from fkd_dali.store.damage import (
+    CROP_KEYS,
+    FILL_WORDS,
+    RECOPY,
+    all_false_implausible,
+    chunk_files,
+    describe_chunk,
+    failing_chunk,
+    fill_masks,
+    first_line,
+    inclusive,
+    listed_files,
+    open_failure,
+    repair_hint,
+    sel_bounds,
+    store_key,
+    where,
+)
 
 SCHEMA_VERSION = 1
 ATTR_KEY = "fkd_dali"
@@ -110,6 +127,11 @@ class CropLabels:
     prob: np.ndarray  # (n, s, K) float16
     full: np.ndarray | None = None  # (n, s, C) float16, kind "full" only
 
+    def by_array(self) -> dict[str, np.ndarray | None]:
+        """The fields keyed by the store array they come from ("crops/box", ...)."""
+        return {"crops/box": self.boxes, "crops/flip": self.flips, "labels/index": self.index,
+                "labels/prob": self.prob, "labels/full": self.full}
+
 
 def _json_ready(obj: Any) -> Any:
     """Tuples -> lists recursively: zarr attributes must be plain JSON."""
@@ -167,13 +189,6 @@ def quantize_prob(prob: np.ndarray) -> np.ndarray:
     """
     p = np.asarray(prob, dtype=np.float32)
     return (np.round(p / PROB_QUANTUM) * PROB_QUANTUM).astype(np.float16)
-
-
-_RECOPY = ("copy the store again from its source, or regenerate it into a new --out "
-           "(`fkd-dali labels verify STORE` lists what is damaged)")
-_FILL_WORDS = {"crops/box": "empty boxes", "labels/index": "class id -1", "labels/prob": "NaN probabilities",
-               "labels/full": "NaN probabilities"}
-_CROP_KEYS = ("crops/box", "crops/flip", "labels/index", "labels/prob", "labels/full")
 
 
 class LabelStore:
@@ -296,12 +311,12 @@ class LabelStore:
         from zarr.core.sync import sync
 
         self.array("progress/done")[chunk] = False
-        for key in _CROP_KEYS:
+        for key in CROP_KEYS:
             if key == "labels/full" and self.spec.label.kind != "full":
                 continue
             arr = self.array(key)
-            for name in _chunk_files(key, arr, chunk):
-                sync(arr.store_path.store.delete(_store_key(self.group, name)))
+            for name in chunk_files(key, arr, chunk):
+                sync(arr.store_path.store.delete(store_key(self.group, name)))
 
     # -- reading ------------------------------------------------------------
     def read_images(self, start: int, stop: int, with_full: bool = False, check: bool = False) -> CropLabels:
@@ -340,12 +355,12 @@ class LabelStore:
         except KeyError:
             raise LabelStoreError(
                 f"store {self.url} has no array {key!r} (the folder {key} or its zarr.json is missing: a partial "
-                f"copy?); {_RECOPY}") from None
+                f"copy?); {RECOPY}") from None
         except Exception as e:  # JSONDecodeError of a truncated zarr.json, I/O errors of remote stores
             raise LabelStoreError(f"store {self.url}: the metadata of array {key!r} ({key}/zarr.json) cannot be "
-                                  f"read ({_first_line(e)}); {_RECOPY}") from e
+                                  f"read ({first_line(e)}); {RECOPY}") from e
         if not isinstance(arr, zarr.Array):
-            raise LabelStoreError(f"store {self.url}: {key!r} is a group, not an array; {_RECOPY}")
+            raise LabelStoreError(f"store {self.url}: {key!r} is a group, not an array; {RECOPY}")
         return arr
 
     def read(self, key: str, sel: Any = slice(None)) -> np.ndarray:
@@ -361,19 +376,19 @@ class LabelStore:
             raise self._read_failure(key, arr, sel, e) from e
 
     def _read_failure(self, key: str, arr: zarr.Array, sel: Any, error: Exception) -> StoreDamageError:
-        chunk, cause = _failing_chunk(arr, sel), error
+        chunk, cause = failing_chunk(arr, sel), error
         if chunk is None:  # every chunk reads alone: a transient failure (network?); name the selection
-            lo = _sel_bounds(arr, sel)[0][0]
-            return StoreDamageError(f"store {self.url}: reading array {key!r} failed ({_first_line(error)}); "
+            lo = sel_bounds(arr, sel)[0][0]
+            return StoreDamageError(f"store {self.url}: reading array {key!r} failed ({first_line(error)}); "
                                     "retry, and if it persists run `fkd-dali labels verify`", key, None, (lo, lo))
         coords, cause = chunk
         rows = arr.chunks[0]
         images = (self.chunk_range(coords[0]) if key == "progress/done"  # one flag per image chunk
                   else (coords[0] * rows, min((coords[0] + 1) * rows, arr.shape[0])))
         name = f"{key}/{arr.metadata.encode_chunk_key(coords)}"
-        what = _describe_chunk(key, arr, coords, images)
+        what = describe_chunk(key, arr, coords, images)
         reason = ("checksum mismatch: the file is damaged" if "checksum" in str(cause).lower()
-                  else _first_line(cause))
+                  else first_line(cause))
         return StoreDamageError(f"store {self.url}: chunk {name} ({what}) cannot be read ({reason}); "
                                 f"{repair_hint(self.url, key)}", key, name, images)
 
@@ -394,20 +409,20 @@ class LabelStore:
             StoreDamageError: fill values in chunks flagged done.
             LabelStoreError: fill values in chunks not written yet (the store is incomplete).
         """
-        fields = crop_fields(labels) if isinstance(labels, CropLabels) else labels
-        for key, bad in _fill_masks(fields).items():
+        fields = labels.by_array() if isinstance(labels, CropLabels) else labels
+        for key, bad in fill_masks(fields).items():
             rows, cols = np.nonzero(bad)
             images = rows + first_image
             picked = np.asarray(slots, dtype=np.int64)[cols]
             if not self.done()[np.unique(images // self.spec.layout.images_per_chunk)].all():
                 self.check_complete()  # not damage: those chunks were never written ("rerun generate")
             raise StoreDamageError(
-                f"store {self.url}: array {key!r} holds fill values ({_FILL_WORDS[key]}) at "
-                f"{self._where(images, picked)} although those chunks are flagged done: their chunk files were "
+                f"store {self.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at "
+                f"{where(self, images, picked)} although those chunks are flagged done: their chunk files were "
                 f"deleted or lost (a partial copy?); {repair_hint(self.url, key)}",
                 key, None, self.chunk_range(int(images[0]) // self.spec.layout.images_per_chunk))
 
-    def missing_chunk_files(self, keys: Sequence[str] = _CROP_KEYS) -> list[tuple[str, int]]:
+    def missing_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> list[tuple[str, int]]:
         """(chunk file, image chunk) of every chunk file of a done image chunk absent from the store.
 
         One listing per array (no chunk is read). A done chunk has a file for every slot
@@ -423,44 +438,28 @@ class LabelStore:
             if key == "labels/full" and self.spec.label.kind != "full":
                 continue
             arr = self.array(key)
-            present = self._listed_keys(key)
+            try:
+                present = listed_files(self.group, arr)
+            except Exception as e:
+                raise LabelStoreError(f"store {self.url}: cannot list the chunk files of {key!r} "
+                                      f"({first_line(e)})") from e
+            spc = arr.chunks[1]
             for c in done:
-                for j, name in enumerate(_chunk_files(key, arr, c)):
-                    if name not in present and (key != "crops/flip" or self._flips_never_all_false(arr, c, j)):
+                a, b = self.chunk_range(c)
+                for j, name in enumerate(chunk_files(key, arr, c)):
+                    crops = (b - a) * min(spc, self.crops_per_image - j * spc)
+                    may_be_absent = key == "crops/flip" and not all_false_implausible(self.spec.crop.flip_prob, crops)
+                    if name not in present and not may_be_absent:
                         missing.append((name, c))
         return missing
 
-    def _flips_never_all_false(self, arr: zarr.Array, chunk: int, slot_chunk: int) -> bool:
-        """Whether an all-False flip chunk (which zarr does not write) is implausible here (< 1e-9)."""
-        a, b = self.chunk_range(chunk)
-        spc = arr.chunks[1]
-        slots = min(spc, self.crops_per_image - slot_chunk * spc)
-        return bool((1.0 - self.spec.crop.flip_prob) ** ((b - a) * slots) < 1e-9)
-
-    def _listed_keys(self, key: str) -> set[str]:
-        from zarr.core.sync import sync
-
-        arr = self.array(key)
-        store, prefix = arr.store_path.store, arr.store_path.path
-
-        async def listing() -> set[str]:
-            return {k async for k in store.list_prefix(prefix + "/")}
-
-        try:
-            found = sync(listing())
-        except Exception as e:
-            raise LabelStoreError(f"store {self.url}: cannot list the chunk files of {key!r} "
-                                  f"({_first_line(e)})") from e
-        root = f"{self.group.path}/" if self.group.path else ""
-        return {k[len(root):] if k.startswith(root) else k for k in found}
-
-    def check_chunk_files(self, keys: Sequence[str] = _CROP_KEYS) -> None:
+    def check_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> None:
         """Raise `StoreDamageError` naming the chunk files of done chunks that are missing (see
         `missing_chunk_files`): a store that lost files is refused before a pass reads it."""
         missing = self.missing_chunk_files(keys)
         if not missing:
             return
-        named = ", ".join(f"{name} (images {'-'.join(map(str, _inclusive(self.chunk_range(c))))})"
+        named = ", ".join(f"{name} (images {'-'.join(map(str, inclusive(self.chunk_range(c))))})"
                           for name, c in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         name, chunk = missing[0]
@@ -469,117 +468,12 @@ class LabelStore:
             f"(deleted or lost after they were written: a partial copy?); {repair_hint(self.url, name)}",
             name.rsplit("/c/", 1)[0], name, self.chunk_range(chunk))
 
-    def _where(self, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:
-        """"images 8-15 slots 0-3, ..." for the distinct (image chunk, slot chunk) pairs of the crops given."""
-        ipc, spc = self.spec.layout.images_per_chunk, self.spec.layout.slots_per_chunk
-        pairs = sorted(set(zip((images // ipc).tolist(), (slots // spc).tolist())))
-        parts = []
-        for c, j in pairs[:limit]:
-            a, b = self.chunk_range(c)
-            parts.append(f"images {a}-{b - 1} slots {j * spc}-{min((j + 1) * spc, self.crops_per_image) - 1}")
-        more = f" and {len(pairs) - limit} more chunks" if len(pairs) > limit else ""
-        return ", ".join(parts) + more
-
     def nbytes_stored(self) -> int:
         """Bytes of all chunk files, as the store reports them (0 where it cannot)."""
         try:
             return int(sum(self.group[k].nbytes_stored() for k in ARRAY_KEYS if k in self.group))
         except Exception:  # remote stores may not list sizes
             return 0
-
-
-def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
-    return rng[0], rng[1] - 1
-
-
-def repair_hint(url: str, key: str) -> str:
-    """The remedy for damaged data of array `key` (crop data can be recomputed, the image list cannot)."""
-    if key.split("/c/")[0] in _CROP_KEYS + ("progress/done",):
-        return (f"run `fkd-dali labels verify {url}` to list the damage and `fkd-dali labels repair {url} --data DIR` "
-                "(the options of the original `labels generate`) to recompute those chunks, or regenerate the store")
-    return _RECOPY
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def crop_fields(labels: CropLabels) -> dict[str, np.ndarray | None]:
-    """The fields of `labels` by the key of the array they come from."""
-    return {"crops/box": labels.boxes, "crops/flip": labels.flips, "labels/index": labels.index,
-            "labels/prob": labels.prob, "labels/full": labels.full}
-
-
-def _fill_masks(fields: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-    """(n, s) masks of crops holding a field's fill value, only for fields that hold any.
-
-    The clean case costs one min/max per field; masks are built only when one fails.
-    Flips have no detectable fill (False is a real flip); uint16 boxes cannot be NaN, and
-    their fill, 0, is an empty box.
-    """
-    out: dict[str, np.ndarray] = {}
-    boxes, index = fields.get("crops/box"), fields.get("labels/index")
-    if boxes is not None and boxes.size and boxes[..., 2:].min() == 0:
-        out["crops/box"] = (boxes[..., 2:] == 0).any(-1)
-    if index is not None and index.size and index.min() < 0:
-        out["labels/index"] = (index < 0).any(-1)
-    for key in ("labels/prob", "labels/full"):
-        prob = fields.get(key)
-        if prob is None or not prob.size:
-            continue
-        magnitude = prob.view(np.uint16) & 0x7FFF  # float16 bits: exponent all ones = inf or NaN
-        if magnitude.max() >= 0x7C00:
-            out[key] = (magnitude >= 0x7C00).any(-1)
-    return out
-
-
-def _sel_bounds(arr: zarr.Array, sel: Any) -> list[tuple[int, int]]:
-    """[start, stop) per dimension of a selection made of slices and integers."""
-    sel = sel if isinstance(sel, tuple) else (sel,)
-    sel = sel + (slice(None),) * (arr.ndim - len(sel))
-    bounds = []
-    for s, n in zip(sel, arr.shape):
-        if isinstance(s, slice):
-            start, stop, _ = s.indices(n)
-        else:
-            start = int(s) % n if n else 0
-            stop = start + 1
-        bounds.append((start, max(start, stop)))
-    return bounds
-
-
-def _chunk_files(key: str, arr: zarr.Array, chunk: int) -> list[str]:
-    """Names (relative to the group) of array `key`'s files for image chunk `chunk`, one per slot chunk."""
-    rest = itertools.product(*(range(-(-n // k)) for n, k in zip(arr.shape[1:], arr.chunks[1:])))
-    return [f"{key}/{arr.metadata.encode_chunk_key((chunk, *r))}" for r in rest]
-
-
-def _store_key(group: zarr.Group, name: str) -> str:
-    return f"{group.path}/{name}" if group.path else name
-
-
-def _failing_chunk(arr: zarr.Array, sel: Any) -> tuple[tuple[int, ...], Exception] | None:
-    """The first chunk of `sel` that cannot be read alone, with its error (None if all read)."""
-    ranges = [range(a // c, (b - 1) // c + 1) if b > a else range(0)
-              for (a, b), c in zip(_sel_bounds(arr, sel), arr.chunks)]
-    for coords in itertools.product(*ranges):
-        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, arr.chunks, arr.shape))
-        try:
-            arr[region]
-        except Exception as e:
-            return coords, e
-    return None
-
-
-def _describe_chunk(key: str, arr: zarr.Array, coords: tuple[int, ...], images: tuple[int, int]) -> str:
-    if key == "progress/done":
-        return f"the done flag of images {images[0]}-{images[1] - 1}"
-    what = f"images {images[0]}-{images[1] - 1}"
-    if key in _CROP_KEYS:
-        spc = arr.chunks[1]
-        what += f", slots {coords[1] * spc}-{min((coords[1] + 1) * spc, arr.shape[1]) - 1}"
-    return what
 
 
 ARRAY_KEYS = ("images/path", "images/class", "images/size", "images/nbytes", "crops/box", "crops/flip",
@@ -673,35 +567,8 @@ def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None
     try:
         g = zarr.open_group(url, mode=mode, storage_options=storage_options)
     except Exception as e:  # zarr, JSON, fsspec and network errors alike: one line naming `url`
-        raise LabelStoreError(_open_failure(url, e)) from e
+        raise LabelStoreError(open_failure(url, e)) from e
     return LabelStore(g, url)
-
-
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(url[len("file://"):])
-    return None if "://" in url else Path(url).expanduser()
-
-
-def _open_failure(url: str, error: Exception) -> str:
-    """Why `url` cannot be opened as a store, and what to pass instead."""
-    local = _local_path(url)
-    made_by = "a store is the folder `fkd-dali labels generate --out` writes"
-    if local is not None and not local.exists():
-        return f"no soft-label store at {url}: the path does not exist"
-    if local is not None and not local.is_dir():
-        return f"{url} is a file, not a soft-label store ({made_by})"
-    if local is not None and not (local / "zarr.json").exists():
-        return f"{url} is a folder but not a soft-label store: it holds no zarr.json ({made_by})"
-    if isinstance(error, json.JSONDecodeError):
-        return (f"the metadata of store {url} (zarr.json) cannot be read ({_first_line(error)}): the file is "
-                "truncated or damaged; copy the store again from its source, or regenerate it")
-    if isinstance(error, zarr.errors.GroupNotFoundError):
-        return f"no soft-label store at {url} (no zarr.json there)"
-    if isinstance(error, ImportError):
-        return f"cannot open {url}: {_first_line(error)} (the fsspec backend for this URL is not installed)"
-    return (f"cannot open soft-label store {url} ({_first_line(error)}): check the path or URL, the network and "
-            "your access rights")
 
 
 def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = 120.0,

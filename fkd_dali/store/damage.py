@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -146,16 +147,27 @@ def all_false_implausible(flip_prob: float, crops: int) -> bool:
 
 
 def listed_files(group: zarr.Group, arr: zarr.Array) -> set[str]:
-    """Names (relative to `group`) of the files under array `arr` (one listing, nothing read)."""
+    """Names (relative to `group`) of the files under array `arr` (one listing, nothing read).
+
+    Local folders are walked with `os.walk` (about 10x faster than zarr's per-file
+    pathlib listing: ImageNet's ~20k chunk files per array in a fraction of a second);
+    other stores list through zarr.
+    """
     from zarr.core.sync import sync
+    from zarr.storage import LocalStore
 
     store, prefix = arr.store_path.store, arr.store_path.path
+    if isinstance(store, LocalStore):
+        root_dir = str(store.root)
+        found = {os.path.relpath(os.path.join(d, n), root_dir).replace(os.sep, "/")
+                 for d, _, names in os.walk(os.path.join(root_dir, prefix)) for n in names}
+    else:
+        async def listing() -> set[str]:
+            return {k async for k in store.list_prefix(prefix + "/")}
 
-    async def listing() -> set[str]:
-        return {k async for k in store.list_prefix(prefix + "/")}
-
+        found = sync(listing())
     root = f"{group.path}/" if group.path else ""
-    return {k[len(root):] if k.startswith(root) else k for k in sync(listing())}
+    return {k[len(root):] if k.startswith(root) else k for k in found}
 
 
 def where(store: LabelStore, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:

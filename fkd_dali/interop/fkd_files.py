@@ -30,14 +30,15 @@ FKD_SUFFIX = ".tar"
 _BOX_TOLERANCE = 1e-3  # float32 fractions of sides up to ~10k pixels stay well inside this
 _PROB_TOLERANCE = 1e-2  # float16-quantized probabilities may exceed 1 slightly
 
-_RECONSTRUCT = np._core.multiarray._reconstruct  # what ndarray.__reduce__ names
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # the function a pickled ndarray is rebuilt with
 #: The globals a pickled numeric numpy array refers to, and nothing else: the array
-#: class, its reconstruct function (under numpy 2's name and numpy 1's, which FKD's
-#: published files use), `numpy.dtype` and the classes of the dtypes FKD files hold
-#: (object, structured and other dtypes stay refused).
+#: class, its reconstruct function (under numpy 2's module name and numpy 1's, which
+#: FKD's published files use), `numpy.dtype` and the classes of the dtypes FKD files
+#: hold (object, structured and other dtypes stay refused).
 _NUMPY_ARRAY_GLOBALS: list = [
-    np.ndarray, _RECONSTRUCT, (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), np.dtype,
-    np.dtypes.BoolDType, np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType,
+    np.ndarray, np.dtype,
+    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"), (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    *{type(np.dtype(t)) for t in (np.bool_, np.float16, np.float32, np.float64)},
 ]
 
 

@@ -15,6 +15,7 @@ store, and the same batch options for bit-identical probabilities.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
@@ -57,7 +58,7 @@ class RepairSummary:
     unfinished_chunks: list[int]  # chunks that were never written (finished too)
     generation: LabelGenSummary | None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"damaged_chunks": self.damaged_chunks, "unfinished_chunks": self.unfinished_chunks,
                 **(self.generation.as_dict() if self.generation is not None else {"chunks_written": 0})}
 
@@ -93,7 +94,7 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     """
     store = open_store(url, mode="r+")
     _refuse_unrecomputable(store)
-    _reset_unreadable_flags(store)
+    _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
     report = verify_store(url)
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
     if not damaged and not unfinished:

@@ -35,6 +35,18 @@ class StoreSchemaError(LabelStoreError):
     """The store was written with a schema version this release does not read."""
 
 
+class StoreDamageError(LabelStoreError):
+    """Stored data cannot be trusted: an unreadable chunk (checksum, decoding) or fill values in a
+    chunk flagged done (its file was deleted or lost). `array`, `chunk` (the chunk key, or None) and
+    `images` ([start, stop) of the affected image chunk) say where; `labels repair` recomputes it."""
+
+    def __init__(self, message: str, array: str, chunk: str | None, images: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.array = array
+        self.chunk = chunk
+        self.images = images
+
+
 class StoreMismatchError(LabelStoreError):
     """The store was written for another dataset, teacher or crop plan."""
 
@@ -49,6 +61,10 @@ class TeacherError(FkdError):
 
 class PipelineError(FkdError):
     """A DALI pipeline failed for a reason the user can fix."""
+
+
+class NonFiniteLossError(FkdError):
+    """Training stopped at a NaN or infinite loss; the checkpoints written before it are kept."""
 
 
 class CheckpointError(FkdError):

@@ -1,4 +1,4 @@
-"""`fkd-dali labels ...`: generate, info, verify, show, import-fkd, export-fkd, merge.
+"""`fkd-dali labels ...`: generate, info, verify, repair, show, import-fkd, export-fkd, merge.
 
 Parsers import nothing heavy; each handler builds its config (so bad values fail at
 once) and only then imports the library code it calls.
@@ -15,7 +15,7 @@ from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_
 def add_parser(sub: argparse._SubParsersAction) -> None:
     labels = sub.add_parser("labels", help="create and inspect soft-label stores")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
-    for add in (_add_generate, _add_info, _add_verify, _add_show, _add_import, _add_export, _add_merge):
+    for add in (_add_generate, _add_info, _add_verify, _add_repair, _add_show, _add_import, _add_export, _add_merge):
         add(lsub)
 
 
@@ -99,6 +99,44 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify_store(args.store, args.data)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _add_repair(lsub: argparse._SubParsersAction) -> None:
+    d = defaults_of(LabelGenConfig)
+    p = lsub.add_parser(
+        "repair", help="recompute the chunks `verify` finds damaged or missing (bit-identical to an undamaged store)",
+        description="Find the chunks `labels verify` reports as damaged (unreadable, deleted chunk files, fill "
+                    "values, bad values) or unfinished, clear them and recompute them with the teacher, in place. "
+                    "The store's attributes give M, K, temperature, crop seed and distribution, layout and the "
+                    "teacher's name and pixels; give what they do not record, as for `labels generate`: --data "
+                    "(required), --checkpoint for a plain timm teacher (or other weights than the shipped ones), "
+                    "--reference if the labels were generated with one, and the same --batch-size and "
+                    "--crops-per-round for bit-identical probabilities. Stores imported from FKD files or merged "
+                    "from other stores cannot be recomputed and are refused; so is damaged metadata.")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--data", required=True, help="the dataset folder the store was generated for")
+    p.add_argument("--checkpoint", default=None, help="the teacher weights the store was generated with "
+                                                      "(required for plain timm names)")
+    p.add_argument("--reference", default=None, help="the --reference store of the original generation, if any")
+    p.add_argument("--batch-size", "-b", type=_positive_int, default=None,
+                   help=f"as given to generate (default {d('batch_size')})")
+    p.add_argument("--crops-per-round", type=_positive_int, default=None,
+                   help=f"as given to generate (default {d('crops_per_round')})")
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
+    p.add_argument("--threads", "-j", type=_positive_int, default=None, help="DALI CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_repair)
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from fkd_dali.labels.repair import RepairOptions, repair_store
+
+    opts = RepairOptions(data=args.data, checkpoint=args.checkpoint, reference=args.reference,
+                         batch_size=args.batch_size, crops_per_round=args.crops_per_round, device=args.device,
+                         threads=args.threads, progress=not args.no_progress)
+    summary = repair_store(args.store, opts)
+    print_json_line({"store": args.store, **summary.as_dict()})
+    return 0
 
 
 def _positive_int(text: str) -> int:

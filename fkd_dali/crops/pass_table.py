@@ -132,6 +132,10 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
         images: image ids wanted, e.g. `PassPlan.images`; their order is the row order.
         pass_idx: recorded in the table.
         with_full: also read the dense labels (stores of label kind "full" only).
+
+    Raises:
+        StoreDamageError: a chunk of these slots cannot be read, or holds fill values
+            (a chunk file deleted after it was written); never a table of garbage.
     """
     t0 = time.perf_counter()
     slots = np.asarray(slots, dtype=np.int64)
@@ -141,6 +145,7 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
     if with_full and store.spec.label.kind != "full":
         raise LabelStoreError(f"store {store.url} holds top-{store.spec.label.k} labels, not full ones")
     block = store.read_slots(slots.tolist(), with_full=with_full)
+    store.check_written(block, 0, slots)  # every image, so all DDP ranks refuse the same pass
     boxes = np.ascontiguousarray(block.boxes[images])
     pixel = decode_boxes(boxes, np.asarray(sizes)[images])
     row_of = np.full(store.n_images, -1, dtype=np.int64)

@@ -7,10 +7,16 @@ bool; labels (M, 2, K) float32 with [:, 0, :] the top-K class ids (as floats, mo
 probable first) and [:, 1, :] their probabilities. Despite the suffix the file is a
 plain `torch.save` archive, not a tar. This module reads and writes that format and
 nothing else; moving labels between it and a store is the importer's job.
+
+FKD's own generator saves numpy arrays (labels in float16 when its teacher ran in
+fp16), which `torch.load(weights_only=True)` refuses by default. `read_fkd_file`
+allows exactly what unpickling a plain numeric numpy array needs (`_NUMPY_ARRAY_GLOBALS`),
+only for the duration of the load; any other pickled object is refused, never built.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
@@ -24,6 +30,17 @@ from fkd_dali.errors import ConfigError, LabelStoreError
 FKD_SUFFIX = ".tar"
 _BOX_TOLERANCE = 1e-3  # float32 fractions of sides up to ~10k pixels stay well inside this
 _PROB_TOLERANCE = 1e-2  # float16-quantized probabilities may exceed 1 slightly
+
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # the function a pickled ndarray is rebuilt with
+#: The globals a pickled numeric numpy array refers to, and nothing else: the array
+#: class, its reconstruct function (under numpy 2's module name and numpy 1's, which
+#: FKD's published files use), `numpy.dtype` and the classes of the dtypes FKD files
+#: hold (object, structured and other dtypes stay refused).
+_NUMPY_ARRAY_GLOBALS: list = [
+    np.ndarray, np.dtype,
+    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"), (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    *{type(np.dtype(t)) for t in (np.bool_, np.float16, np.float32, np.float64)},
+]
 
 
 class FkdLabels(NamedTuple):
@@ -118,22 +135,25 @@ def write_fkd_file(path: str | os.PathLike[str], coords: np.ndarray | torch.Tens
 def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:
     """Read one FKD label file (ours or one published with FKD's code).
 
-    Accepts coords/flip/labels as tensors or nested lists, flips as bools or 0/1, and
-    labels of shape (M, 2) as K = 1. Loads with `weights_only=True`: a label file is
-    data and must not run code.
+    Accepts coords/flip/labels as numpy arrays (float16, float32 or float64; flips
+    bool), tensors or nested lists, flips as bools or 0/1, and labels of shape (M, 2)
+    as K = 1. Loads with `weights_only=True` plus exactly numpy's array reconstruction
+    (`_NUMPY_ARRAY_GLOBALS`, scoped to this load): a label file is data and must not
+    run code.
 
     Raises:
-        LabelStoreError: the file is missing, not a torch archive, or its content does
+        LabelStoreError: the file is missing, not a torch archive, holds a pickled
+            object other than arrays (refused before it is built), or its content does
             not have FKD's structure; the message names the file and the defect.
     """
     name = str(path)
     try:
-        obj = torch.load(name, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            obj = torch.load(name, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise LabelStoreError(f"FKD label file {name} does not exist") from None
     except Exception as e:
-        raise LabelStoreError(f"FKD label file {name} is not a readable torch archive "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise LabelStoreError(f"FKD label file {name} {_load_failure(e)}") from e
     if not isinstance(obj, (list, tuple)) or len(obj) != 3:
         kind = type(obj).__name__ + (f" of length {len(obj)}" if isinstance(obj, (list, tuple)) else "")
         raise LabelStoreError(f"FKD label file {name} holds a {kind}, expected [coords, flip, labels]")
@@ -141,6 +161,9 @@ def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:
         coords, flip, labels = (_as_numpy(x) for x in obj)
     except (TypeError, ValueError) as e:
         raise LabelStoreError(f"FKD label file {name}: an entry is not a numeric array ({e})") from e
+    for what, arr in (("coords", coords), ("flip", flip), ("labels", labels)):
+        if arr.dtype.kind not in "biuf":
+            raise LabelStoreError(f"FKD label file {name}: {what} is not a numeric array (dtype {arr.dtype})")
     if labels.ndim == 2 and labels.shape[1:] == (2,):
         labels = labels[:, :, None]
     if labels.ndim != 3 or labels.shape[1] != 2:
@@ -149,6 +172,17 @@ def read_fkd_file(path: str | os.PathLike[str]) -> FkdLabels:
     if not np.all(np.isfinite(raw_index)) or np.any(raw_index != np.round(raw_index)):
         raise LabelStoreError(f"FKD label file {name}: class ids in labels[:, 0] are not whole numbers")
     return _validated(name, coords, flip, raw_index.astype(np.int64), labels[:, 1, :])
+
+
+def _load_failure(error: Exception) -> str:
+    """Why `torch.load` refused a label file, in one line (torch's own message spans many)."""
+    text = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
+    if refused:
+        return (f"holds a pickled {refused.group(1)}, which is not a numeric array: refused without unpickling it "
+                "(FKD label files hold only numpy arrays or tensors of float16/32/64 and bool); regenerate the file")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"is not a readable torch archive ({type(error).__name__}: {first})"
 
 
 def _as_numpy(x: object) -> np.ndarray:

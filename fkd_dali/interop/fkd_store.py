@@ -46,18 +46,18 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
         The number of files written (one per image, all distinct).
 
     Raises:
-        LabelStoreError: the store is missing or incomplete; `out_dir` is a file or
-            cannot be written (the message names the path).
+        LabelStoreError: the store is missing, incomplete or damaged (`StoreDamageError`).
     """
     store = open_store(url)
     store.check_complete()
+    store.check_chunk_files()
     index = store.load_index()
     _prepare_out_dir(Path(out_dir))
     targets = fkd_file_paths(out_dir, index.paths)
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
-        labels = store.read_images(start, stop)
+        labels = store.read_images(start, stop, check=True)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
         for row in range(stop - start):
             target = targets[start + row]

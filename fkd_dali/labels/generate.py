@@ -95,9 +95,11 @@ def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | No
 def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
                 reference: LabelStore | None) -> tuple[np.ndarray, np.ndarray]:
     """Encoded (uint16) boxes and flips of images [start, stop), all slots."""
-    if reference is not None:
-        ref = reference.read_images(start, stop)
-        return ref.boxes, ref.flips
+    if reference is not None:  # only its crops are needed: damaged labels there do not matter
+        sel = (slice(start, stop), slice(None))
+        boxes, flips = reference.read("crops/box", sel), reference.read("crops/flip", sel)
+        reference.check_written({"crops/box": boxes}, start, range(reference.crops_per_image))
+        return boxes, flips
     slots = np.arange(store.crops_per_image)
     boxes, flips = sample_crops(index.sizes[start:stop], np.arange(start, stop), slots, store.spec.crop)
     return encode_boxes(boxes, index.sizes[start:stop]), flips
@@ -200,6 +202,7 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     except StoreMismatchError as e:
         raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
     reference.check_complete()
+    reference.check_chunk_files(("crops/box", "crops/flip"))  # only its crops are used
     return index
 
 
@@ -217,12 +220,15 @@ def _checked_index(cfg: LabelGenConfig) -> DatasetIndex:
                                         "leave it out (recorded in the store)") from e
 
 
-def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
+def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
+                    teacher: Teacher | None = None) -> LabelGenSummary:
     """Run (or resume) label generation for this process's share of the chunks.
 
     With `cfg.reference` the images, their sizes and the skipped files are the
     reference store's (the folder is only checked against it), so `skip_corrupt` has no
-    effect there.
+    effect there. `index` replaces indexing `cfg.data` and `teacher` loading `cfg.teacher`
+    (`labels repair` passes the store's own index, checked against the folder without
+    reading image headers, and the teacher it checked against the store).
     """
     from fkd_dali.loaders.feed import BatchSource, CropIterator
     from fkd_dali.pipelines.crops import make_crop_pipeline
@@ -231,11 +237,12 @@ def generate_labels(cfg: LabelGenConfig) -> LabelGenSummary:
     shard, n_shards = parse_shard(cfg.shard, env)
     device = pick_device(cfg.device, env.local_rank)
     reference = open_store(cfg.reference) if cfg.reference else None
-    if reference is None:
-        index = _checked_index(cfg)
-    else:
+    if reference is not None:
         index = _reference_index(reference, cfg)
-    teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
+    elif index is None:
+        index = _checked_index(cfg)
+    if teacher is None:
+        teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     spec = build_spec(cfg, teacher, reference)
     store = open_or_create_store(cfg.out, index, spec)
     todo = [c for c in store.missing_chunks() if c % n_shards == shard]

@@ -80,6 +80,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     stores = [open_store(u) for u in urls]
     for s in stores:
         s.check_complete()
+        s.check_chunk_files()
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
     if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
@@ -100,7 +101,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     merged = open_or_create_store(out, index, spec)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
-        parts = [s.read_images(a, b) for s in stores]
+        parts = [s.read_images(a, b, check=True) for s in stores]
         idx, prob = merge_topk([p.index for p in parts], [p.prob for p in parts], w, k)
         merged.write_chunk(c, CropLabels(boxes=parts[0].boxes, flips=parts[0].flips, index=idx, prob=prob))
     return merged

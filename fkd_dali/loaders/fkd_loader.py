@@ -44,6 +44,7 @@ def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recove
     store = labels if isinstance(labels, LabelStore) else open_store(labels)
     index = index_for_store(store, data)
     store.check_complete()
+    store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
     pass_slots(0, num_crops, store.crops_per_image)  # num_crops <= M, with an explanation
     check_recovery(recovery, recovery_k, stored_k=store.spec.label.k, smoothing=smoothing)
     if recovery == "full" and store.spec.label.kind != "full":

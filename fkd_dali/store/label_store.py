@@ -8,6 +8,11 @@ One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept h
 - a chunk's `progress/done` flag (one file per flag) is written only after all of its
   data, so a killed writer leaves no chunk that claims to be complete but is not;
 - unwritten rows read back as index -1 / NaN probability, never as plausible labels.
+
+Reading never trusts the files blindly: a missing array, unreadable metadata or a chunk
+that fails its checksum raises a `LabelStoreError` naming the store, the array and the
+chunk (`LabelStore.read`), and fill values in chunks flagged done (a chunk file deleted
+after it was written) are found by `LabelStore.check_written` on the data in memory.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -31,7 +36,7 @@ from fkd_dali import __version__
 from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
-from fkd_dali.errors import ConfigError, LabelStoreError, StoreMismatchError, StoreSchemaError
+from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError, StoreMismatchError, StoreSchemaError
 from fkd_dali.store.creation import (
     CREATE_WAIT_S,
     CREATING_KEY,
@@ -41,6 +46,24 @@ from fkd_dali.store.creation import (
     creator_alive,
     creator_marker,
     describe_creator,
+)
+from fkd_dali.store.damage import (
+    CROP_KEYS,
+    FILL_WORDS,
+    RECOPY,
+    all_false_implausible,
+    chunk_files,
+    describe_chunk,
+    failing_chunk,
+    fill_masks,
+    first_line,
+    inclusive,
+    listed_files,
+    open_failure,
+    repair_hint,
+    sel_bounds,
+    store_key,
+    where,
 )
 
 SCHEMA_VERSION = 1
@@ -120,6 +143,11 @@ class CropLabels:
     index: np.ndarray  # (n, s, K) int16, most probable first
     prob: np.ndarray  # (n, s, K) float16
     full: np.ndarray | None = None  # (n, s, C) float16, kind "full" only
+
+    def by_array(self) -> dict[str, np.ndarray | None]:
+        """The fields keyed by the store array they come from ("crops/box", ...)."""
+        return {"crops/box": self.boxes, "crops/flip": self.flips, "labels/index": self.index,
+                "labels/prob": self.prob, "labels/full": self.full}
 
 
 def _json_ready(obj: Any) -> Any:
@@ -275,7 +303,7 @@ class LabelStore:
         return chunk * ipc, min((chunk + 1) * ipc, self.n_images)
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.group["progress/done"][:], dtype=bool)
+        return self.read("progress/done").astype(bool)
 
     def missing_chunks(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(~self.done())]
@@ -300,11 +328,10 @@ class LabelStore:
     # -- dataset ------------------------------------------------------------
     def load_index(self, root: str = "") -> DatasetIndex:
         """The dataset index saved at creation (paths relative to `root`)."""
-        g = self.group
-        return DatasetIndex(root=root, paths=[str(p) for p in g["images/path"][:]],
-                            classes=np.asarray(g["images/class"][:], np.int32),
-                            sizes=np.asarray(g["images/size"][:], np.int32),
-                            nbytes=np.asarray(g["images/nbytes"][:], np.int64),
+        return DatasetIndex(root=root, paths=[str(p) for p in self.read("images/path")],
+                            classes=self.read("images/class").astype(np.int32),
+                            sizes=self.read("images/size").astype(np.int32),
+                            nbytes=self.read("images/nbytes").astype(np.int64),
                             class_names=self.class_names, skipped=self.skipped,
                             left_out=[(p, "left out when the store was made (could not be decoded)")
                                       for p in self.skipped])
@@ -345,10 +372,34 @@ class LabelStore:
                 f"writing images {start}-{stop - 1} to {self.url} failed ({e}); the store is still valid: "
                 "fix the cause (free disk space?) and rerun the same command to resume") from e
 
+    def clear_chunk(self, chunk: int) -> None:
+        """Make image chunk `chunk` unwritten again (for `labels repair`): done flag first, then its files.
+
+        Clearing the flag first means a crash in between leaves a chunk that a rerun of
+        generation simply redoes; deleting the files of every crop array (all slot chunks)
+        means the rewrite never reads a damaged file back.
+        """
+        from zarr.core.sync import sync
+
+        self.array("progress/done")[chunk] = False
+        for key in CROP_KEYS:
+            if key == "labels/full" and self.spec.label.kind != "full":
+                continue
+            arr = self.array(key)
+            for name in chunk_files(key, arr, chunk):
+                sync(arr.store_path.store.delete(store_key(self.group, name)))
+
     # -- reading ------------------------------------------------------------
-    def read_images(self, start: int, stop: int, with_full: bool = False) -> CropLabels:
-        """All slots of images [start, stop) (for tools and interop, not the training hot path)."""
-        return self._read((slice(start, stop), slice(None)), with_full)
+    def read_images(self, start: int, stop: int, with_full: bool = False, check: bool = False) -> CropLabels:
+        """All slots of images [start, stop) (for tools and interop, not the training hot path).
+
+        With `check`, data that must be complete is refused when it holds fill values
+        (`check_written`); without it, unwritten rows read back as fill values.
+        """
+        labels = self._read((slice(start, stop), slice(None)), with_full)
+        if check:
+            self.check_written(labels, start, range(self.crops_per_image))
+        return labels
 
     def read_slots(self, slots: Sequence[int], with_full: bool = False) -> CropLabels:
         """The given slots of every image: the pass table read, one sequential read per run of slots."""
@@ -362,13 +413,131 @@ class LabelStore:
                           cat("full") if with_full else None)
 
     def _read(self, sel: tuple[slice, slice], with_full: bool) -> CropLabels:
-        g = self.group
         full = None
         if with_full and self.spec.label.kind == "full":
-            full = np.asarray(g["labels/full"][sel])
-        return CropLabels(boxes=np.asarray(g["crops/box"][sel]), flips=np.asarray(g["crops/flip"][sel]),
-                          index=np.asarray(g["labels/index"][sel]), prob=np.asarray(g["labels/prob"][sel]),
-                          full=full)
+            full = self.read("labels/full", sel)
+        return CropLabels(boxes=self.read("crops/box", sel), flips=self.read("crops/flip", sel),
+                          index=self.read("labels/index", sel), prob=self.read("labels/prob", sel), full=full)
+
+    def array(self, key: str) -> zarr.Array:
+        """The zarr array `key`; a missing array or unreadable metadata is a `LabelStoreError` naming it."""
+        try:
+            arr = self.group[key]
+        except KeyError:
+            raise LabelStoreError(
+                f"store {self.url} has no array {key!r} (the folder {key} or its zarr.json is missing: a partial "
+                f"copy?); {RECOPY}") from None
+        except Exception as e:  # JSONDecodeError of a truncated zarr.json, I/O errors of remote stores
+            raise LabelStoreError(f"store {self.url}: the metadata of array {key!r} ({key}/zarr.json) cannot be "
+                                  f"read ({first_line(e)}); {RECOPY}") from e
+        if not isinstance(arr, zarr.Array):
+            raise LabelStoreError(f"store {self.url}: {key!r} is a group, not an array; {RECOPY}")
+        return arr
+
+    def read(self, key: str, sel: Any = slice(None)) -> np.ndarray:
+        """`array(key)[sel]` as numpy; a chunk that cannot be read raises `StoreDamageError` naming it.
+
+        On failure each chunk of the selection is read alone to find the one at fault (only
+        then: the read itself costs nothing extra).
+        """
+        arr = self.array(key)
+        try:
+            return np.asarray(arr[sel])
+        except Exception as e:  # checksum mismatch, truncated or undecodable chunk, remote I/O
+            raise self._read_failure(key, arr, sel, e) from e
+
+    def _read_failure(self, key: str, arr: zarr.Array, sel: Any, error: Exception) -> StoreDamageError:
+        chunk, cause = failing_chunk(arr, sel), error
+        if chunk is None:  # every chunk reads alone: a transient failure (network?); name the selection
+            lo = sel_bounds(arr, sel)[0][0]
+            return StoreDamageError(f"store {self.url}: reading array {key!r} failed ({first_line(error)}); "
+                                    "retry, and if it persists run `fkd-dali labels verify`", key, None, (lo, lo))
+        coords, cause = chunk
+        rows = arr.chunks[0]
+        images = (self.chunk_range(coords[0]) if key == "progress/done"  # one flag per image chunk
+                  else (coords[0] * rows, min((coords[0] + 1) * rows, arr.shape[0])))
+        name = f"{key}/{arr.metadata.encode_chunk_key(coords)}"
+        what = describe_chunk(key, arr, coords, images)
+        reason = ("checksum mismatch: the file is damaged" if "checksum" in str(cause).lower()
+                  else first_line(cause))
+        return StoreDamageError(f"store {self.url}: chunk {name} ({what}) cannot be read ({reason}); "
+                                f"{repair_hint(self.url, key)}", key, name, images)
+
+    def check_written(self, labels: CropLabels | Mapping[str, np.ndarray | None], first_image: int,
+                      slots: Sequence[int]) -> None:
+        """Raise `StoreDamageError` if the data read holds fill values: rows `first_image`.., columns `slots`.
+
+        `labels` is a `CropLabels` or a mapping of array key ("crops/box", "labels/prob",
+        ...) to the (n, s, ...) data read from it, for callers that read only some arrays.
+
+        Chunks flagged done never hold them (index -1, NaN probability, an empty box:
+        the box fill is 0 and a real box is at least one pixel), so they mean a chunk file
+        was deleted or lost after it was written (a partial copy, a lost object), which
+        zarr reads back silently as fill values. Vectorised on the arrays in memory: a
+        min/max per field when clean (about 1% of a pass-table read).
+
+        Raises:
+            StoreDamageError: fill values in chunks flagged done.
+            LabelStoreError: fill values in chunks not written yet (the store is incomplete).
+        """
+        fields = labels.by_array() if isinstance(labels, CropLabels) else labels
+        for key, bad in fill_masks(fields).items():
+            rows, cols = np.nonzero(bad)
+            images = rows + first_image
+            picked = np.asarray(slots, dtype=np.int64)[cols]
+            if not self.done()[np.unique(images // self.spec.layout.images_per_chunk)].all():
+                self.check_complete()  # not damage: those chunks were never written ("rerun generate")
+            raise StoreDamageError(
+                f"store {self.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at "
+                f"{where(self, images, picked)} although those chunks are flagged done: their chunk files were "
+                f"deleted or lost (a partial copy?); {repair_hint(self.url, key)}",
+                key, None, self.chunk_range(int(images[0]) // self.spec.layout.images_per_chunk))
+
+    def missing_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> list[tuple[str, int]]:
+        """(chunk file, image chunk) of every chunk file of a done image chunk absent from the store.
+
+        One listing per array (no chunk is read). A done chunk has a file for every slot
+        chunk of boxes, class ids and probabilities: their fill values never occur in real
+        data, so zarr writes them all. An all-False flip chunk is legitimately absent, so
+        flips count only where that is implausible (below 1e-9 at the store's flip
+        probability). This is what finds deleted flip chunks, which read back as
+        plausible values.
+        """
+        done = np.flatnonzero(self.done()).tolist()
+        missing = []
+        for key in keys:
+            if key == "labels/full" and self.spec.label.kind != "full":
+                continue
+            arr = self.array(key)
+            try:
+                present = listed_files(self.group, arr)
+            except Exception as e:
+                raise LabelStoreError(f"store {self.url}: cannot list the chunk files of {key!r} "
+                                      f"({first_line(e)})") from e
+            spc = arr.chunks[1]
+            for c in done:
+                a, b = self.chunk_range(c)
+                for j, name in enumerate(chunk_files(key, arr, c)):
+                    crops = (b - a) * min(spc, self.crops_per_image - j * spc)
+                    may_be_absent = key == "crops/flip" and not all_false_implausible(self.spec.crop.flip_prob, crops)
+                    if name not in present and not may_be_absent:
+                        missing.append((name, c))
+        return missing
+
+    def check_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> None:
+        """Raise `StoreDamageError` naming the chunk files of done chunks that are missing (see
+        `missing_chunk_files`): a store that lost files is refused before a pass reads it."""
+        missing = self.missing_chunk_files(keys)
+        if not missing:
+            return
+        named = ", ".join(f"{name} (images {'-'.join(map(str, inclusive(self.chunk_range(c))))})"
+                          for name, c in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        name, chunk = missing[0]
+        raise StoreDamageError(
+            f"store {self.url}: {len(missing)} chunk file(s) of chunks flagged done are missing: {named}{more} "
+            f"(deleted or lost after they were written: a partial copy?); {repair_hint(self.url, name)}",
+            name.rsplit("/c/", 1)[0], name, self.chunk_range(chunk))
 
     def nbytes_stored(self) -> int:
         """Bytes of all chunk files, as the store reports them (0 where it cannot)."""
@@ -551,13 +720,18 @@ def _remove_local(url: str) -> bool:
 
 
 def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:
-    """Open an existing store (mode "r" or "r+"), refusing unknown schema versions."""
+    """Open an existing store (mode "r" or "r+"), refusing unknown schema versions.
+
+    Raises:
+        LabelStoreError: nothing at `url`, a file or a folder that is not a Zarr store,
+            unreadable metadata (a truncated zarr.json), a URL that cannot be reached;
+            the one-line message names `url` and what to pass instead.
+        StoreSchemaError: the store has another schema version.
+    """
     try:
         g = zarr.open_group(url, mode=mode, storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-        raise LabelStoreError(f"no soft-label store at {url}") from e
-    except Exception as e:
-        raise LabelStoreError(f"cannot open soft-label store {url}: {e}") from e
+    except Exception as e:  # zarr, JSON, fsspec and network errors alike: one line naming `url`
+        raise LabelStoreError(open_failure(url, e)) from e
     return LabelStore(g, url)
 
 

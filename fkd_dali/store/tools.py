@@ -18,7 +18,7 @@ import numpy as np
 from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
-from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
+from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
 from fkd_dali.store.label_store import (
     PROB_QUANTUM,
     CropLabels,
@@ -135,6 +135,7 @@ class VerifyReport:
     dataset_checked: bool = False
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # facts that are not problems (e.g. an older store's format)
+    damaged_chunks: list[int] = field(default_factory=list)  # done image chunks with any problem
 
     @property
     def ok(self) -> bool:
@@ -149,8 +150,11 @@ class VerifyReport:
         notes = [f"  note: {n}" for n in self.notes]
         if self.ok:
             return "\n".join([head + ": no problems found"] + notes)
-        return "\n".join([head + f": {len(self.problems)} kind(s) of problem"]
-                         + [f"  - {p.line()}" for p in self.problems] + notes)
+        lines = [head + f": {len(self.problems)} kind(s) of problem"] + [f"  - {p.line()}" for p in self.problems]
+        if self.damaged_chunks:
+            lines.append(f"  {len(self.damaged_chunks)} damaged chunk(s) {self.damaged_chunks}: "
+                         f"`fkd-dali labels repair {self.url} --data DIR` recomputes them")
+        return "\n".join(lines + notes)
 
 
 class _Problems:
@@ -158,6 +162,9 @@ class _Problems:
 
     def __init__(self) -> None:
         self.by_kind: dict[str, Problem] = {}
+
+    def total(self) -> int:
+        return sum(p.count for p in self.by_kind.values())
 
     def add(self, kind: str, description: str, examples: list[tuple[str, int]], count: int) -> None:
         if count == 0:
@@ -193,7 +200,10 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
       finite, in [0, 1], non-increasing along K, summing to at most 1 +
       `PROB_SUM_TOLERANCE` and at least `prob_sum_floor`; class ids in
       [0, num_classes) and distinct within a crop; boxes non-empty and inside the
-      image. A chunk that cannot be read (e.g. a crc32c mismatch) is `unreadable`;
+      image. A chunk that cannot be read (e.g. a crc32c mismatch) is `unreadable`, a
+      chunk file of a done chunk that is not in the store `chunk_file_missing`
+      (`LabelStore.missing_chunk_files`); the image chunks with any of these problems
+      are `report.damaged_chunks`, what `labels repair` recomputes;
     - with `data`: the folder's fingerprint, then every image decoded strictly
       (`check_image_data`, in `workers` threads) and its decoded size compared with
       `images/size`.
@@ -229,20 +239,30 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     if index is None:
         report.problems = list(found.by_kind.values())
         return report
+    damaged = set()
+    for name, chunk in store.missing_chunk_files():
+        found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
+                                        "lost: it reads back as fill values)", [(name, -1)], 1)
+        damaged.add(chunk)
     skip = set(missing)
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
             labels = store.read_images(start, stop)
-        except Exception as e:  # codec / checksum / missing-file errors of any kind
-            found.add("unreadable", f"chunk data cannot be read ({type(e).__name__}: {e})",
-                      [(f"images {start}-{stop - 1}", -1)], 1)
+        except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
+            found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
+                                    "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
+            damaged.add(chunk)
             continue
+        before = found.total()
         _check_values(labels, index.paths[start:stop], index.sizes[start:stop],
                       store.spec.label.num_classes, found)
+        if found.total() > before:
+            damaged.add(chunk)
         report.chunks_checked += 1
         report.crops_checked += labels.flips.size
     report.problems = list(found.by_kind.values())
+    report.damaged_chunks = sorted(damaged)
     return report
 
 
@@ -349,7 +369,7 @@ def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_c
 # -- show ---------------------------------------------------------------------
 def resolve_image(store: LabelStore, image: int | str) -> int:
     """An image index from an index or a dataset-relative path (a string of digits is an index)."""
-    paths = [str(p) for p in store.group["images/path"][:]]
+    paths = [str(p) for p in store.read("images/path")]
     if isinstance(image, str):
         rel = image.replace(os.sep, "/")
         if rel in paths:
@@ -417,7 +437,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    labels = store.read_images(i, i + 1)
+    labels = store.read_images(i, i + 1, check=True)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
     name = class_namer(store.spec.label.num_classes, store.class_names)

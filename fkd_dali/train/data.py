@@ -23,8 +23,9 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
 
     Raises:
         StoreMismatchError, LabelStoreError, CropPlanError, ConfigError: the store was
-            made for another folder, is incomplete, holds fewer than m crops per image,
-            or lacks what `--recovery` needs.
+            made for another folder, is incomplete or damaged (`StoreDamageError`: chunk
+            files missing), holds fewer than m crops per image, or lacks what `--recovery`
+            needs.
     """
     if cfg.vanilla:
         return build_index(cfg.data), None

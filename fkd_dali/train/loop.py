@@ -10,6 +10,12 @@ pure function of (seed, pass, rank, world, step) and the lr a pure function of (
 step), so `--resume` continues with exactly the next batch without decoding the steps
 already done. SIGTERM/SIGINT finish the current step, write the checkpoint and stop
 (all ranks agree on the stopping step through an all-reduce every few steps).
+
+A NaN or infinite loss stops the run with `NonFiniteLossError` before any checkpoint
+holds the damaged weights: each step marks the first non-finite loss on the device (no
+synchronisation), and the check runs where the loss is all-reduced anyway (every
+--log-interval steps and at the end of the pass's steps, before any checkpoint is
+written), so every rank sees the same value and all stop together.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
-from fkd_dali.errors import ConfigError
+from fkd_dali.errors import ConfigError, NonFiniteLossError
 from fkd_dali.labels.loss import SoftTargetLoss
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
@@ -274,6 +280,30 @@ def _train_step(run: TrainRun, batch: ReplayBatch) -> torch.Tensor:
     return loss.detach()
 
 
+def _mark_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, global_step: int) -> torch.Tensor:
+    """`first_bad` (global step of the first non-finite loss, -1 while none), updated on the device."""
+    return torch.where((first_bad < 0) & ~torch.isfinite(loss), global_step, first_bad)
+
+
+def _stop_if_nonfinite(run: TrainRun, mean_loss: float, first_bad: torch.Tensor, pass_idx: int) -> None:
+    """Raise `NonFiniteLossError` when the all-reduced `mean_loss` is not finite (then on every rank).
+
+    Called only where the loss is already synchronised, before any checkpoint is written,
+    so the checkpoints on disk all predate the bad step.
+    """
+    if np.isfinite(mean_loss):
+        return
+    bad = torch.where(first_bad < 0, torch.iinfo(torch.int64).max, first_bad)
+    if run.env.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MIN)  # every rank is here: they all saw the same mean
+    last = Path(run.cfg.output) / "last.pth"
+    kept = (f"the checkpoint {last} predates it and was kept: resume from it with --resume" if last.is_file()
+            else "no checkpoint had been written yet")
+    raise NonFiniteLossError(
+        f"training stopped: the loss became {mean_loss} at global step {int(bad)} (pass {pass_idx}); {kept}, "
+        "after lowering --lr, adding --clip-grad or turning --amp off; `fkd-dali labels verify` checks the labels")
+
+
 def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLog,
                    stop: StopOnSignal) -> PassStats:
     """Train the steps [start_step, steps_per_pass) of one pass; stop early on a signal or --max-steps."""
@@ -282,6 +312,7 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     step, lr = start_step, run.schedule.lr
     zero = torch.zeros((), device=run.device)
     pass_loss, log_loss, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
+    first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
     stopping = cfg.max_steps is not None and run.global_step >= cfg.max_steps
     batches = run.loader.pass_batches(pass_idx, start_step) if not stopping else iter(())
     for batch in batches:
@@ -292,6 +323,7 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
         log_steps += 1
         step += 1
         run.global_step += 1
+        first_bad = _mark_nonfinite(first_bad, loss, run.global_step)
         metrics.advance()
         if run.timed_since is None:
             run.timed_since = time.perf_counter()
@@ -300,10 +332,11 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
         if run.global_step % cfg.log_interval == 0 or step == run.steps_per_pass:
             dt = max(time.perf_counter() - t_log, 1e-9)
             crops_s = log_steps * run.crops_per_step / dt
+            log_mean = all_mean(log_loss, run.env.world) / log_steps
             metrics.write({"kind": "step", "pass": pass_idx, "step": step, "global_step": run.global_step,
                            "epoch": round((pass_idx + step / run.steps_per_pass) * run.m, 4),
-                           "loss": all_mean(log_loss, run.env.world) / log_steps, "lr": lr,
-                           "images_per_s": crops_s / run.m, "crops_per_s": crops_s})
+                           "loss": log_mean, "lr": lr, "images_per_s": crops_s / run.m, "crops_per_s": crops_s})
+            _stop_if_nonfinite(run, log_mean, first_bad, pass_idx)
             log_loss, log_steps, t_log = zero.clone(), 0, time.perf_counter()
         if _should_stop(run, stop, step - 1):
             stopping = True
@@ -312,6 +345,8 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
         batches.close()
     done = step - start_step
     mean = all_mean(pass_loss, run.env.world) / done if done else float("nan")
+    if done:
+        _stop_if_nonfinite(run, mean, first_bad, pass_idx)  # steps after the last log, before a checkpoint
     return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping)
 
 

@@ -89,9 +89,11 @@ def test_verify_detects_damaged_chunk_files(small_store, copy_store):
     flipped.write_bytes(bytes(data))
     (url / "labels" / "index" / "c" / "2" / "1" / "0").unlink()  # images 16-20, slots 4-7: reads as fill
     report = verify_store(str(url))
-    assert report.problem("unreadable").examples == [("images 8-15", -1)]
+    assert report.problem("unreadable").examples == [("labels/prob/c/1/0/0", -1)]  # the damaged file
+    assert report.problem("chunk_file_missing").examples == [("labels/index/c/2/1/0", -1)]
     assert report.problem("index_range").count == 5 * 4
     assert report.chunks_checked == 2
+    assert report.damaged_chunks == [1, 2]  # what `labels repair` recomputes
 
 
 def test_verify_detects_missing_chunk(small_store, copy_store):

@@ -11,13 +11,10 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
-
-if TYPE_CHECKING:
-    from fkd_dali.store.label_store import LabelStore
 
 RECOPY = ("copy the store again from its source, or regenerate it into a new --out "
           "(`fkd-dali labels verify STORE` lists what is damaged)")
@@ -168,15 +165,3 @@ def listed_files(group: zarr.Group, arr: zarr.Array) -> set[str]:
         found = sync(listing())
     root = f"{group.path}/" if group.path else ""
     return {k[len(root):] if k.startswith(root) else k for k in found}
-
-
-def where(store: LabelStore, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:
-    """"images 8-15 slots 0-3, ..." for the distinct (image chunk, slot chunk) pairs of the crops given."""
-    ipc, spc = store.spec.layout.images_per_chunk, store.spec.layout.slots_per_chunk
-    pairs = sorted(set(zip((images // ipc).tolist(), (slots // spc).tolist())))
-    parts = []
-    for c, j in pairs[:limit]:
-        a, b = store.chunk_range(c)
-        parts.append(f"images {a}-{b - 1} slots {j * spc}-{min((j + 1) * spc, store.crops_per_image) - 1}")
-    more = f" and {len(pairs) - limit} more chunks" if len(pairs) > limit else ""
-    return ", ".join(parts) + more

@@ -63,7 +63,6 @@ from fkd_dali.store.damage import (
     repair_hint,
     sel_bounds,
     store_key,
-    where,
 )
 
 SCHEMA_VERSION = 1
@@ -267,7 +266,8 @@ class LabelStore:
                 f"store {url}: its '{ATTR_KEY}' attributes do not match their checksum ({CHECKSUM_KEY}): they were "
                 "edited or damaged after creation. Restore zarr.json from a copy or regenerate the store.")
         for d in array_defs(self.spec, self.n_images):
-            bad = next((text for kind, text in array_mismatches(group, d) if kind in ("missing", "shape")), None)
+            self.array(d.name)  # a missing array or unreadable metadata: one line naming it
+            bad = next((text for kind, text in array_mismatches(group, d) if kind == "shape"), None)
             if bad:
                 raise LabelStoreError(f"store {url} is damaged: {bad}. Regenerate it (or restore it from a copy).")
 
@@ -301,6 +301,17 @@ class LabelStore:
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         ipc = self.spec.layout.images_per_chunk
         return chunk * ipc, min((chunk + 1) * ipc, self.n_images)
+
+    def describe_crops(self, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:
+        """"images 8-15 slots 0-3, ..." for the distinct (image chunk, slot chunk) pairs of the crops given."""
+        ipc, spc = self.spec.layout.images_per_chunk, self.spec.layout.slots_per_chunk
+        pairs = sorted(set(zip((images // ipc).tolist(), (slots // spc).tolist())))
+        parts = []
+        for c, j in pairs[:limit]:
+            a, b = self.chunk_range(c)
+            parts.append(f"images {a}-{b - 1} slots {j * spc}-{min((j + 1) * spc, self.crops_per_image) - 1}")
+        more = f" and {len(pairs) - limit} more chunks" if len(pairs) > limit else ""
+        return ", ".join(parts) + more
 
     def done(self) -> np.ndarray:
         return self.read("progress/done").astype(bool)
@@ -489,12 +500,15 @@ class LabelStore:
                 self.check_complete()  # not damage: those chunks were never written ("rerun generate")
             raise StoreDamageError(
                 f"store {self.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at "
-                f"{where(self, images, picked)} although those chunks are flagged done: their chunk files were "
+                f"{self.describe_crops(images, picked)} although those chunks are flagged done: their chunk files were "
                 f"deleted or lost (a partial copy?); {repair_hint(self.url, key)}",
                 key, None, self.chunk_range(int(images[0]) // self.spec.layout.images_per_chunk))
 
-    def missing_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> list[tuple[str, int]]:
+    def missing_chunk_files(self, keys: Sequence[str] = CROP_KEYS,
+                            done: Sequence[int] | None = None) -> list[tuple[str, int]]:
         """(chunk file, image chunk) of every chunk file of a done image chunk absent from the store.
+
+        `done`: the image chunks to look at (default: those flagged done).
 
         One listing per array (no chunk is read). A done chunk has a file for every slot
         chunk of boxes, class ids and probabilities: their fill values never occur in real
@@ -503,7 +517,8 @@ class LabelStore:
         probability). This is what finds deleted flip chunks, which read back as
         plausible values.
         """
-        done = np.flatnonzero(self.done()).tolist()
+        if done is None:
+            done = np.flatnonzero(self.done()).tolist()
         missing = []
         for key in keys:
             if key == "labels/full" and self.spec.label.kind != "full":

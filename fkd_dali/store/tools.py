@@ -240,11 +240,11 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         report.problems = list(found.by_kind.values())
         return report
     damaged = set()
-    for name, chunk in store.missing_chunk_files():
+    skip = set(missing)
+    for name, chunk in store.missing_chunk_files(done=[c for c in range(store.n_chunks) if c not in skip]):
         found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
                                         "lost: it reads back as fill values)", [(name, -1)], 1)
         damaged.add(chunk)
-    skip = set(missing)
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:

@@ -127,7 +127,7 @@ def test_missing_progress_folder_is_one_line(small_store, copy_store, capsys):
     url = copy_store(small_store)
     shutil.rmtree(url / "progress")
     assert main(["labels", "info", str(url)]) == 2
-    _one_line_error(capsys, "array progress/done is missing", "Regenerate it")
+    _one_line_error(capsys, "no array 'progress/done'", "regenerate it")
 
 
 # -- half-created stores and --out paths ----------------------------------------------------------

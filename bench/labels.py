@@ -14,8 +14,9 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -147,6 +148,68 @@ def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelA
     export_fkd(store_url, out_root)
     _write_manifest(out_root, info)
     return info
+
+
+def synthetic_labels(rng: np.random.Generator, n: int, m: int, k: int, num_classes: int,
+                     image_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K ids and probabilities that look like a teacher's on random crops.
+
+    Per crop: K sorted logits with a random sharpness against a random mass for the other
+    classes (top-1 median ~0.45, top-5 sum median ~0.8); the top-1 is the image's class for
+    60% of crops, the others lie at small random distances from it (confusable classes
+    have nearby ImageNet ids). Ids of one crop are distinct.
+    """
+    sharp = np.exp(rng.normal(0.6, 0.6, (n, m, 1)))
+    logits = -np.sort(-rng.standard_normal((n, m, k)) * sharp, axis=-1)
+    rest = rng.normal(1.0, 1.2, (n, m, 1))
+    e = np.exp(logits - logits[..., :1])
+    prob = e / (e.sum(-1, keepdims=True) + np.exp(rest - logits[..., :1]))
+    top1 = np.where(rng.random((n, m)) < 0.6, image_class[:, None], rng.integers(0, num_classes, (n, m)))
+    steps = np.cumsum(rng.integers(1, 60, (n, m, k - 1)), axis=-1)
+    index = np.concatenate([top1[..., None], (top1[..., None] + steps) % num_classes], axis=-1)
+    return index.astype(np.int16), prob.astype(np.float16)
+
+
+def write_synthetic_labels(url: str, index: DatasetIndex, m: int, k: int, seed: int,
+                           progress: bool = False) -> None:
+    """A store of `index` with M=`m` crops per image and synthetic top-`k` labels, chunk by chunk.
+
+    Boxes and flips come from the real crop sampler (`sample_crops`, the distribution label
+    generation draws from), labels from `synthetic_labels`: a store of any size without
+    running a teacher, for benchmarks that time reading and replaying a store, not its labels.
+    """
+    from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
+    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
+
+    spec = StoreSpec(crops_per_image=m, crop=CropDistribution(seed=seed), label=LabelSpec(k=k),
+                     teacher=TeacherSpec("synthetic", "none", "", (3, 224, 224), "bicubic",
+                                         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    store = create_store(url, index, spec)
+    chunks: Iterable[int] = range(store.n_chunks)
+    if progress:
+        from tqdm import tqdm
+        chunks = tqdm(chunks, desc="synthetic store", unit="chunk")
+    for c in chunks:
+        a, b = store.chunk_range(c)
+        rng = np.random.default_rng([seed, c])
+        boxes, flips = sample_crops(index.sizes[a:b], np.arange(a, b), np.arange(m), spec.crop)
+        ids, prob = synthetic_labels(rng, b - a, m, k, 1000, index.classes[a:b])
+        store.write_chunk(c, CropLabels(encode_boxes(boxes, index.sizes[a:b]), flips, ids, prob))
+
+
+def synthetic_store(index: DatasetIndex, out_root: str | os.PathLike[str], crops_per_image: int, top_k: int,
+                    seed: int = 0, progress: bool = False) -> tuple[LabelAssetInfo, str]:
+    """`write_synthetic_labels` into `out_root/store.zarr`, reused while its manifest matches."""
+    url = str(Path(out_root) / STORE_NAME)
+    info = LabelAssetInfo("synthetic", index.fingerprint, "synthetic", "", top_k, 1000,
+                          crops_per_image=crops_per_image, seed=seed)
+    if _reusable(out_root, info) and Path(url).is_dir():
+        return info, url
+    _forget_manifest(out_root)
+    shutil.rmtree(url, ignore_errors=True)
+    write_synthetic_labels(url, index, crops_per_image, top_k, seed, progress)
+    _write_manifest(out_root, info)
+    return info, url
 
 
 def write_relabel_maps(index: DatasetIndex, out_root: str | os.PathLike[str], teacher: Teacher,

@@ -74,14 +74,19 @@ class _Feeder:
         paths = [self.index.abspath(int(i)) for i in ids]
         return paths, list(self._io.map(iterators.read_encoded, paths))
 
+    def files(self, images: np.ndarray, row_blocks: Sequence[slice]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """(paths, bytes) of each block of `images`, the next block's files read while this one is used."""
+        pending = self._ahead.submit(self._read, images[row_blocks[0]]) if row_blocks else None
+        for n in range(len(row_blocks)):
+            paths, data = pending.result()  # type: ignore[union-attr]
+            if n + 1 < len(row_blocks):
+                pending = self._ahead.submit(self._read, images[row_blocks[n + 1]])
+            yield paths, data
+
     def batches(self, table: PassTable, row_blocks: Sequence[slice]) -> Iterator:
         from fkd_dali.loaders.feed import FeedBatch
 
-        pending = self._ahead.submit(self._read, table.images[row_blocks[0]]) if row_blocks else None
-        for n, rows in enumerate(row_blocks):
-            paths, data = pending.result()  # type: ignore[union-attr]
-            if n + 1 < len(row_blocks):
-                pending = self._ahead.submit(self._read, table.images[row_blocks[n + 1]])
+        for rows, (paths, data) in zip(row_blocks, self.files(table.images, row_blocks)):
             ids = table.images[rows]
             r = np.arange(rows.start, rows.stop)
             yield FeedBatch(encoded=data, rois=list(table.rois[rows]), flips=list(table.flips[rows]),
@@ -153,28 +158,44 @@ class ReplayLoader:
         plan = self.plan(pass_idx)
         return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx, self.with_full)
 
+    # -- stage 3: feed ------------------------------------------------------------
+    def _pass_blocks(self, table: PassTable, start_step: int) -> list[slice]:
+        ipb = self.images_per_step
+        return [slice(s * ipb, (s + 1) * ipb) for s in range(start_step, len(table.images) // ipb)]
+
+    def files(self, pass_idx: int, start_step: int = 0) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """The file-read stage of pass `pass_idx` alone: (paths, bytes) per step, as the feed reads them."""
+        table = self.table(pass_idx)
+        return self._feeder.files(table.images, self._pass_blocks(table, start_step))
+
+    def feed(self, pass_idx: int, start_step: int = 0) -> Iterator:
+        """The feed of pass `pass_idx` alone (what the crop pipeline's external source gets), no DALI."""
+        table = self.table(pass_idx)
+        return self._feeder.batches(table, self._pass_blocks(table, start_step))
+
     # -- stage 4: crop pipeline ------------------------------------------------
+    def _build_pipeline(self, source):
+        """The DALI graph fed by `source` (benchmarks swap in a pass-through graph here)."""
+        from fkd_dali.pipelines.crops import make_crop_pipeline
+
+        return make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
+                                  mean=self.mean, std=self.std, batch_size=self.images_per_step,
+                                  num_threads=self.threads, device_id=_device_id(self.device),
+                                  half=self.half, seed=self.seed)
+
     def _crop_iterator(self):
         from fkd_dali.loaders.feed import BatchSource, CropIterator
-        from fkd_dali.pipelines.crops import make_crop_pipeline
 
         if self._iter is None or self._dirty:
             source = BatchSource()
-            pipe = make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
-                                      mean=self.mean, std=self.std, batch_size=self.images_per_step,
-                                      num_threads=self.threads, device_id=_device_id(self.device),
-                                      half=self.half, seed=self.seed)
-            self._iter, self._dirty = CropIterator(pipe, source), False
+            self._iter, self._dirty = CropIterator(self._build_pipeline(source), source), False
         return self._iter
 
     # -- the chain ---------------------------------------------------------------
     def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
         """The batches of pass `pass_idx`, from step `start_step` (earlier steps are not decoded)."""
         table = self.table(pass_idx)
-        steps = len(table.images) // self.images_per_step
-        ipb = self.images_per_step
-        blocks = [slice(s * ipb, (s + 1) * ipb) for s in range(start_step, steps)]
-        yield from self._run(table, blocks)
+        yield from self._run(table, self._pass_blocks(table, start_step))
 
     def table_batches(self, table: PassTable, images_per_batch: int | None = None) -> Iterator[ReplayBatch]:
         """Every row of an ad-hoc table (e.g. held-out slots), the last batch possibly smaller."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
 from fkd_dali.pipelines.fragments import decode_and_crop
@@ -16,11 +17,20 @@ from fkd_dali.pipelines.fragments import decode_and_crop
 OUTPUT_NAMES = ("crops", "meta")
 
 
+def crop_inputs(source) -> tuple[DataNode, DataNode, DataNode]:
+    """The graph's inputs, `(encoded, rois, meta)` per image, from a batch-mode external source.
+
+    The one place the feed enters DALI; benchmarks that replace the decode build on it too.
+    """
+    encoded, rois, meta = fn.external_source(
+        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64])
+    return encoded, rois, meta
+
+
 @pipeline_def
 def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
                 std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float):
-    encoded, rois, meta = fn.external_source(
-        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64])
+    encoded, rois, meta = crop_inputs(source)
     crops = decode_and_crop(encoded, rois, n_crops, size, interpolation, mean, std, gpu, half, hw_decoder_load)
     return crops, meta
 

@@ -41,7 +41,7 @@ class FeedBatch:
     arrays (label generation); `encoded` is always a list, files differ in length.
     """
 
-    encoded: list[np.ndarray]
+    encoded: list[np.ndarray]  # or DALI TensorCPU views of them (`FileReader(dali_tensors=True)`)
     rois: np.ndarray | list[np.ndarray]  # per image (n_crops, 4) float32 (y0, x0, y1, x1)
     flips: np.ndarray | list[np.ndarray]  # per image (n_crops,) int32
     meta: np.ndarray | list[np.ndarray]  # per image (j,) int64, carried through
@@ -232,14 +232,28 @@ class FileReader:
     in a test sees every read).
     """
 
-    def __init__(self, index: DatasetIndex, threads: int = 1) -> None:
+    def __init__(self, index: DatasetIndex, threads: int = 1, dali_tensors: bool = False) -> None:
+        """Args:
+            index: the dataset (paths are `index.abspath(i)`).
+            threads: reading threads.
+            dali_tensors: hand out each file as a DALI `TensorCPU` sharing the array's
+                memory (and holding a reference to it), made in the reading thread: DALI's
+                external source then skips its per-sample checks and conversions
+                (~3 us per image in the thread that feeds DALI).
+        """
         self.index = index
         self.threads = max(1, threads)
+        self.dali_tensors = dali_tensors
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="fkd-read")
 
     def _read_part(self, ids: list[int]) -> tuple[list[str], list[np.ndarray]]:
         paths = [self.index.abspath(i) for i in ids]
-        return paths, [read_encoded(p) for p in paths]
+        data = [read_encoded(p) for p in paths]
+        if self.dali_tensors:
+            from nvidia.dali.tensors import TensorCPU
+
+            data = [TensorCPU(d, "") for d in data]
+        return paths, data
 
     def submit(self, ids: np.ndarray) -> list[Future[tuple[list[str], list[np.ndarray]]]]:
         """Start reading the files of `ids`, split in one contiguous part per thread."""

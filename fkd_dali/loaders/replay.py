@@ -70,7 +70,7 @@ class _Feeder:
     def __init__(self, index: DatasetIndex, read_threads: int = 1) -> None:
         from fkd_dali.loaders.feed import FileReader
 
-        self.reader = FileReader(index, read_threads)
+        self.reader = FileReader(index, read_threads, dali_tensors=True)
 
     def files(self, images: np.ndarray, row_blocks: Sequence[slice]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         """(paths, bytes) of each block of `images`, the next block's files read while this one is used."""

@@ -108,7 +108,7 @@ class FeedConfig:
 # -- the chain with decoding replaced ------------------------------------------------
 
 def make_passthrough_pipeline(source, batch_size: int, num_threads: int):
-    """The replay's external source (`crop_inputs`) with the decode + crop graph replaced.
+    """The replay's external source (`crop_inputs`, zero-copy as in the replay) with the decode + crop graph replaced.
 
     Outputs what the crop graph's outputs would be built from, at no cost: each image's
     ROIs stand in for its crops (shape (m, 4), so the loader's batch assembly runs
@@ -117,12 +117,12 @@ def make_passthrough_pipeline(source, batch_size: int, num_threads: int):
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    from fkd_dali.pipelines.crops import crop_inputs
+    from fkd_dali.pipelines.crops import crop_inputs, zero_copy_ok
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=None, prefetch_queue_depth=2,
                   exec_dynamic=True)
     def passthrough():
-        encoded, rois, meta = crop_inputs(source)
+        encoded, rois, meta = crop_inputs(source, no_copy=zero_copy_ok(source, 2))
         return rois, fn.cat(meta, encoded.shape(dtype=types.INT64))
 
     return passthrough()

@@ -75,13 +75,18 @@ class BatchSource:
 
     Each call returns the next batch's `FIELDS` (the external source's outputs, in
     order) and remembers its paths, so that a decoding failure can be traced to a file.
+    It also keeps the last `keeps` batches it handed out referenced: a pipeline that
+    holds fewer batches in flight may read them without copying (`no_copy`), because
+    their memory (`read_encoded`'s recycled slabs included) cannot be reused before.
     """
 
     FIELDS: tuple[str, ...] = ("encoded", "flipped_rois", "meta")  # of a `FeedBatch`
 
-    def __init__(self, remember: int = 8) -> None:
+    def __init__(self, remember: int = 8, keeps: int = 4) -> None:
         self._batches: Iterator[Feed] = iter(())
         self.recent: collections.deque[list[str]] = collections.deque(maxlen=remember)
+        self.keeps = keeps
+        self._handed_out: collections.deque[tuple] = collections.deque(maxlen=max(1, keeps))
 
     def set_epoch(self, batches: Iterable[Feed]) -> None:
         self._batches = iter(batches)
@@ -89,7 +94,9 @@ class BatchSource:
     def __call__(self) -> tuple[list[np.ndarray], ...]:
         batch = next(self._batches)  # StopIteration ends DALI's epoch
         self.recent.append(batch.paths)
-        return tuple(getattr(batch, name) for name in self.FIELDS)
+        out = tuple(getattr(batch, name) for name in self.FIELDS)
+        self._handed_out.append(out)
+        return out
 
 
 class CropIterator:
@@ -133,6 +140,7 @@ class CropIterator:
 
 _TAIL_WINDOW = 64 * 1024
 _SLAB_BYTES = 8 << 20
+_LARGE_FILE = _SLAB_BYTES // 8  # larger files get arrays of their own
 _KEPT_SLABS = 8  # per thread: at most 64 MB of file memory is kept for reuse
 _ALIGN = 64
 
@@ -146,7 +154,7 @@ class _Arena(threading.local):
     only when no array read into it exists any more (its reference count says so) and
     nobody can observe the reuse. Up to `_KEPT_SLABS` slabs per thread are kept; beyond
     that, slabs are plain arrays that are freed with their last view. Files larger than
-    an eighth of a slab get arrays of their own.
+    `_LARGE_FILE` (an eighth of a slab) get arrays of their own.
     """
 
     def __init__(self) -> None:
@@ -156,7 +164,7 @@ class _Arena(threading.local):
 
     def take(self, nbytes: int) -> np.ndarray:
         """An uninitialised uint8 array of `nbytes` that no live array shares."""
-        if nbytes > _SLAB_BYTES // 8:
+        if nbytes > _LARGE_FILE:
             return np.empty(nbytes, np.uint8)
         if self.current is None or self.used + nbytes > _SLAB_BYTES:
             self.current, self.used = self._unused_slab(), 0

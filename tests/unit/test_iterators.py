@@ -63,7 +63,7 @@ def test_read_encoded_arrays_keep_their_bytes_while_later_reads_recycle_memory(t
 
 
 def test_read_encoded_gives_large_files_their_own_array(tmp_path):
-    (path,) = _files(tmp_path, [feed._SLAB_BYTES // 8 + 1])
+    (path,) = _files(tmp_path, [feed._LARGE_FILE + 1])
     data = read_encoded(str(path))
     assert data.base is None and len(data) == path.stat().st_size and data.tobytes() == path.read_bytes()
 

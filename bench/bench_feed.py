@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from bench.harness import Entry, RoundResult, load_average, load_note, machine_description, run_rounds

@@ -1,8 +1,9 @@
 """`bench loaders`: data-loading speed of every registered loader on the same JPEGs, side by side.
 
 Prepares what the loaders need (a corpus or the user's folder; a soft-label store from
-fkd-dali's label generation with a real teacher, the FKD label files exported from that
-same store, ReLabel maps from the same teacher), runs the harness (alternating rounds,
+fkd-dali's label generation with a real teacher; FKD label files of FKD's published
+shape (M=500, top-5) whose first crops are that store's; ReLabel maps from the same
+teacher), runs the harness (alternating rounds,
 medians), and writes `<out>/loaders.json` and `<out>/loaders.png`; prints one JSON
 line with their paths and the median crops/s. Rows of the "fkd-dali" group get their
 ratios to every baseline row, the design's targets are checked from those ratios, and
@@ -28,7 +29,7 @@ from bench.harness import (
     run_rounds,
     summarize,
 )
-from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
+from bench.labels import write_fkd_published, write_relabel_maps, write_store_labels
 from bench.loaders import LOADERS, LoaderInfo, LoaderSpec
 from bench.report import bar_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
@@ -51,9 +52,11 @@ class LoadersConfig:
         loaders: names from the registry; empty means all.
         out: folder of loaders.json / loaders.png; `assets` (default out/assets)
             keeps the corpus and label files for reuse by later runs.
-        fkd_crops: M crops stored per image in the generated store (and so in the FKD
-            files exported from it); top_k: K classes kept per crop (store, FKD files,
-            ReLabel maps).
+        fkd_crops: M crops stored per image in the generated store; top_k: K classes kept
+            per crop (store, FKD files, ReLabel maps).
+        fkd_file_crops: M of the FKD reference's files (FKD publishes 500): the store's
+            crops first, then further crops of its sampler with synthetic labels
+            (`bench.labels.write_fkd_published`).
         fkd_labels, label_maps, store: existing label files to use instead of generating;
             a given store is also what FKD files are exported from.
         device: where batches are delivered: "auto" (CUDA when present), "cpu", "cuda[:N]".
@@ -74,6 +77,7 @@ class LoadersConfig:
     teacher: str = "efficientnet_lite0"
     checkpoint: str | None = None
     fkd_crops: int = 16
+    fkd_file_crops: int = 500
     top_k: int = 5
     num_classes: int = 1000
     fkd_labels: str | None = None
@@ -85,7 +89,7 @@ class LoadersConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("corpus_images", "batch_size", "rounds", "batches", "fkd_crops", "top_k"):
+        for name in ("corpus_images", "batch_size", "rounds", "batches", "fkd_crops", "fkd_file_crops", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if (self.warmup is not None and self.warmup < 0) or self.workers < 0:
@@ -95,6 +99,9 @@ class LoadersConfig:
                 raise ConfigError(f"every m must divide the batch size {self.batch_size}; got m={m}")
             if m > self.fkd_crops and not (self.fkd_labels or self.store):
                 raise ConfigError(f"m={m} exceeds the {self.fkd_crops} crops stored per image; raise --fkd-crops")
+            if m > self.fkd_file_crops:
+                raise ConfigError(f"m={m} exceeds the {self.fkd_file_crops} crops of each FKD file; "
+                                  "raise --fkd-file-crops")
 
     @property
     def resolved_device(self) -> str:
@@ -150,14 +157,14 @@ def _store(a: _Assets) -> None:
 
 
 def _fkd_labels(a: _Assets) -> None:
-    """FKD files exported from the store the fkd-dali rows replay: both loaders cut the same crops."""
+    """FKD files of FKD's published shape whose first crops are the store the fkd-dali rows replay."""
     if a.cfg.fkd_labels:
         a.spec_fields["fkd_labels"] = a.cfg.fkd_labels
         return
     _store(a)
-    root = _asset_dir(a, "fkd-labels")
-    info = export_store_fkd(a.spec_fields["store"], root)
-    a.spec_fields.update(fkd_labels=str(root), num_classes=info.num_classes)
+    root = a.cfg.assets_dir / f"fkd-published-{a.index.fingerprint[:8]}-M{a.cfg.fkd_file_crops}-K{a.cfg.top_k}"
+    info = write_fkd_published(a.spec_fields["store"], root, a.cfg.fkd_file_crops)
+    a.spec_fields.update(fkd_labels=str(root), fkd_unpickle=True, num_classes=info.num_classes)
     a.labels["fkd_labels"] = asdict(info)
 
 
@@ -281,7 +288,10 @@ def run_loaders_benchmark(cfg: LoadersConfig, teacher: Teacher | None = None,
     notes = ["crops/s and CPU-seconds are medians over rounds; ratios are medians of per-round "
              "ratios; CPU time covers this process and all its worker processes; peak RSS sums "
              "the process tree (shared pages counted per process); PSS at the window's end shares them out",
-             "fkd-dali and fkd-reference replay the same stored crops: the FKD files are exported from the store"]
+             f"the FKD reference reads files of FKD's published shape (M={cfg.fkd_file_crops}, top-{cfg.top_k}, "
+             "numpy arrays in a torch-saved list, loaded with a full unpickle as FKD's loader does); their first "
+             f"{cfg.fkd_crops} crops are the store's, which the fkd-dali rows replay, the others continue the "
+             "store's crop sampler with synthetic labels (a file's cost does not depend on label values)"]
     busy = load_note(load["start"], load["end"])
     if busy:
         notes.append(busy)
@@ -322,7 +332,10 @@ def parse_args(argv: Sequence[str] | None) -> LoadersConfig:
     p.add_argument("--teacher", default=d.teacher)
     p.add_argument("--checkpoint", default=d.checkpoint)
     p.add_argument("--fkd-crops", "-M", type=int, default=d.fkd_crops,
-                   help="M crops per image in the generated store and the FKD files exported from it")
+                   help="M crops per image in the generated store (default %(default)s)")
+    p.add_argument("--fkd-file-crops", type=int, default=d.fkd_file_crops,
+                   help="M crops per FKD label file: the store's, then more of its sampler (default %(default)s, "
+                        "FKD's published labels)")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--fkd-labels", metavar="DIR", help="existing FKD label files (<class>/<stem>.tar)")
     p.add_argument("--label-maps", metavar="DIR", help="existing ReLabel maps (<class>/<stem>.pt)")
@@ -337,7 +350,8 @@ def parse_args(argv: Sequence[str] | None) -> LoadersConfig:
     return LoadersConfig(data=a.data, corpus_images=a.corpus_images, corpus_seed=a.corpus_seed,
                          batch_size=a.batch_size, workers=a.workers, rounds=a.rounds, warmup=a.warmup,
                          batches=a.batches, m=tuple(a.m), loaders=tuple(a.loaders), out=a.out, assets=a.assets,
-                         teacher=a.teacher, checkpoint=a.checkpoint, fkd_crops=a.fkd_crops, top_k=a.top_k,
+                         teacher=a.teacher, checkpoint=a.checkpoint, fkd_crops=a.fkd_crops,
+                         fkd_file_crops=a.fkd_file_crops, top_k=a.top_k,
                          num_classes=a.num_classes, fkd_labels=a.fkd_labels, label_maps=a.label_maps,
                          store=a.store, seed=a.seed, device=a.device, progress=not a.no_progress)
 

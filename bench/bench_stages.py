@@ -7,7 +7,8 @@ thread, one DataLoader worker), over the same images and stored crops:
   normalize + stack (`fkd_dali.pipelines.fragments.decode_and_crop`, the replay's graph); then the
   whole replay loader without and with labels (adds file reads, pass table, DALI->torch
   copy, Python feed, label gather + recovery);
-- FKD reference: PIL decode, m `resized_crop`, `to_tensor` + `normalize`, label-file read,
+- FKD reference: PIL decode, m `resized_crop`, `to_tensor` + `normalize`, label-file load
+  (FKD's published shape, M=500: `bench.labels.write_fkd_published`),
   collate + CPU label recovery, and the whole DataLoader (the rest is worker IPC);
 - ReLabel: the same per crop (a decode per crop), plus map read and RoI-align recovery.
 
@@ -27,7 +28,7 @@ import torch
 
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description, measure, tree_cpu_seconds
-from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
+from bench.labels import FKD_PUBLISHED_CROPS, write_fkd_published, write_relabel_maps, write_store_labels
 from bench.report import run_cli, stacked_chart, write_json
 from fkd_dali.errors import ConfigError
 
@@ -150,15 +151,14 @@ def reference_stages(cfg: StagesConfig, index, fkd_root: str, maps_root: str) ->
 
     from bench.labels import load_pil_rgb
     from bench.loaders import FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader, fkd_soft_targets
-    from fkd_dali.interop.fkd_files import read_fkd_file
     from fkd_dali.interop.relabel_maps import relabel_targets
 
     spec = LoaderSpec(index=index, batch_size=cfg.batch_size, workers=1, m=cfg.m, image_size=cfg.image_size,
-                      fkd_labels=fkd_root, label_maps=maps_root, seed=cfg.seed)
+                      fkd_labels=fkd_root, fkd_unpickle=True, label_maps=maps_root, seed=cfg.seed)
     fkd, rel = FkdReferenceDataset(spec), ReLabelDataset(spec)
     images = list(range(cfg.images))
     size = [cfg.image_size] * 2
-    boxes = {i: read_fkd_file(fkd.labels[i]) for i in images}
+    boxes = {i: fkd.load(i) for i in images}
     m = cfg.m
 
     def decode() -> int:
@@ -265,8 +265,8 @@ def run_stages_benchmark(cfg: StagesConfig) -> dict:
     fp, mk = index.fingerprint[:8], f"M{cfg.crops_per_image}-K{cfg.top_k}"
     _, store = write_store_labels(index, cfg.assets_dir / f"store-{fp}-{mk}", cfg.teacher, cfg.checkpoint,
                                   cfg.crops_per_image, cfg.top_k, cfg.seed, "cpu", 1, progress=cfg.progress)
-    fkd_root = cfg.assets_dir / f"fkd-labels-{fp}-{mk}"
-    export_store_fkd(store, fkd_root)
+    fkd_root = cfg.assets_dir / f"fkd-published-{fp}-M{FKD_PUBLISHED_CROPS}-K{cfg.top_k}"
+    write_fkd_published(store, fkd_root, FKD_PUBLISHED_CROPS)
     maps_root = cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}"
     from fkd_dali.labels.teacher import load_teacher
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.corpus import prepare_dataset
 from bench.harness import load_average, load_note, machine_description
-from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels
+from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels, write_synthetic_labels
 from bench.report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
@@ -180,26 +180,6 @@ def measure_sizes(cfg: StoreBenchConfig) -> tuple[dict, dict]:
 
 # -- the synthetic pass-table store ----------------------------------------------------
 
-def synthetic_labels(rng: np.random.Generator, n: int, m: int, k: int, num_classes: int,
-                     image_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K ids and probabilities that look like a teacher's on random crops.
-
-    Per crop: K sorted logits with a random sharpness against a random mass for the other
-    classes (top-1 median ~0.45, top-5 sum median ~0.8); the top-1 is the image's class for
-    60% of crops, the others lie at small random distances from it (confusable classes
-    have nearby ImageNet ids). Ids of one crop are distinct.
-    """
-    sharp = np.exp(rng.normal(0.6, 0.6, (n, m, 1)))
-    logits = -np.sort(-rng.standard_normal((n, m, k)) * sharp, axis=-1)
-    rest = rng.normal(1.0, 1.2, (n, m, 1))
-    e = np.exp(logits - logits[..., :1])
-    prob = e / (e.sum(-1, keepdims=True) + np.exp(rest - logits[..., :1]))
-    top1 = np.where(rng.random((n, m)) < 0.6, image_class[:, None], rng.integers(0, num_classes, (n, m)))
-    steps = np.cumsum(rng.integers(1, 60, (n, m, k - 1)), axis=-1)
-    index = np.concatenate([top1[..., None], (top1[..., None] + steps) % num_classes], axis=-1)
-    return index.astype(np.int16), prob.astype(np.float16)
-
-
 def _synthetic_index(n: int, seed: int):
     from fkd_dali.data.index import DatasetIndex
 
@@ -216,24 +196,7 @@ def _synthetic_index(n: int, seed: int):
 
 def write_synthetic_store(url: str, n: int, m: int, k: int, seed: int, progress: bool) -> None:
     """N images x M crops x top-K written chunk by chunk (boxes from the real crop sampler)."""
-    from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
-    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
-
-    index = _synthetic_index(n, seed)
-    spec = StoreSpec(crops_per_image=m, crop=CropDistribution(seed=seed), label=LabelSpec(k=k),
-                     teacher=TeacherSpec("synthetic", "none", "", (3, 224, 224), "bicubic",
-                                         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
-    store = create_store(url, index, spec)
-    chunks = range(store.n_chunks)
-    if progress:
-        from tqdm import tqdm
-        chunks = tqdm(chunks, desc="synthetic store", unit="chunk")
-    for c in chunks:
-        a, b = store.chunk_range(c)
-        rng = np.random.default_rng([seed, c])
-        boxes, flips = sample_crops(index.sizes[a:b], np.arange(a, b), np.arange(m), spec.crop)
-        ids, prob = synthetic_labels(rng, b - a, m, k, 1000, index.classes[a:b])
-        store.write_chunk(c, CropLabels(encode_boxes(boxes, index.sizes[a:b]), flips, ids, prob))
+    write_synthetic_labels(url, _synthetic_index(n, seed), m, k, seed, progress)
     os.sync()  # dirty pages must reach the disk before they can be evicted for the cold reads
 
 
@@ -308,7 +271,8 @@ def measure_pass_table(cfg: StoreBenchConfig) -> dict:
             if scale != 1 else "none (measured at full scale)",
             "target_s": TARGET_PASS_TABLE_S,
             "target_met": {c: v <= TARGET_PASS_TABLE_S for c, v in extrapolated.items()},
-            "labels": "synthetic (see bench_store.synthetic_labels); boxes from fkd_dali.crops.boxes.sample_crops"}
+            "labels": "synthetic (see bench.labels.synthetic_labels); boxes from "
+                      "fkd_dali.crops.boxes.sample_crops"}
 
 
 # -- the run --------------------------------------------------------------------------

@@ -175,6 +175,60 @@ def prepare_dataset(data: str | None, corpus_images: int, corpus_seed: int, asse
     return index, desc
 
 
+@dataclass(frozen=True)
+class LinkedCorpusInfo:
+    """A large corpus of hard links to the files of a small real one (`build_linked_corpus`)."""
+
+    root: str
+    n_images: int
+    n_classes: int
+    source: CorpusConfig
+
+
+def build_linked_corpus(out_dir: str | os.PathLike[str], n_images: int, source: CorpusInfo,
+                        n_classes: int = 1000) -> LinkedCorpusInfo:
+    """ImageNet's shape in file count and folders at no disk cost: hard links to a small corpus.
+
+    Writes `out_dir/train/n<class>/img_<i>.JPEG` for i < n_images, image i in class
+    i % n_classes, a hard link to source file i % len(sources); reuses a complete
+    folder with the same manifest. For benchmarks of the host path (paths, file
+    reads, feeds) only: every file is a real ~110 KB JPEG, but the page cache holds
+    just the few distinct sources, as it would hold a hot dataset.
+    """
+    if n_images < 1 or n_classes < 1:
+        raise ConfigError(f"a linked corpus needs >= 1 image and class, got {n_images} and {n_classes}")
+    out = Path(out_dir)
+    root = out / "train"
+    want = LinkedCorpusInfo(root=str(root), n_images=n_images, n_classes=n_classes, source=source.config)
+    manifest = out / MANIFEST
+    if manifest.is_file() and _load_linked(manifest) == want and _count_files(root) == n_images:
+        return want
+    manifest.unlink(missing_ok=True)
+    if root.is_dir():
+        import shutil
+
+        shutil.rmtree(root)  # only links: the sources live in their own corpus folder
+    files = sorted(Path(source.root).rglob("*.JPEG"))
+    for i in range(n_images):
+        path = root / f"n{i % n_classes:05d}" / f"img_{i:08d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(files[i % len(files)], path)
+    manifest.write_text(json.dumps(asdict(want), indent=1))
+    return want
+
+
+def _load_linked(path: Path) -> LinkedCorpusInfo | None:
+    try:
+        raw = json.loads(path.read_text())
+        return LinkedCorpusInfo(**{**raw, "source": CorpusConfig(**raw["source"])})
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _count_files(root: Path) -> int:
+    return sum(len(os.listdir(d)) for d in root.iterdir() if d.is_dir()) if root.is_dir() else 0
+
+
 def make_corpus_jpeg(pixels: np.ndarray, rng: np.random.Generator,
                      config: CorpusConfig) -> tuple[bytes, tuple[int, int]]:
     """One corpus JPEG from a source photo: crop, resize, flip, grain, encode.

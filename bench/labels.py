@@ -1,10 +1,13 @@
-"""Label assets of the benchmarks, made with a real teacher: a store, FKD files exported from it, ReLabel maps.
+"""Label assets of the benchmarks, made with a real teacher: a store, FKD files built from it, ReLabel maps.
 
-The store comes from fkd-dali's own label generation (`generate_labels`) and the FKD
-per-image files from `export_fkd` of that same store, so the fkd-dali replay loader
-and the FKD-reference loader replay the same boxes, flips and labels. ReLabel maps
-run the teacher over whole images. Each asset folder gets a `manifest.json` written
-after the asset is complete; a folder whose manifest matches is reused as is.
+The store comes from fkd-dali's own label generation (`generate_labels`). The FKD
+reference's per-image files have FKD's published shape (`write_fkd_published`: M=500
+crops, top-5, numpy arrays as FKD's generator saves them); their first crops are the
+store's, so the fkd-dali replay loader and the FKD-reference loader replay the same
+boxes, flips and labels there. ReLabel maps run the teacher over whole images. Each
+asset folder gets a `manifest.json` written after the asset is complete; a folder whose
+manifest matches is reused as is. Synthetic stores (`synthetic_store`) serve benchmarks
+that time reading and replaying labels, not the labels themselves.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -24,6 +28,9 @@ from torchvision.transforms import InterpolationMode
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.interop.relabel_maps import MAP_SIZE, dense_label_map, label_map_path, write_label_map
 from fkd_dali.labels.teacher import Teacher
+
+if TYPE_CHECKING:
+    from fkd_dali.store.label_store import LabelStore
 
 MANIFEST = "manifest.json"
 STORE_NAME = "store.zarr"
@@ -148,6 +155,143 @@ def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelA
     export_fkd(store_url, out_root)
     _write_manifest(out_root, info)
     return info
+
+
+def synthetic_labels(rng: np.random.Generator, n: int, m: int, k: int, num_classes: int,
+                     image_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K ids and probabilities that look like a teacher's on random crops.
+
+    Per crop: K sorted logits with a random sharpness against a random mass for the other
+    classes (top-1 median ~0.45, top-5 sum median ~0.8); the top-1 is the image's class for
+    60% of crops, the others lie at small random distances from it (confusable classes
+    have nearby ImageNet ids). Ids of one crop are distinct.
+    """
+    sharp = np.exp(rng.normal(0.6, 0.6, (n, m, 1)))
+    logits = -np.sort(-rng.standard_normal((n, m, k)) * sharp, axis=-1)
+    rest = rng.normal(1.0, 1.2, (n, m, 1))
+    e = np.exp(logits - logits[..., :1])
+    prob = e / (e.sum(-1, keepdims=True) + np.exp(rest - logits[..., :1]))
+    top1 = np.where(rng.random((n, m)) < 0.6, image_class[:, None], rng.integers(0, num_classes, (n, m)))
+    steps = np.cumsum(rng.integers(1, 60, (n, m, k - 1)), axis=-1)
+    index = np.concatenate([top1[..., None], (top1[..., None] + steps) % num_classes], axis=-1)
+    return index.astype(np.int16), prob.astype(np.float16)
+
+
+def write_synthetic_labels(url: str, index: DatasetIndex, m: int, k: int, seed: int,
+                           progress: bool = False) -> None:
+    """A store of `index` with M=`m` crops per image and synthetic top-`k` labels, chunk by chunk.
+
+    Boxes and flips come from the real crop sampler (`sample_crops`, the distribution label
+    generation draws from), labels from `synthetic_labels`: a store of any size without
+    running a teacher, for benchmarks that time reading and replaying a store, not its labels.
+    """
+    from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
+    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
+
+    spec = StoreSpec(crops_per_image=m, crop=CropDistribution(seed=seed), label=LabelSpec(k=k),
+                     teacher=TeacherSpec("synthetic", "none", "", (3, 224, 224), "bicubic",
+                                         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    store = create_store(url, index, spec)
+    chunks: Iterable[int] = range(store.n_chunks)
+    if progress:
+        from tqdm import tqdm
+        chunks = tqdm(chunks, desc="synthetic store", unit="chunk")
+    for c in chunks:
+        a, b = store.chunk_range(c)
+        rng = np.random.default_rng([seed, c])
+        boxes, flips = sample_crops(index.sizes[a:b], np.arange(a, b), np.arange(m), spec.crop)
+        ids, prob = synthetic_labels(rng, b - a, m, k, 1000, index.classes[a:b])
+        store.write_chunk(c, CropLabels(encode_boxes(boxes, index.sizes[a:b]), flips, ids, prob))
+
+
+def synthetic_store(index: DatasetIndex, out_root: str | os.PathLike[str], crops_per_image: int, top_k: int,
+                    seed: int = 0, progress: bool = False) -> tuple[LabelAssetInfo, str]:
+    """`write_synthetic_labels` into `out_root/store.zarr`, reused while its manifest matches."""
+    url = str(Path(out_root) / STORE_NAME)
+    info = LabelAssetInfo("synthetic", index.fingerprint, "synthetic", "", top_k, 1000,
+                          crops_per_image=crops_per_image, seed=seed)
+    if _reusable(out_root, info) and Path(url).is_dir():
+        return info, url
+    _forget_manifest(out_root)
+    shutil.rmtree(url, ignore_errors=True)
+    write_synthetic_labels(url, index, crops_per_image, top_k, seed, progress)
+    _write_manifest(out_root, info)
+    return info, url
+
+
+#: Crops per image of FKD's published soft labels (its recommended ImageNet labels).
+FKD_PUBLISHED_CROPS = 500
+
+
+def fkd_published_path(root: str | os.PathLike[str], rel_image_path: str) -> Path:
+    """Where FKD's loader looks for an image's labels: `<root>/<class>/<file name up to its first dot>.tar`."""
+    rel = Path(rel_image_path)
+    return Path(root) / rel.parent / (rel.name.split(".")[0] + ".tar")
+
+
+def write_fkd_published(store_url: str, out_root: str | os.PathLike[str],
+                        crops_per_image: int = FKD_PUBLISHED_CROPS) -> LabelAssetInfo:
+    """One label file per store image with FKD's published shape, as FKD's generator writes them; reused when current.
+
+    Each file is `torch.save([coords, flip, labels])` of numpy arrays: coords (M, 4)
+    float32 (i/H, j/W, h/H, w/W), flip (M,) bool, labels (M, 2, K) float32 (top-K ids as
+    floats, their probabilities). Crops 0 .. M_store-1 are the store's, exactly (what
+    fkd-dali replays); the others continue the store's crop sampler (same seed, further
+    slots, so they are the crops label generation would have drawn) with synthetic top-K
+    labels (`synthetic_labels`): a teacher pass over 500 crops per image takes hours on a
+    CPU, and what a loader pays for a file (its bytes, the unpickling, the indexing) does
+    not depend on the label values.
+
+    Args:
+        store_url: a complete store; its images, sizes, crop distribution and K are used.
+        out_root: root of the `<class>/<stem>.tar` files (`fkd_published_path`).
+        crops_per_image: M of the files (FKD publishes 500).
+    """
+    from fkd_dali.atomic import save_torch
+    from fkd_dali.store.label_store import open_store
+
+    store = open_store(store_url)
+    k, num_classes = store.spec.label.k, store.spec.label.num_classes
+    info = LabelAssetInfo("fkd-published", store.fingerprint, store.spec.teacher.name,
+                          store.spec.teacher.checkpoint_sha256, k, num_classes, crops_per_image=crops_per_image,
+                          seed=store.spec.crop.seed, source=store_identity(store_url))
+    if _reusable(out_root, info):
+        return info
+    _forget_manifest(out_root)
+    if Path(out_root).is_dir():
+        shutil.rmtree(out_root)  # files of images the new store may not have
+    store.check_complete()
+    index = store.load_index()
+    for chunk in range(store.n_chunks):
+        start, stop = store.chunk_range(chunk)
+        coords, flips, labels = _published_crops(store, index, start, stop, crops_per_image)
+        for row, rel in enumerate(index.paths[start:stop]):
+            save_torch([coords[row], flips[row], labels[row]], fkd_published_path(out_root, rel))
+    _write_manifest(out_root, info)
+    return info
+
+
+def _published_crops(store: LabelStore, index: DatasetIndex, start: int, stop: int,
+                     crops_per_image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """coords (n, M, 4) float32, flips (n, M) bool, labels (n, M, 2, K) float32 of images [start, stop)."""
+    from fkd_dali.crops.boxes import boxes_to_fractions, encode_boxes, sample_crops
+
+    stored = store.read_images(start, stop)
+    sizes, ids = index.sizes[start:stop], np.arange(start, stop)
+    boxes, flips = stored.boxes[:, :crops_per_image], stored.flips[:, :crops_per_image]
+    top_i, top_p = stored.index[:, :crops_per_image], stored.prob[:, :crops_per_image].astype(np.float32)
+    more = np.arange(store.crops_per_image, crops_per_image)
+    if len(more):
+        extra, extra_flips = sample_crops(sizes, ids, more, store.spec.crop)
+        rng = np.random.default_rng([store.spec.crop.seed, start])
+        extra_i, extra_p = synthetic_labels(rng, stop - start, len(more), store.spec.label.k,
+                                            store.spec.label.num_classes, index.classes[start:stop])
+        boxes = np.concatenate([boxes, encode_boxes(extra, sizes)], axis=1)
+        flips = np.concatenate([flips, extra_flips], axis=1)
+        top_i = np.concatenate([top_i, extra_i], axis=1)
+        top_p = np.concatenate([top_p, extra_p.astype(np.float32)], axis=1)
+    labels = np.stack([top_i.astype(np.float32), top_p], axis=2)
+    return boxes_to_fractions(boxes, sizes), flips.astype(bool), labels
 
 
 def write_relabel_maps(index: DatasetIndex, out_root: str | os.PathLike[str], teacher: Teacher,

@@ -9,8 +9,9 @@ batches is.
 
 Baselines, re-implemented from the papers' descriptions:
 - `fkd-reference` (Shen & Xing 2021): DataLoader workers decode each image once with
-  PIL, read its label file (all M crops), cut m random stored crops (resize, flip,
-  ToTensor, Normalize); the main process recovers dense soft labels on the CPU.
+  PIL, load its label file (all M crops: FKD publishes M=500, top-5, as numpy arrays in a
+  torch-saved list, loaded with a full unpickle), cut m random stored crops (resize,
+  flip, ToTensor, Normalize); the main process recovers dense soft labels on the CPU.
 - `relabel` (Yun et al. 2021): workers decode with PIL, random-resized-crop with
   coordinates, flip, and read the image's [2, K, 15, 15] label map; per batch the main
   process scatters to dense maps, RoI-aligns each box to 1x1 and softmaxes.
@@ -25,7 +26,7 @@ GPU the replay delivers float16 crops, as training uses them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -36,10 +37,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
-from bench.labels import CROP_RATIO, CROP_SCALE, load_pil_rgb
+from bench.labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
-from fkd_dali.interop.fkd_files import FkdLabels, fkd_file_path, read_fkd_file
+from fkd_dali.interop.fkd_files import read_fkd_file
 from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
 from fkd_dali.registry import Registry
 
@@ -59,7 +60,10 @@ class LoaderSpec:
         workers: DataLoader worker processes, or DALI threads.
         m: crops per image for multi-crop loaders (1 elsewhere).
         num_classes: width C of soft targets (the teacher's classes).
-        fkd_labels: root of the FKD per-image label files.
+        fkd_labels: root of the FKD per-image label files (`<class>/<stem>.tar`).
+        fkd_unpickle: the FKD files are this benchmark's own (`bench.labels.write_fkd_published`)
+            and are loaded as FKD's loader loads its files, with a full unpickle; files
+            from elsewhere go through fkd-dali's safe reader instead.
         label_maps: root of the ReLabel maps.
         store: the fkd-dali soft-label store (for the replay loader).
         device: "cpu" or a CUDA device: where batches are delivered. With CUDA the
@@ -76,6 +80,7 @@ class LoaderSpec:
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     seed: int = 0
     fkd_labels: str | None = None
+    fkd_unpickle: bool = False
     label_maps: str | None = None
     store: str | None = None
     device: str = "cpu"
@@ -175,40 +180,66 @@ def _to_input(crop, spec: LoaderSpec) -> torch.Tensor:
 
 # --- FKD reference -------------------------------------------------------------------------
 
+class FkdFile(NamedTuple):
+    """One FKD label file as FKD's loader uses it: arrays indexed by crop, labels left packed."""
+
+    coords: np.ndarray  # (M, 4) float32 (i/H, j/W, h/H, w/W)
+    flip: np.ndarray  # (M,) bool
+    labels: np.ndarray  # (M, 2, K) float32: top-K class ids as floats, their probabilities
+
+
+def load_fkd_file(path: str, unpickle: bool) -> FkdFile:
+    """Load one FKD label file.
+
+    With `unpickle`, a full `torch.load` (weights_only=False) as FKD's loader does: only
+    for this benchmark's own files (`bench.labels.write_fkd_published`), which hold numpy
+    arrays that a weights-only load refuses; a pickle can run code, so never for files
+    from elsewhere. Otherwise fkd-dali's safe reader (`read_fkd_file`), repacked.
+    """
+    if unpickle:
+        coords, flip, labels = torch.load(path, map_location="cpu", weights_only=False)
+        return FkdFile(np.asarray(coords), np.asarray(flip), np.asarray(labels))
+    safe = read_fkd_file(path)
+    return FkdFile(safe.coords, safe.flip, np.stack([safe.index.astype(np.float32), safe.prob], axis=1))
+
+
 class FkdReferenceDataset(Dataset):
-    """Per image: PIL decode once, read its FKD file, cut m random stored crops."""
+    """Per image: PIL decode once, load its FKD file (all M crops), cut m random stored crops."""
 
     def __init__(self, spec: LoaderSpec) -> None:
         if not spec.fkd_labels:
             raise ConfigError("the fkd-reference loader needs FKD label files (LoaderSpec.fkd_labels)")
         self.spec = spec
         self.paths = [spec.index.abspath(i) for i in range(len(spec.index))]
-        self.labels = [str(fkd_file_path(spec.fkd_labels, p)) for p in spec.index.paths]
+        self.labels = [str(fkd_published_path(spec.fkd_labels, p)) for p in spec.index.paths]
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def load(self, i: int) -> FkdFile:
+        """The label file of image `i`."""
+        return load_fkd_file(self.labels[i], self.spec.fkd_unpickle)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(m, 3, S, S) crops, (m, 2, K) labels (ids as floats, probabilities), (m,) slots used."""
         img = load_pil_rgb(self.paths[i])
-        labels = read_fkd_file(self.labels[i])
-        if self.spec.m > len(labels.coords):
-            raise ConfigError(f"m={self.spec.m} exceeds the {len(labels.coords)} crops in {self.labels[i]}")
-        slots = torch.randperm(len(labels.coords))[: self.spec.m]
+        labels = self.load(i)
+        if self.spec.m > len(labels.labels):
+            raise ConfigError(f"m={self.spec.m} exceeds the {len(labels.labels)} crops in {self.labels[i]}")
+        slots = torch.randperm(len(labels.labels))[: self.spec.m]  # FKD: m random crops of the M stored
         crops, targets = self.cut(img, labels, slots.numpy())
         return crops, targets, slots
 
-    def cut(self, img: Image.Image, labels: FkdLabels, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def cut(self, img: Image.Image, labels: FkdFile, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops of `slots` (resized, flipped, normalized) and their (len, 2, K) labels."""
-        coords, flip, index, prob = labels
+        coords, flip = labels.coords, labels.flip
         size = [self.spec.image_size] * 2
         crops = []
         for s in slots.tolist():
             y, x, h, w = (coords[s] * [img.height, img.width, img.height, img.width]).round().astype(int)
             crop = TF.resized_crop(img, int(y), int(x), int(h), int(w), size, antialias=True)
             crops.append(_to_input(TF.hflip(crop) if flip[s] else crop, self.spec))
-        targets = np.stack([index[slots].astype(np.float32), prob[slots]], axis=1)
-        return torch.stack(crops), torch.from_numpy(targets)
+        return torch.stack(crops), torch.from_numpy(np.ascontiguousarray(labels.labels[slots], np.float32))
 
 
 def fkd_soft_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what the README shows).
 
-Reads whichever of loaders.json, store.json, labelgen.json, train.json and stages.json
-exist and prints one Markdown section per benchmark, every figure taken from the JSON.
+Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json and
+feed.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.
 """
 from __future__ import annotations
 
@@ -126,8 +126,26 @@ def stages_markdown(doc: dict) -> str:
     return "\n".join(lines) + f"\n\nCPU-milliseconds per crop, one thread; {_load(doc)}."
 
 
+def feed_markdown(doc: dict) -> str:
+    lines = ["| path | threads | images/s | CPU-us per image | images per CPU-s | host cores per GPU at 5,000 images/s |",
+             "|---|---|---|---|---|---|"]
+    for h in doc["headline"]:
+        lines.append(f"| {h['path']} | {h['threads']} | {_f(h['images_per_s'], 0)} | {_f(h['cpu_us_per_image'])} | "
+                     f"**{_f(h['images_per_cpu_s'], 0)}** | {_f(h['cores_per_gpu'], 2)} |")
+    stages = " | ".join(p["stage"] for p in doc["breakdown"])
+    values = " | ".join(_f(p["cpu_us_per_image"]) for p in doc["breakdown"])
+    t, d, c = doc["target"], doc["dataset"], doc["config"]
+    return "\n".join(lines) + (
+        f"\n\n| {stages} |\n|" + "---|" * len(doc["breakdown"]) + f"\n| {values} |\n\n"
+        f"CPU-microseconds per image by stage (one thread; differences of cumulative medians). Target "
+        f"{t['target']}: **{_f(t['value'], 0)} — {'met' if t['met'] else 'missed'}**. {d['n_images']:,} files "
+        f"(~{d['mean_kb']:.0f} KB; hard links to {d['distinct_files']} real JPEGs), store M={d['crops_per_image']}, "
+        f"m={c['m']}, batch {c['batch_size']} crops, {c['rounds']} alternating rounds of {c['timed_steps']} steps; "
+        f"{_load(doc)}.")
+
+
 SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
-            ("train", train_markdown), ("stages", stages_markdown))
+            ("train", train_markdown), ("stages", stages_markdown), ("feed", feed_markdown))
 
 
 def summarize_dir(results: str | Path) -> str:

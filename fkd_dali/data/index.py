@@ -229,10 +229,14 @@ def check_complete_file(data: np.ndarray, path: str) -> None:
     if len(data) == 0:
         raise CorruptImageError(path, "empty file")
     head = data[:8].tobytes()
+    is_jpeg, is_png = head[:2] == b"\xff\xd8", head == b"\x89PNG\r\n\x1a\n"
+    # almost every file ends with its marker (JPEG: FF D9; PNG: the IEND chunk and its CRC)
+    if (is_jpeg and data[-2:].tobytes() == b"\xff\xd9") or (is_png and data[-8:-4].tobytes() == b"IEND"):
+        return
     tail = data[-max(1024, min(_TAIL_WINDOW, len(data) // 2)):].tobytes()
-    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+    if is_jpeg and b"\xff\xd9" not in tail:
         raise CorruptImageError(path, "truncated JPEG (no end-of-image marker)")
-    if head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+    if is_png and b"IEND" not in tail:
         raise CorruptImageError(path, "truncated PNG (no IEND chunk)")
 
 

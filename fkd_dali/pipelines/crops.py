@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
 from fkd_dali.defaults import HW_DECODER_LOAD, PREFETCH_DEPTH
@@ -17,11 +18,32 @@ from fkd_dali.pipelines.fragments import decode_and_crop
 OUTPUT_NAMES = ("crops", "meta")
 
 
+def crop_inputs(source, no_copy: bool = False) -> tuple[DataNode, DataNode, DataNode]:
+    """The graph's inputs, `(encoded, rois, meta)` per image, from a batch-mode external source.
+
+    The one place the feed enters DALI; benchmarks that replace the decode build on it
+    too. With `no_copy` DALI reads the source's arrays in place instead of copying them
+    (for 110 KB files the copy costs more than reading the file); DALI requires them
+    unchanged until `prefetch_queue_depth` iterations after feeding (`zero_copy_ok`).
+    """
+    encoded, rois, meta = fn.external_source(
+        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64], no_copy=no_copy)
+    return encoded, rois, meta
+
+
+def zero_copy_ok(source, prefetch: int) -> bool:
+    """Whether `source` keeps what it hands out referenced long enough for `no_copy` feeding.
+
+    A `BatchSource` keeps its last `keeps` batches; DALI may still read a batch until
+    `prefetch` iterations after it was fed, so one more than that, plus one of margin.
+    """
+    return getattr(source, "keeps", 0) >= prefetch + 2
+
+
 @pipeline_def
 def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
-                std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float):
-    encoded, rois, meta = fn.external_source(
-        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64])
+                std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float, no_copy: bool):
+    encoded, rois, meta = crop_inputs(source, no_copy)
     crops = decode_and_crop(encoded, rois, n_crops, size, interpolation, mean, std, gpu, half, hw_decoder_load)
     return crops, meta
 
@@ -33,11 +55,12 @@ def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean
     """Build (not yet started) the stored-crop pipeline.
 
     Args:
-        source: callable returning a batch `(encoded, rois, meta)` of lists, one
-            entry per image (at most `batch_size`), or raising StopIteration at the
+        source: callable returning a batch `(encoded, rois, meta)`, one entry (or array
+            row) per image (at most `batch_size`), or raising StopIteration at the
             end of an epoch (a `fkd_dali.loaders.feed.BatchSource`); flipped crops have
             their ROI's x0 and x1 swapped. `meta` is an int64 row carried through unchanged
-            (image id, round, ...) so outputs can be matched to inputs.
+            (image id, round, ...) so outputs can be matched to inputs. Its arrays are read
+            in place when the source keeps them long enough (`zero_copy_ok`), else copied.
         device_id: CUDA device, or None for the CPU-only pipeline.
         half: float16 output; defaults to True on GPU, False on CPU.
     """
@@ -45,6 +68,6 @@ def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean
     if half is None:
         half = gpu
     return _crop_graph(source, n_crops, size, interpolation, tuple(mean), tuple(std), gpu, half,
-                       hw_decoder_load, batch_size=batch_size, num_threads=num_threads,
-                       device_id=device_id, prefetch_queue_depth=prefetch, seed=seed,
+                       hw_decoder_load, zero_copy_ok(source, prefetch), batch_size=batch_size,
+                       num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch, seed=seed,
                        exec_dynamic=True)

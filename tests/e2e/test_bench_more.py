@@ -2,8 +2,9 @@
 
 Correctness: the fkd-dali loader's targets are `recover_labels` of the store's labels
 of exactly the (image, slot) pairs it emits, pass after pass; the FKD-reference loader,
-reading the files `export_fkd` wrote from the same store, replays the same boxes,
-labels and (within resize rounding) the same pixels. Tiny runs of `python -m bench
+reading files of FKD's published shape (M=500) built from the same store, finds the
+store's boxes, flips and labels in their first crops and cuts (within resize rounding)
+the same pixels from them. Tiny runs of `python -m bench
 store|labelgen|train` (and `fkd-dali bench ...`) complete and write valid JSON and a
 PNG. No timing is asserted anywhere.
 """
@@ -21,11 +22,10 @@ import timm
 import torch
 from PIL import Image
 
-from bench.labels import export_store_fkd
+from bench.labels import fkd_published_path, write_fkd_published
 from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpec, create_loader, load_pil_rgb
-from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.crops.boxes import decode_boxes, sample_crops
 from fkd_dali.crops.plan import pass_slots
-from fkd_dali.interop.fkd_files import read_fkd_file
 from fkd_dali.labels.recovery import recover_labels
 from fkd_dali.store.label_store import open_store
 
@@ -38,15 +38,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def fkd_files(small_store, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fkd-export")
-    info = export_store_fkd(str(small_store), root)
-    assert info.crops_per_image == 8 and info.top_k == 5 and info.source
+    root = tmp_path_factory.mktemp("fkd-published")
+    info = write_fkd_published(str(small_store), root, 500)
+    assert info.crops_per_image == 500 and info.top_k == 5 and info.source
+    assert write_fkd_published(str(small_store), root, 500) == info  # reused while the store is the same
     return root
 
 
 def spec(photo_index, small_store, fkd_files=None, m=4, batch=8, size=32) -> LoaderSpec:
     return LoaderSpec(index=photo_index, batch_size=batch, workers=1, m=m, image_size=size, store=str(small_store),
-                      fkd_labels=str(fkd_files) if fkd_files else None)
+                      fkd_labels=str(fkd_files) if fkd_files else None, fkd_unpickle=True)
 
 
 def test_registry_has_the_fkd_dali_rows() -> None:
@@ -93,28 +94,50 @@ def test_fkd_dali_without_labels_gives_folder_classes(photo_index, small_store) 
     loader.close()
 
 
-def test_fkd_reference_replays_the_same_crops_as_fkd_dali(photo_index, small_store, fkd_files) -> None:
-    """Files exported from the store: same boxes, flips and labels; pixels equal up to resize rounding."""
+def test_fkd_files_have_fkds_published_shape_and_start_with_the_stores_crops(photo_index, small_store, fkd_files):
+    """As FKD's generator writes them (numpy arrays: float32 coords, bool flips, float32 (M, 2, K) labels);
+    crops 0-7 are the store's; crops 8-499 are what label generation would have drawn for those slots."""
+    store = open_store(str(small_store))
+    stored = store.read_images(0, store.n_images)
+    for i, rel in enumerate(photo_index.paths):
+        path = fkd_published_path(fkd_files, rel)
+        assert path.name == rel.split("/")[-1].split(".")[0] + ".tar"
+        coords, flip, labels = torch.load(path, map_location="cpu", weights_only=False)  # our own test files
+        assert isinstance(coords, np.ndarray) and coords.dtype == np.float32 and coords.shape == (500, 4)
+        assert flip.dtype == np.bool_ and flip.shape == (500,)
+        assert labels.dtype == np.float32 and labels.shape == (500, 2, 5)
+        h, w = photo_index.sizes[i]
+        pixels = np.rint(coords * [h, w, h, w]).astype(np.int64)
+        np.testing.assert_array_equal(pixels[:8], decode_boxes(stored.boxes[i], photo_index.sizes[i][None]))
+        np.testing.assert_array_equal(flip[:8], stored.flips[i])
+        np.testing.assert_array_equal(labels[:8, 0], stored.index[i])
+        np.testing.assert_array_equal(labels[:8, 1], stored.prob[i].astype(np.float32))
+        more, more_flips = sample_crops(photo_index.sizes[i][None], np.array([i]), np.arange(8, 500), store.spec.crop)
+        np.testing.assert_array_equal(pixels[8:], more[0])
+        np.testing.assert_array_equal(flip[8:], more_flips[0])
+        ids = labels[:, 0]
+        assert (ids == np.round(ids)).all() and ids.min() >= 0 and ids.max() < 1000
+        assert (np.diff(labels[:, 1], axis=1) <= 0).all() and (labels[:, 1].sum(1) <= 1 + 1e-3).all()
+
+
+def test_fkd_reference_replays_the_same_crops_as_fkd_dali(photo_index, small_store, fkd_files):
+    """The stored crops fkd-dali replays, cut by the FKD reference from its file: same labels, same pixels
+    up to resize rounding."""
     store = open_store(str(small_store))
     stored = store.read_images(0, store.n_images)
     s = spec(photo_index, small_store, fkd_files, size=48)
     dataset = FkdReferenceDataset(s)
-    for i in range(len(photo_index)):
-        labels = read_fkd_file(dataset.labels[i])
-        h, w = photo_index.sizes[i]
-        pixels = np.rint(labels.coords * [h, w, h, w]).astype(np.int64)
-        np.testing.assert_array_equal(pixels, decode_boxes(stored.boxes[i], photo_index.sizes[i][None]))
-        np.testing.assert_array_equal(labels.flip, stored.flips[i])
-        np.testing.assert_array_equal(labels.index, stored.index[i])
-        np.testing.assert_array_equal(labels.prob, stored.prob[i].astype(np.float32))
+    crops, labels, slots = dataset[0]  # m random crops of the 500
+    assert crops.shape == (4, 3, 48, 48) and labels.shape == (4, 2, 5) and len(set(slots.tolist())) == 4
     loader = FkdDaliLoader(s)
     stream = loader.batches_with_meta()
     for _ in range(3):
         images, _, meta = next(stream)
         for first in range(0, 8, 4):
             i, slots = int(meta[first, 0]), meta[first:first + 4, 1].numpy()
-            crops, labels = dataset.cut(load_pil_rgb(dataset.paths[i]), read_fkd_file(dataset.labels[i]), slots)
+            crops, labels = dataset.cut(load_pil_rgb(dataset.paths[i]), dataset.load(i), slots)
             np.testing.assert_array_equal(labels[:, 0].numpy(), stored.index[i, slots])
+            np.testing.assert_array_equal(labels[:, 1].numpy(), stored.prob[i, slots].astype(np.float32))
             diff = ((crops - images[first:first + 4]).abs() * STD * 255).flatten(1).mean(1)
             assert float(diff.max()) < 1.5, f"{photo_index.paths[i]}: mean |PIL - DALI| {diff.tolist()} px"
     stream.close()

@@ -174,8 +174,9 @@ def test_tiny_benchmark_writes_json_and_png(tmp_path: Path) -> None:
         assert row["crops_per_s"] > 0 and row["cpu_s_per_1000_crops"] >= 0 and row["peak_rss_mb"] > 0
     machine = doc["machine"]
     assert machine["cpu_model"] and machine["logical_cores"] >= 1 and "torch" in machine["versions"]
-    assert doc["dataset"]["n_images"] == 8 and doc["labels"]["fkd_labels"]["crops_per_image"] == 2
-    # the FKD files are exported from the very store the fkd-dali rows replay
+    # FKD's published shape (M=500), built from the very store the fkd-dali rows replay (M=2)
+    assert doc["dataset"]["n_images"] == 8 and doc["labels"]["fkd_labels"]["crops_per_image"] == 500
+    assert doc["labels"]["fkd_labels"]["kind"] == "fkd-published"
     assert doc["labels"]["store"]["kind"] == "store" and doc["labels"]["store"]["crops_per_image"] == 2
     assert doc["labels"]["fkd_labels"]["source"]
     assert doc["num_classes"] == 1000 and len(machine["load_average"]) == 3

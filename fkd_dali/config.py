@@ -217,10 +217,23 @@ class TrainConfig:
     synthetic: bool = False
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
+    # recipes (timm's flag names): fine-tuning, batch mixing of soft labels, weight EMA
+    initial_checkpoint: str | None = None  # start from these weights (a timm state dict or an fkd-dali checkpoint)
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
+    mixup: float = 0.0  # Mixup Beta(alpha, alpha); 0 = off
+    mix_prob: float = 1.0  # probability that a step is mixed (when cutmix or mixup > 0)
+    mix_switch_prob: float = 0.5  # with both: probability of CutMix rather than Mixup
+    model_ema: bool = False  # keep, validate and checkpoint an EMA of the weights
+    model_ema_decay: float = 0.9998
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
                        "val_batch_size", "image_size", "recovery_k")
+        check_at_least(self, 0, "cutmix", "mixup")
+        check_finite(self, "cutmix", "mixup")
+        check_fraction(self, "mix_prob", "mix_switch_prob")
+        if not 0.0 < self.model_ema_decay < 1.0:
+            raise ConfigError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
         check_at_least(self, 0, "seed", "max_steps", "lr", "momentum", "weight_decay", "warmup_epochs",
                        "warmup_lr", "min_lr", "decay_rate")
         check_finite(self, "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr",

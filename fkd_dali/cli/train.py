@@ -69,6 +69,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("recipes (timm's flag names)")
+    g.add_argument("--initial-checkpoint", default=None, metavar="FILE",
+                   help="start from these weights (fine-tuning, e.g. MEAL V2 with FKD): a timm state dict or an "
+                        "fkd-dali checkpoint; unlike --resume, the optimizer, schedule and position start fresh")
+    g.add_argument("--cutmix", type=float, default=d("cutmix"), metavar="ALPHA",
+                   help="CutMix on soft labels, lam ~ Beta(ALPHA, ALPHA); the target is the area-weighted mix of "
+                        "the two crops' recovered labels (0 = off)")
+    g.add_argument("--mixup", type=float, default=d("mixup"), metavar="ALPHA",
+                   help="Mixup on soft labels, lam ~ Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--mix-prob", "--mixup-prob", dest="mix_prob", type=float, default=d("mix_prob"), metavar="P",
+                   help="probability that a step is mixed (default %(default)s)")
+    g.add_argument("--mix-switch-prob", "--mixup-switch-prob", dest="mix_switch_prob", type=float,
+                   default=d("mix_switch_prob"), metavar="P",
+                   help="with --cutmix and --mixup both on: probability of CutMix (default %(default)s)")
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an EMA of the weights (timm's ModelEmaV3), validated and checkpointed too")
+    g.add_argument("--model-ema-decay", type=float, default=d("model_ema_decay"), metavar="D",
+                   help="EMA decay per step, in (0, 1) (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", default=d("output"), help="folder for checkpoints, metrics and config")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/last.pth)")

@@ -173,7 +173,7 @@ class TrainConfig:
     """
 
     data: str
-    labels: str  # store path/URL, or "none" for vanilla training with hard folder labels
+    labels: str  # store path/URL, "none" for vanilla training with hard folder labels, "online" for online KD
     arch: str = "resnet50"
     output: str = "output"
     epochs: int = 300
@@ -225,6 +225,9 @@ class TrainConfig:
     mix_switch_prob: float = 0.5  # with both: probability of CutMix rather than Mixup
     model_ema: bool = False  # keep, validate and checkpoint an EMA of the weights
     model_ema_decay: float = 0.9998
+    # online KD (--labels online): the teacher runs on every training crop
+    teacher: str | None = None  # a named teacher or a timm model name
+    teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
@@ -234,6 +237,12 @@ class TrainConfig:
         check_fraction(self, "mix_prob", "mix_switch_prob")
         if not 0.0 < self.model_ema_decay < 1.0:
             raise ConfigError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
+        if self.online and not self.teacher:
+            raise ConfigError("--labels online needs --teacher NAME (a named teacher such as efficientnet_lite0, "
+                              "or a timm model name with --teacher-checkpoint FILE)")
+        if not self.online and (self.teacher or self.teacher_checkpoint):
+            which = "--teacher" if self.teacher else "--teacher-checkpoint"
+            raise ConfigError(f"{which} only applies to --labels online (stored labels already name their teacher)")
         check_at_least(self, 0, "seed", "max_steps", "lr", "momentum", "weight_decay", "warmup_epochs",
                        "warmup_lr", "min_lr", "decay_rate")
         check_finite(self, "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr",
@@ -259,6 +268,11 @@ class TrainConfig:
     @property
     def vanilla(self) -> bool:
         return self.labels.lower() == "none"
+
+    @property
+    def online(self) -> bool:
+        """Online KD: the teacher labels fresh crops in the loop instead of a store."""
+        return self.labels.lower() == "online"
 
     @property
     def m(self) -> int:

@@ -32,7 +32,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", default=None, help="training folder root/<class>/<image> the labels were made for "
                                                 "(required)")
     g.add_argument("--labels", default=None,
-                   help="soft-label store, or 'none' for vanilla (hard-label) training (required)")
+                   help="soft-label store; 'none' for vanilla (hard-label) training; 'online' for online KD, the "
+                        "teacher (--teacher) labelling fresh crops in the loop (required)")
+    g.add_argument("--teacher", default=None,
+                   help="online KD: a named teacher (efficientnet_lite0) or a timm model name with "
+                        "--teacher-checkpoint; it sees each crop resized on the device to its own input size")
+    g.add_argument("--teacher-checkpoint", default=None, metavar="FILE", help="online KD: the teacher's weights")
     g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
     g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
     g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),
@@ -42,8 +47,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mean", type=float_triple, default=None, help="normalization mean (default: the arch's)")
     g.add_argument("--std", type=float_triple, default=None, help="normalization std (default: the arch's)")
     g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop fraction")
-    g.add_argument("--scale", type=float_pair, default=d("scale"), help="vanilla crop area range")
-    g.add_argument("--ratio", type=float_pair, default=d("ratio"), help="vanilla crop aspect range")
+    g.add_argument("--scale", type=float_pair, default=d("scale"), help="vanilla / online-KD crop area range")
+    g.add_argument("--ratio", type=float_pair, default=d("ratio"), help="vanilla / online-KD crop aspect range")
     g.add_argument("--threads", "-j", type=int, default=d("threads"), help="DALI CPU threads per process")
     g.add_argument("--synthetic", action="store_true", help="random tensors on the device instead of data")
     g = p.add_argument_group("model and optimization")
@@ -63,7 +68,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decay-rate", type=float, default=d("decay_rate"), help="step schedule factor")
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
     g.add_argument("--recovery", default=d("recovery"), choices=RECOVERY_KINDS)
-    g.add_argument("--recovery-k", type=int, default=None, help="top-k kept by the marginal kinds (<= store K)")
+    g.add_argument("--recovery-k", type=int, default=None,
+                   help="top-k kept by the marginal kinds (<= store K); online KD: the teacher's top-K (default 5)")
     g.add_argument("--smoothing", type=float, default=d("smoothing"))
     g.add_argument("--temperature", type=float, default=None, help="loss temperature (default: the store's)")
     g.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)

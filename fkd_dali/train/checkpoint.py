@@ -59,6 +59,7 @@ class RunIdentity:
     seed: int
     data_config: dict[str, Any]  # the student's pixels: size, interpolation, mean, std, crop_pct
     config: dict[str, Any]  # the resolved TrainConfig, for the record
+    teacher_fingerprint: str | None = None  # online KD: "<teacher name>:<sha256 of its weights>"
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,15 @@ def check_resume(ckpt: dict[str, Any], identity: RunIdentity, store: LabelStore 
     """Raise `CheckpointError` unless a run of `identity` continues the checkpoint's run at the same sample."""
     mode = ckpt.get("mode", identity.mode)
     if mode != identity.mode:
-        raise CheckpointError(f"checkpoint {path} comes from a {mode} run; this run is {identity.mode} "
-                              f"(--labels {_LABELS_OF_MODE.get(mode, mode)}): resume with the --labels it used")
+        raise CheckpointError(f"checkpoint {path} was trained in {mode} mode (--labels {_LABELS_OF_MODE.get(mode)}); "
+                              f"this run is in {identity.mode} mode: resume with the --labels it used")
     if ckpt["arch"] != identity.arch:
         raise CheckpointError(f"checkpoint {path} holds a {ckpt['arch']!r} model; this run builds "
                               f"{identity.arch!r}. Pass --arch {ckpt['arch']} or start without --resume")
     check_store_matches(ckpt, store, path)
+    if ckpt.get("teacher_fingerprint") != identity.teacher_fingerprint:
+        raise CheckpointError(f"checkpoint {path} was trained online with teacher {ckpt.get('teacher_fingerprint')}, "
+                              f"this run uses {identity.teacher_fingerprint}: resume with the --teacher it used")
     if ckpt["data_fingerprint"] != identity.data_fingerprint:
         raise CheckpointError(f"checkpoint {path} was trained on another dataset than this run's --data")
     want = {"num_crops": identity.num_crops, "batch_size": identity.batch_size, "world": identity.world,

@@ -29,6 +29,7 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
 from fkd_dali.errors import ConfigError
 from fkd_dali.labels.loss import soft_cross_entropy
+from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.train.checkpoint import (
@@ -46,6 +47,7 @@ from fkd_dali.train.data import make_train_loader, open_training_data
 from fkd_dali.train.ema import WeightEma
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
 from fkd_dali.train.mix import BatchMixer, MixSpec
+from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
@@ -104,6 +106,7 @@ class TrainRun:
     steps_per_pass: int
     data_config: dict[str, Any]
     num_classes: int
+    teacher: Teacher | None = None  # online KD
     mixer: BatchMixer | None = None  # --cutmix / --mixup
     ema: WeightEma | None = None  # --model-ema
     val_loader: Any = None
@@ -120,12 +123,24 @@ class TrainRun:
         return self.cfg.batch_size  # global
 
 
-def _make_targets(cfg: TrainConfig, store: LabelStore | None, num_classes: int) -> tuple[TargetFn, float]:
+def _make_targets(cfg: TrainConfig, store: LabelStore | None, num_classes: int, teacher: Teacher | None,
+                  dc: dict[str, Any], device: torch.device, amp_dtype: torch.dtype | None) -> tuple[TargetFn, float]:
     """The batch -> targets function and the loss temperature of the run's mode."""
+    if teacher is not None:
+        temperature = cfg.temperature or 1.0
+        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
+                             temperature), temperature
     if store is None:
         return folder_targets(num_classes), 1.0
     return (stored_targets(num_classes, cfg.recovery, cfg.recovery_k, cfg.smoothing),
             cfg.temperature or store.spec.label.temperature)
+
+
+def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher | None) -> int:
+    """The student's outputs: the teacher's classes (store or online teacher), else the folder's."""
+    if teacher is not None:
+        return teacher.num_classes
+    return len(index.class_names) if store is None else store.spec.label.num_classes
 
 
 def _mixer(cfg: TrainConfig, env: DistEnv) -> BatchMixer | None:
@@ -144,7 +159,8 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     check_arch(cfg.arch)
     amp_dtype = resolve_amp(cfg.amp, device)
     index, store = open_training_data(cfg)
-    num_classes = len(index.class_names) if store is None else store.spec.label.num_classes
+    teacher = load_online_teacher(cfg) if cfg.online else None
+    num_classes = _num_classes(index, store, teacher)
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=num_classes)
     if cfg.initial_checkpoint:
@@ -164,10 +180,10 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     spec = ScheduleSpec(cfg.sched, passes, loader.steps_per_pass, cfg.m, cfg.warmup_epochs, cfg.warmup_lr,
                         cfg.min_lr, cfg.decay_epochs, cfg.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    targets, temperature = _make_targets(cfg, store, num_classes)
+    targets, temperature = _make_targets(cfg, store, num_classes, teacher, dc, device, amp_dtype)
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
                    targets, temperature, loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
-                   num_classes, mixer=_mixer(cfg, env), ema=ema)
+                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher)
     try:
         if cfg.resume:
             _resume(run, cfg.resume)
@@ -183,12 +199,15 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
 def run_identity(run: TrainRun) -> RunIdentity:
     """What a checkpoint of this run records so that a resume (or `eval`) can check it."""
     cfg = run.cfg
-    return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode="vanilla" if cfg.vanilla else "distill",
+    mode = "vanilla" if cfg.vanilla else "online" if cfg.online else "distill"
+    return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode=mode,
                        store_fingerprint=store_id(run.store) if run.store is not None else None,
                        data_fingerprint=run.index.fingerprint,
-                       model_classes=run.index.class_names if run.store is None else None,
+                       model_classes=run.index.class_names if cfg.vanilla else None,
                        num_crops=run.m, batch_size=cfg.batch_size, world=run.env.world, seed=cfg.seed,
-                       data_config=run.data_config, config=config_dict(cfg))
+                       data_config=run.data_config, config=config_dict(cfg),
+                       teacher_fingerprint=(f"{run.teacher.name}:{run.teacher.checkpoint_sha256}"
+                                            if run.teacher is not None else None))
 
 
 def _resume(run: TrainRun, path: str) -> None:
@@ -240,7 +259,7 @@ def _wrap(run: TrainRun) -> None:
 
 def _make_val(run: TrainRun) -> None:
     cfg = run.cfg
-    model_classes = run.index.class_names if run.store is None else None  # vanilla: the folder's classes
+    model_classes = run.index.class_names if cfg.vanilla else None  # vanilla: the folder's classes
     run.val_loader, run.class_map = validation_data(cfg.val, run.data_config, run.num_classes,  # type: ignore[arg-type]
                                                     model_classes, cfg.val_batch_size, cfg.threads, run.device,
                                                     run.env.rank, run.env.world)

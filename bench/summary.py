@@ -109,8 +109,19 @@ def train_markdown(doc: dict) -> str:
             f"({_f(r['synthetic_images_per_s'])}) | **{r['ratio']:.2f}** (per round "
             f"{', '.join(f'{x:.2f}' for x in r['ratio_per_round'])}) | >= {r['target_ratio']:.0%}: "
             f"**{'met' if r['target_met'] else 'missed'}** |\n\n"
+            + _online_markdown(r, c) +
             f"{c['arch']} at {c['image_size']} px, batch {c['batch_size']} crops (m={c['num_crops']}), {c['steps']} "
             f"steps per run, {c['rounds']} rounds, device {c['device']}; {_load(doc)}.")
+
+
+def _online_markdown(r: dict, c: dict) -> str:
+    """The FKD vs online-KD table of `bench train` (absent from results made without online runs)."""
+    if "fkd_over_online" not in r:
+        return ""
+    return (f"| FKD replay images/s | online KD images/s (teacher {c['teacher']} in the loop) | FKD / online | paper |"
+            f"\n|---|---|---|---|\n| {_f(r['real_images_per_s'])} | {_f(r['online_images_per_s'])} | "
+            f"**{r['fkd_over_online']:.2f}x** (per round "
+            f"{', '.join(f'{x:.2f}' for x in r['fkd_over_online_per_round'])}) | 3-5x |\n\n")
 
 
 def stages_markdown(doc: dict) -> str:

@@ -1,6 +1,6 @@
 """`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what the README shows).
 
-Reads whichever of loaders.json, store.json, labelgen.json, train.json and stages.json
+Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json and fidelity.json
 exist and prints one Markdown section per benchmark, every figure taken from the JSON.
 """
 from __future__ import annotations
@@ -137,8 +137,21 @@ def stages_markdown(doc: dict) -> str:
     return "\n".join(lines) + f"\n\nCPU-milliseconds per crop, one thread; {_load(doc)}."
 
 
+def fidelity_markdown(doc: dict) -> str:
+    lines = ["| label | KL(oracle‖label) | KL(label‖oracle) | top-1 agreement | top-5 overlap | flipped crops: "
+             "KL / top-1 |", "|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        a, f = r["all"], r["flipped"]
+        lines.append(f"| {r['label']} | {a['kl']:.3f} | {a['kl_reverse']:.3f} | {a['top1_agreement']:.1f}% | "
+                     f"{a['top5_overlap']:.1f}% | {f['kl']:.3f} / {f['top1_agreement']:.1f}% |")
+    c = doc["config"]
+    return ("\n".join(lines) + f"\n\n{doc['crops']} crops ({doc['flipped_crops']} flipped) of "
+            f"{doc['dataset']['n_images']} real photos, teacher {c['teacher']}; the teacher's stored top-"
+            f"{c['top_k']} holds {100 * doc['stored_top_k_mass']:.1f}% of its probability on average; {_load(doc)}.")
+
+
 SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
-            ("train", train_markdown), ("stages", stages_markdown))
+            ("train", train_markdown), ("stages", stages_markdown), ("fidelity", fidelity_markdown))
 
 
 def summarize_dir(results: str | Path) -> str:

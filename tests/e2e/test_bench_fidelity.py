@@ -41,3 +41,8 @@ def test_tiny_fidelity_benchmark(tmp_path: Path) -> None:
     assert all(a["top5_overlap"] <= b["top5_overlap"] for a, b in zip(ms, ms[1:]))  # more kept classes
     assert all(a["kl"] > b["kl"] for a, b in zip(ms, ms[1:]))  # keeping more of the oracle gets closer
     assert rows["FKD store top-5: hard"]["all"]["top5_overlap"] == pytest.approx(20.0)  # top-1 only
+    assert 0 < doc["stored_top_k_mass"] <= 1.001
+    from bench.summary import summarize_dir
+
+    text = summarize_dir(out)
+    assert text.startswith("#### fidelity") and "| FKD store top-5: marginal_smoothing k=5 |" in text

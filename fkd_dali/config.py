@@ -225,6 +225,7 @@ class TrainConfig:
     mix_switch_prob: float = 0.5  # with both: probability of CutMix rather than Mixup
     model_ema: bool = False  # keep, validate and checkpoint an EMA of the weights
     model_ema_decay: float = 0.9998
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength per crop (FKD: 0.4); 0 = off
     # online KD (--labels online): the teacher runs on every training crop
     teacher: str | None = None  # a named teacher or a timm model name
     teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
@@ -232,8 +233,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
                        "val_batch_size", "image_size", "recovery_k")
-        check_at_least(self, 0, "cutmix", "mixup")
-        check_finite(self, "cutmix", "mixup")
+        check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
+        check_finite(self, "cutmix", "mixup", "color_jitter")
+        if self.color_jitter and self.vanilla:
+            raise ConfigError("--color-jitter applies to replayed (--labels STORE) and online-KD crops; the vanilla "
+                              "baseline (--labels none) crops with DALI's own random ops: drop --color-jitter")
         check_fraction(self, "mix_prob", "mix_switch_prob")
         if not 0.0 < self.model_ema_decay < 1.0:
             raise ConfigError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")

@@ -89,6 +89,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mix-switch-prob", "--mixup-switch-prob", dest="mix_switch_prob", type=float,
                    default=d("mix_switch_prob"), metavar="P",
                    help="with --cutmix and --mixup both on: probability of CutMix (default %(default)s)")
+    g.add_argument("--color-jitter", type=float, default=d("color_jitter"), metavar="S",
+                   help="colour jitter after the crop, in the DALI graph: brightness, contrast and saturation factors "
+                        "uniform on [max(0, 1-S), 1+S] per crop (FKD/ReLabel: 0.4; 0 = off), drawn from the "
+                        "counter-based generator so --resume stays exact; the stored label stays the teacher's label "
+                        "of the un-jittered crop (the paper's choice)")
     g.add_argument("--model-ema", action="store_true",
                    help="keep an EMA of the weights (timm's ModelEmaV3), validated and checkpointed too")
     g.add_argument("--model-ema-decay", type=float, default=d("model_ema_decay"), metavar="D",

@@ -194,5 +194,5 @@ def stream_seed(seed: int, *words: int) -> int:
     """
     x = _splitmix64(np.full(1, seed, dtype=np.uint64))
     for w in words:
-        x = _splitmix64(x ^ np.uint64(w))
+        x = _splitmix64(x ^ np.uint64(int(w) % 2**64))  # an ad-hoc table's pass -1 wraps to 2**64 - 1
     return int(x[0])

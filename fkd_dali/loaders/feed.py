@@ -32,6 +32,7 @@ class FeedBatch:
     flips: list[np.ndarray]  # (n_crops,) int32
     meta: list[np.ndarray]  # (j,) int64, carried through
     paths: list[str] = field(default_factory=list)
+    jitter: list[np.ndarray] | None = None  # (n_crops, 3) float32 colour-jitter factors, for a `JitterBatchSource`
 
     @property
     def flipped_rois(self) -> list[np.ndarray]:
@@ -74,6 +75,12 @@ class BatchSource:
         batch = next(self._batches)  # StopIteration ends DALI's epoch
         self.recent.append(batch.paths)
         return tuple(getattr(batch, name) for name in self.FIELDS)
+
+
+class JitterBatchSource(BatchSource):
+    """A `BatchSource` that also gives each image's colour-jitter factors (`FeedBatch.jitter`)."""
+
+    FIELDS = BatchSource.FIELDS + ("jitter",)
 
 
 class CropIterator:

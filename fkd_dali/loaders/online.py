@@ -35,19 +35,20 @@ class _FreshSlots:
 class FreshCropLoader(ReplayLoader):
     """Random-resized crops drawn afresh each pass, cut by the replay crop graph; no labels.
 
-    Args: as `ReplayLoader` (less store, labels and prefetching), plus the crop
-    distribution (`scale`, `ratio`, `flip_prob`, torchvision's RandomResizedCrop
-    semantics); `seed` keys both the image order and the boxes.
+    Args: as `ReplayLoader` (less store, labels and prefetching; `color_jitter` too),
+    plus the crop distribution (`scale`, `ratio`, `flip_prob`, torchvision's
+    RandomResizedCrop semantics); `seed` keys both the image order and the boxes.
     """
 
     def __init__(self, index: DatasetIndex, m: int, batch_size: int, size: int, mean: Sequence[float],
                  std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0, rank: int = 0,
                  world: int = 1, device: torch.device | str = "cpu", threads: int | None = None,
                  scale: Sequence[float] = CROP_SCALE, ratio: Sequence[float] = CROP_RATIO,
-                 flip_prob: float = FLIP_PROB, half: bool | None = None) -> None:
+                 flip_prob: float = FLIP_PROB, half: bool | None = None, color_jitter: float = 0.0) -> None:
         super().__init__(_FreshSlots(), index, m, batch_size, size, mean, std,  # type: ignore[arg-type]
                          interpolation=interpolation, seed=seed, rank=rank, world=world, device=device,
-                         threads=threads, with_labels=False, half=half, prefetch_tables=False)
+                         threads=threads, with_labels=False, half=half, prefetch_tables=False,
+                         color_jitter=color_jitter)
         self.crops = CropDistribution(tuple(scale), tuple(ratio), flip_prob, seed)  # type: ignore[arg-type]
 
     def table(self, pass_idx: int) -> PassTable:

@@ -16,6 +16,7 @@ slot order. `start_step` skips steps without reading or decoding them (resume).
 """
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -105,13 +106,15 @@ class ReplayLoader:
         half: float16 crops (default: on GPU only).
         prefetch_tables: read the next pass's table in the background.
         with_full: also deliver the dense labels of a store of label kind "full".
+        color_jitter: strength S of per-crop colour jitter after the crop (0 = off; see
+            `fkd_dali.crops.jitter`); labels are those of the un-jittered crops.
     """
 
     def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
                  mean: Sequence[float], std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, with_labels: bool = True, half: bool | None = None,
-                 prefetch_tables: bool = True, with_full: bool = False) -> None:
+                 prefetch_tables: bool = True, with_full: bool = False, color_jitter: float = 0.0) -> None:
         if batch_size < 1 or batch_size % m:
             raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
         self.store, self.index = store, index
@@ -125,6 +128,7 @@ class ReplayLoader:
         self.with_labels = with_labels
         self.with_full = with_full and with_labels
         self.half = half
+        self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
         self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full)
                        if prefetch_tables else None)
@@ -149,15 +153,15 @@ class ReplayLoader:
 
     # -- stage 4: crop pipeline ------------------------------------------------
     def _crop_iterator(self):
-        from fkd_dali.loaders.feed import BatchSource, CropIterator
+        from fkd_dali.loaders.feed import BatchSource, CropIterator, JitterBatchSource
         from fkd_dali.pipelines.crops import make_crop_pipeline
 
         if self._iter is None or self._dirty:
-            source = BatchSource()
+            source = JitterBatchSource() if self.color_jitter else BatchSource()
             pipe = make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
                                       mean=self.mean, std=self.std, batch_size=self.images_per_step,
                                       num_threads=self.threads, device_id=dali_device_id(self.device),
-                                      half=self.half, seed=self.seed)
+                                      half=self.half, seed=self.seed, jitter=bool(self.color_jitter))
             self._iter, self._dirty = CropIterator(pipe, source), False
         return self._iter
 
@@ -186,10 +190,21 @@ class ReplayLoader:
         labels: DeviceLabels | None = table.to_device(self.device) if self.with_labels else None
         slots = torch.from_numpy(np.array(table.slots))
         crop_iter = self._crop_iterator()
+        feed = self._feeder.batches(table, blocks)
+        if self.color_jitter:
+            feed = self._jittered(feed, table)
         self._dirty = True  # until the epoch is drained, the pipeline may hold prefetched batches
-        for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks)):
+        for crops, meta in crop_iter.epoch(feed):
             yield self._assemble(crops, meta, labels, slots)
         self._dirty = False
+
+    def _jittered(self, feed: Iterator, table: PassTable) -> Iterator:
+        """The feed with each image's colour-jitter factors, by its table row (meta column 1)."""
+        from fkd_dali.crops.jitter import jitter_factors
+
+        factors = jitter_factors(self.color_jitter, self.seed, table.pass_idx, table.images, table.slots)
+        for batch in feed:
+            yield dataclasses.replace(batch, jitter=[factors[int(row[1])] for row in batch.meta])
 
     def _assemble(self, crops: torch.Tensor, meta: torch.Tensor, labels: DeviceLabels | None,
                   slots: torch.Tensor) -> ReplayBatch:

@@ -19,17 +19,19 @@ OUTPUT_NAMES = ("crops", "meta")
 
 @pipeline_def
 def _crop_graph(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
-                std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float):
-    encoded, rois, meta = fn.external_source(
-        source=source, num_outputs=3, batch=True, dtype=[types.UINT8, types.FLOAT, types.INT64])
-    crops = decode_and_crop(encoded, rois, n_crops, size, interpolation, mean, std, gpu, half, hw_decoder_load)
+                std: Sequence[float], gpu: bool, half: bool, hw_decoder_load: float, jitter: bool = False):
+    dtypes = [types.UINT8, types.FLOAT, types.INT64] + ([types.FLOAT] if jitter else [])
+    encoded, rois, meta, *factors = fn.external_source(source=source, num_outputs=len(dtypes), batch=True,
+                                                       dtype=dtypes)
+    crops = decode_and_crop(encoded, rois, n_crops, size, interpolation, mean, std, gpu, half, hw_decoder_load,
+                            jitter=factors[0] if jitter else None)
     return crops, meta
 
 
 def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean: Sequence[float],
                        std: Sequence[float], batch_size: int, num_threads: int, device_id: int | None,
                        half: bool | None = None, prefetch: int = PREFETCH_DEPTH, hw_decoder_load: float = HW_DECODER_LOAD,
-                       seed: int = 0) -> Pipeline:
+                       seed: int = 0, jitter: bool = False) -> Pipeline:
     """Build (not yet started) the stored-crop pipeline.
 
     Args:
@@ -40,11 +42,13 @@ def make_crop_pipeline(source, n_crops: int, size: int, interpolation: str, mean
             (image id, round, ...) so outputs can be matched to inputs.
         device_id: CUDA device, or None for the CPU-only pipeline.
         half: float16 output; defaults to True on GPU, False on CPU.
+        jitter: the source also gives each image's (n_crops, 3) float32 colour-jitter
+            factors (a 4th output), applied after the crop (`fragments.color_jitter`).
     """
     gpu = device_id is not None
     if half is None:
         half = gpu
     return _crop_graph(source, n_crops, size, interpolation, tuple(mean), tuple(std), gpu, half,
-                       hw_decoder_load, batch_size=batch_size, num_threads=num_threads,
+                       hw_decoder_load, jitter, batch_size=batch_size, num_threads=num_threads,
                        device_id=device_id, prefetch_queue_depth=prefetch, seed=seed,
                        exec_dynamic=True)

@@ -57,9 +57,11 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
     if cfg.vanilla:
         loader = VanillaLoader(index, per_rank, scale=cfg.scale, ratio=cfg.ratio, **common)
     elif cfg.online:
-        loader = FreshCropLoader(index, cfg.num_crops, per_rank, scale=cfg.scale, ratio=cfg.ratio, **common)
+        loader = FreshCropLoader(index, cfg.num_crops, per_rank, scale=cfg.scale, ratio=cfg.ratio,
+                                 color_jitter=cfg.color_jitter, **common)
     else:
-        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full", **common)
+        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full",
+                              color_jitter=cfg.color_jitter, **common)
     if loader.steps_per_pass < 1:
         raise ConfigError(f"{len(index)} images over {env.world} rank(s) do not fill one step of "
                           f"{per_rank // cfg.m} images per rank: lower --batch-size")

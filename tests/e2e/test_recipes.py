@@ -1,9 +1,10 @@
-"""The paper's training recipes end to end on CPU: CutMix/Mixup on soft labels, weight EMA,
-fine-tuning from pretrained weights, and an exact resume with all of them on."""
+"""The paper's training recipes end to end on CPU: colour jitter in the replay graph, CutMix/Mixup on
+soft labels, weight EMA, fine-tuning from pretrained weights, and an exact resume with all of them on."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,12 +64,13 @@ def _assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_kill_and_resume_with_cutmix_mixup_ema_and_initial_weights_is_exact(photo_root, small_store, tmp_path,
-                                                                           monkeypatch):
+def test_kill_and_resume_with_jitter_cutmix_mixup_ema_and_initial_weights_is_exact(photo_root, small_store,
+                                                                                  tmp_path, monkeypatch):
     batches, decisions = _record(monkeypatch)
     init = tmp_path / "pretrained.pth"
     _timm_style_weights(init)
-    recipe = dict(cutmix=1.0, mixup=0.2, model_ema=True, model_ema_decay=0.9, initial_checkpoint=str(init))
+    recipe = dict(color_jitter=0.4, cutmix=1.0, mixup=0.2, model_ema=True, model_ema_decay=0.9,
+                  initial_checkpoint=str(init))
     stopped = fit(cfg(photo_root, small_store, tmp_path / "a", max_steps=3, **recipe))
     assert (load_checkpoint(stopped.checkpoint)["step"], stopped.steps) == (3, 3)
     del batches[:], decisions[:]
@@ -85,6 +87,43 @@ def test_kill_and_resume_with_cutmix_mixup_ema_and_initial_weights_is_exact(phot
     _assert_same_tensors(a["model"], b["model"])
     _assert_same_tensors(a["model_ema"], b["model_ema"])
     assert not torch.equal(a["model_ema"]["fc.weight"], a["model"]["fc.weight"])
+
+
+def test_color_jitter_in_the_replay_graph_follows_the_counter_based_factors(photo_index, small_store):
+    """Jittered crops = DALI's colour twist, with `jitter_factors`, of the same un-jittered uint8 crops."""
+    from fkd_dali.crops.jitter import jitter_factors
+    from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.store.label_store import open_store
+
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.25, 0.2, 0.3])
+    store = open_store(str(small_store))
+
+    def first_batch(strength: float):
+        loader = ReplayLoader(store, photo_index, m=4, batch_size=8, size=32, mean=mean, std=std, seed=2,
+                              threads=1, color_jitter=strength)
+        try:
+            batch = next(iter(loader.pass_batches(1)))
+            return batch, loader.table(1)
+        finally:
+            loader.close()
+
+    plain, table = first_batch(0.0)
+    jittered, _ = first_batch(0.4)
+    assert torch.equal(plain.meta, jittered.meta) and torch.equal(plain.index, jittered.index)  # same labels
+
+    def pixels(images):  # normalized NCHW -> uint8-valued NHWC
+        return images.numpy().transpose(0, 2, 3, 1) * std * 255 + mean * 255
+
+    before, after = pixels(plain.images), pixels(jittered.images)
+    assert np.abs(before - np.rint(before)).max() < 1e-3  # normalization of integer pixels
+    ids = plain.meta[::4, 0].numpy()
+    factors = jitter_factors(0.4, 2, 1, ids, table.slots).reshape(-1, 3)
+    b, c, s = (factors[:, i].reshape(-1, 1, 1, 1) for i in range(3))
+    x = np.rint(before)
+    grey = (x * np.array([0.299, 0.587, 0.114])).sum(-1, keepdims=True)
+    expected = np.clip(np.rint(b * (128 + c * (grey + s * (x - grey) - 128))), 0, 255)
+    assert np.abs(after - expected).max() <= 1.0 + 1e-3
+    assert np.abs(after - before).mean() > 3
 
 
 def test_ema_follows_timms_update_rule(photo_root, small_store, tmp_path):

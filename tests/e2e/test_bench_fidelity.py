@@ -34,9 +34,11 @@ def test_tiny_fidelity_benchmark(tmp_path: Path) -> None:
         assert r["all"]["crops"] == 12 == r["flipped"]["crops"] + r["unflipped"]["crops"]
         assert 0 <= r["all"]["top1_agreement"] <= 100 and 0 <= r["all"]["top5_overlap"] <= 100
         assert r["all"]["kl"] >= 0 and r["all"]["kl_reverse"] >= 0
-    store = [r for r in doc["rows"] if r["method"] == "store"]
-    # every recovery kind keeps the stored top-1 as its largest class: one top-1 agreement for all of them
-    assert len({r["all"]["top1_agreement"] for r in store}) == 1
+    # hard, smoothing and marginal k=1 all peak at the stored top-1: one top-1 agreement (kinds that keep
+    # more classes may differ where float16 storage ties the top-1 and top-2 probabilities)
+    peak = [rows[f"FKD store top-5: {kind}"]["all"]["top1_agreement"]
+            for kind in ("hard", "smoothing", "marginal_smoothing k=1")]
+    assert len(set(peak)) == 1
     ms = [rows[f"FKD store top-5: marginal_smoothing k={k}"]["all"] for k in range(1, 6)]
     assert all(a["top5_overlap"] <= b["top5_overlap"] for a, b in zip(ms, ms[1:]))  # more kept classes
     assert all(a["kl"] > b["kl"] for a, b in zip(ms, ms[1:]))  # keeping more of the oracle gets closer

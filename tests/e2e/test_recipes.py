@@ -175,3 +175,15 @@ def test_initial_checkpoint_that_does_not_fit_names_the_tensors(photo_root, smal
     torch.save({"note": "no tensors"}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         fit(cfg(photo_root, small_store, tmp_path / "c", initial_checkpoint=str(tmp_path / "empty.pth")))
+
+
+@pytest.mark.gpu
+def test_gpu_recipes_and_online_kd(photo_root, small_store, tmp_path):
+    """bf16 + channels_last on the GPU: jitter in the GPU graph, mixing of float16 crops, EMA, online teacher."""
+    recipe = dict(device="cuda", amp="bf16", channels_last=True, color_jitter=0.4, cutmix=1.0, mixup=0.2,
+                  model_ema=True, batch_size=16, image_size=96, max_steps=3)
+    stored = fit(cfg(photo_root, small_store, tmp_path / "a", **recipe))
+    assert stored.steps == 3 and np.isfinite(stored.final_loss)
+    online = fit(cfg(photo_root, "online", tmp_path / "b", teacher="efficientnet_lite0", **recipe))
+    assert online.steps == 3 and np.isfinite(online.final_loss)
+    assert load_checkpoint(online.checkpoint)["model_ema"] is not None

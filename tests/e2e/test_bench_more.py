@@ -207,6 +207,12 @@ def test_tiny_train_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     r = doc["result"]
     speedups = [a["images_per_s"] / b["images_per_s"] for a, b in zip(doc["rounds"]["real"], doc["rounds"]["online"])]
     assert r["fkd_over_online_per_round"] == speedups and summary["fkd_over_online"] == round(r["fkd_over_online"], 2)
+    cpu = [b["cpu_s_per_1000_crops"] / a["cpu_s_per_1000_crops"] for a, b in zip(doc["rounds"]["real"],
+                                                                                 doc["rounds"]["online"])]
+    assert r["fkd_over_online_cpu_per_round"] == cpu and all(x["cpu_s"] > 0 for x in doc["rounds"]["online"])
+    from bench.summary import train_markdown
+
+    assert "| CPU-s per 1000 images |" in train_markdown(doc)
 
 
 def test_tiny_stages_benchmark_and_summary(tmp_path: Path, tiny_teacher: Path) -> None:

@@ -24,7 +24,6 @@ class WeightEma:
         ema_cls = getattr(timm.utils, "ModelEmaV3", None)
         self._with_step = ema_cls is not None
         self._ema = (ema_cls or timm.utils.ModelEmaV2)(model, decay=decay)
-        self.decay = decay
 
     @property
     def module(self) -> torch.nn.Module:

@@ -55,22 +55,21 @@ class OnlineTeacher:
     def __init__(self, teacher: Teacher, student: dict[str, Any], device: torch.device,
                  amp_dtype: torch.dtype | None, kind: str, k: int, smoothing: float, temperature: float) -> None:
         check_recovery(kind, k, stored_k=None, smoothing=smoothing)
-        self.teacher = teacher
         self.model = teacher.model.to(device, memory_format=torch.channels_last).eval()
         self.device, self.amp_dtype = device, amp_dtype
         self.kind, self.k, self.smoothing, self.temperature = kind, k, smoothing, temperature
-        self.size = int(teacher.input_size[-1])
+        self.size = (int(teacher.input_size[1]), int(teacher.input_size[2]))  # (H, W)
         self.mode = _TORCH_MODES.get(teacher.interpolation, "bicubic")
         self._student_mean, self._student_std = _channel_stats(student["mean"], student["std"], device)
         self._teacher_mean, self._teacher_std = _channel_stats(teacher.mean, teacher.std, device)
-        self._resize = int(student["size"]) != self.size
+        self._resize = (int(student["size"]),) * 2 != self.size
 
     def teacher_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Student-normalized crops -> the teacher's size and normalization (float32, channels_last)."""
         x = images.float() * self._student_std + self._student_mean  # pixel values in [0, 1]
         if self._resize:
             antialias = self.mode != "nearest"
-            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=antialias,
+            x = F.interpolate(x, size=self.size, mode=self.mode, antialias=antialias,
                               align_corners=False if self.mode != "nearest" else None)
         x = (x - self._teacher_mean) / self._teacher_std
         return x.contiguous(memory_format=torch.channels_last)
@@ -92,8 +91,9 @@ class OnlineTeacher:
 
 def _channel_stats(mean: Sequence[float], std: Sequence[float],
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    as_t = lambda v: torch.tensor([float(x) for x in v], device=device).view(1, 3, 1, 1)  # noqa: E731
-    return as_t(mean), as_t(std)
+    """Per-channel mean and std as (1, 3, 1, 1) tensors that broadcast over NCHW batches."""
+    return tuple(torch.tensor([float(x) for x in v], device=device).view(1, 3, 1, 1)  # type: ignore[return-value]
+                 for v in (mean, std))
 
 
 def load_online_teacher(cfg: TrainConfig) -> Teacher:

@@ -21,6 +21,7 @@ BENCHMARKS.add("labelgen", "bench.bench_labelgen")
 BENCHMARKS.add("train", "bench.bench_train")
 BENCHMARKS.add("stages", "bench.bench_stages")
 BENCHMARKS.add("feed", "bench.bench_feed")
+BENCHMARKS.add("fidelity", "bench.bench_fidelity")
 
 _USAGE = "usage: bench {" + "|".join(BENCHMARKS.names()) + "} [options]   (bench NAME --help for options)"
 

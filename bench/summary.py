@@ -1,7 +1,7 @@
 """`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what the README shows).
 
-Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json and
-feed.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.
+Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json, feed.json
+and fidelity.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.
 """
 from __future__ import annotations
 
@@ -109,8 +109,24 @@ def train_markdown(doc: dict) -> str:
             f"({_f(r['synthetic_images_per_s'])}) | **{r['ratio']:.2f}** (per round "
             f"{', '.join(f'{x:.2f}' for x in r['ratio_per_round'])}) | >= {r['target_ratio']:.0%}: "
             f"**{'met' if r['target_met'] else 'missed'}** |\n\n"
+            + _online_markdown(r, c) +
             f"{c['arch']} at {c['image_size']} px, batch {c['batch_size']} crops (m={c['num_crops']}), {c['steps']} "
             f"steps per run, {c['rounds']} rounds, device {c['device']}; {_load(doc)}.")
+
+
+def _online_markdown(r: dict, c: dict) -> str:
+    """The FKD vs online-KD table of `bench train` (absent from results made without online runs)."""
+    if "fkd_over_online" not in r:
+        return ""
+    per_round = ", ".join(f"{x:.2f}" for x in r["fkd_over_online_per_round"])
+    cpu_rounds = ", ".join(f"{x:.2f}" for x in r["fkd_over_online_cpu_per_round"])
+    return (f"| | FKD replay | online KD (teacher {c['teacher']} in the loop) | FKD speed-up | paper |\n"
+            f"|---|---|---|---|---|\n"
+            f"| images/s | {_f(r['real_images_per_s'])} | {_f(r['online_images_per_s'])} | "
+            f"**{r['fkd_over_online']:.2f}x** (per round {per_round}) | 3-5x |\n"
+            f"| CPU-s per 1000 images | {_f(r['real_cpu_s_per_1000_crops'] * c['num_crops'])} | "
+            f"{_f(r['online_cpu_s_per_1000_crops'] * c['num_crops'])} | **{r['fkd_over_online_cpu']:.2f}x** "
+            f"(per round {cpu_rounds}) | |\n\n")
 
 
 def stages_markdown(doc: dict) -> str:
@@ -144,8 +160,22 @@ def feed_markdown(doc: dict) -> str:
         f"{_load(doc)}.")
 
 
+def fidelity_markdown(doc: dict) -> str:
+    lines = ["| label | KL(oracle‖label) | KL(label‖oracle) | top-1 agreement | top-5 overlap | flipped crops: "
+             "KL / top-1 |", "|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        a, f = r["all"], r["flipped"]
+        lines.append(f"| {r['label']} | {a['kl']:.3f} | {a['kl_reverse']:.3f} | {a['top1_agreement']:.1f}% | "
+                     f"{a['top5_overlap']:.1f}% | {f['kl']:.3f} / {f['top1_agreement']:.1f}% |")
+    c = doc["config"]
+    return ("\n".join(lines) + f"\n\n{doc['crops']} crops ({doc['flipped_crops']} flipped) of "
+            f"{doc['dataset']['n_images']} real photos, teacher {c['teacher']}; the teacher's stored top-"
+            f"{c['top_k']} holds {100 * doc['stored_top_k_mass']:.1f}% of its probability on average; {_load(doc)}.")
+
+
 SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
-            ("train", train_markdown), ("stages", stages_markdown), ("feed", feed_markdown))
+            ("train", train_markdown), ("stages", stages_markdown), ("feed", feed_markdown),
+            ("fidelity", fidelity_markdown))
 
 
 def summarize_dir(results: str | Path) -> str:

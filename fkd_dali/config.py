@@ -173,7 +173,7 @@ class TrainConfig:
     """
 
     data: str
-    labels: str  # store path/URL, or "none" for vanilla training with hard folder labels
+    labels: str  # store path/URL, "none" for vanilla training with hard folder labels, "online" for online KD
     arch: str = "resnet50"
     output: str = "output"
     epochs: int = 300
@@ -217,10 +217,36 @@ class TrainConfig:
     synthetic: bool = False
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
+    # recipes (timm's flag names): fine-tuning, batch mixing of soft labels, weight EMA
+    initial_checkpoint: str | None = None  # start from these weights (a timm state dict or an fkd-dali checkpoint)
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
+    mixup: float = 0.0  # Mixup Beta(alpha, alpha); 0 = off
+    mix_prob: float = 1.0  # probability that a step is mixed (when cutmix or mixup > 0)
+    mix_switch_prob: float = 0.5  # with both: probability of CutMix rather than Mixup
+    model_ema: bool = False  # keep, validate and checkpoint an EMA of the weights
+    model_ema_decay: float = 0.9998
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength per crop (FKD: 0.4); 0 = off
+    # online KD (--labels online): the teacher runs on every training crop
+    teacher: str | None = None  # a named teacher or a timm model name
+    teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
                        "val_batch_size", "image_size", "recovery_k")
+        check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
+        check_finite(self, "cutmix", "mixup", "color_jitter")
+        if self.color_jitter and self.vanilla:
+            raise ConfigError("--color-jitter applies to replayed (--labels STORE) and online-KD crops; the vanilla "
+                              "baseline (--labels none) crops with DALI's own random ops: drop --color-jitter")
+        check_fraction(self, "mix_prob", "mix_switch_prob")
+        if not 0.0 < self.model_ema_decay < 1.0:
+            raise ConfigError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
+        if self.online and not self.teacher:
+            raise ConfigError("--labels online needs --teacher NAME (a named teacher such as efficientnet_lite0, "
+                              "or a timm model name with --teacher-checkpoint FILE)")
+        if not self.online and (self.teacher or self.teacher_checkpoint):
+            which = "--teacher" if self.teacher else "--teacher-checkpoint"
+            raise ConfigError(f"{which} only applies to --labels online (stored labels already name their teacher)")
         check_at_least(self, 0, "seed", "max_steps", "lr", "momentum", "weight_decay", "warmup_epochs",
                        "warmup_lr", "min_lr", "decay_rate")
         check_finite(self, "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr",
@@ -246,6 +272,11 @@ class TrainConfig:
     @property
     def vanilla(self) -> bool:
         return self.labels.lower() == "none"
+
+    @property
+    def online(self) -> bool:
+        """Online KD: the teacher labels fresh crops in the loop instead of a store."""
+        return self.labels.lower() == "online"
 
     @property
     def m(self) -> int:

@@ -26,6 +26,7 @@ _SUMMARIES = {
     "labelgen": "label-generation crops/s vs teacher-only inference",
     "train": "training throughput with real data vs synthetic tensors",
     "stages": "CPU time per crop by stage (decode, resize, normalize, Python, labels) of each loader",
+    "fidelity": "label fidelity vs the teacher on each crop: stored top-K, ReLabel maps, one label per image",
 }
 
 

@@ -32,7 +32,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", default=None, help="training folder root/<class>/<image> the labels were made for "
                                                 "(required)")
     g.add_argument("--labels", default=None,
-                   help="soft-label store, or 'none' for vanilla (hard-label) training (required)")
+                   help="soft-label store; 'none' for vanilla (hard-label) training; 'online' for online KD, the "
+                        "teacher (--teacher) labelling fresh crops in the loop (required)")
+    g.add_argument("--teacher", default=None,
+                   help="online KD: a named teacher (efficientnet_lite0) or a timm model name with "
+                        "--teacher-checkpoint; it sees each crop resized on the device to its own input size")
+    g.add_argument("--teacher-checkpoint", default=None, metavar="FILE", help="online KD: the teacher's weights")
     g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
     g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
     g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),
@@ -42,8 +47,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mean", type=float_triple, default=None, help="normalization mean (default: the arch's)")
     g.add_argument("--std", type=float_triple, default=None, help="normalization std (default: the arch's)")
     g.add_argument("--crop-pct", type=float, default=None, help="validation centre-crop fraction")
-    g.add_argument("--scale", type=float_pair, default=d("scale"), help="vanilla crop area range")
-    g.add_argument("--ratio", type=float_pair, default=d("ratio"), help="vanilla crop aspect range")
+    g.add_argument("--scale", type=float_pair, default=d("scale"), help="vanilla / online-KD crop area range")
+    g.add_argument("--ratio", type=float_pair, default=d("ratio"), help="vanilla / online-KD crop aspect range")
     g.add_argument("--threads", "-j", type=int, default=d("threads"), help="DALI CPU threads per process")
     g.add_argument("--synthetic", action="store_true", help="random tensors on the device instead of data")
     g = p.add_argument_group("model and optimization")
@@ -63,12 +68,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decay-rate", type=float, default=d("decay_rate"), help="step schedule factor")
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
     g.add_argument("--recovery", default=d("recovery"), choices=RECOVERY_KINDS)
-    g.add_argument("--recovery-k", type=int, default=None, help="top-k kept by the marginal kinds (<= store K)")
+    g.add_argument("--recovery-k", type=int, default=None,
+                   help="top-k kept by the marginal kinds (<= store K); online KD: the teacher's top-K (default 5)")
     g.add_argument("--smoothing", type=float, default=d("smoothing"))
     g.add_argument("--temperature", type=float, default=None, help="loss temperature (default: the store's)")
     g.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("recipes (timm's flag names)")
+    g.add_argument("--initial-checkpoint", default=None, metavar="FILE",
+                   help="start from these weights (fine-tuning, e.g. MEAL V2 with FKD): a timm state dict or an "
+                        "fkd-dali checkpoint; unlike --resume, the optimizer, schedule and position start fresh")
+    g.add_argument("--cutmix", type=float, default=d("cutmix"), metavar="ALPHA",
+                   help="CutMix on soft labels, lam ~ Beta(ALPHA, ALPHA); the target is the area-weighted mix of "
+                        "the two crops' recovered labels (0 = off)")
+    g.add_argument("--mixup", type=float, default=d("mixup"), metavar="ALPHA",
+                   help="Mixup on soft labels, lam ~ Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--mix-prob", "--mixup-prob", dest="mix_prob", type=float, default=d("mix_prob"), metavar="P",
+                   help="probability that a step is mixed (default %(default)s)")
+    g.add_argument("--mix-switch-prob", "--mixup-switch-prob", dest="mix_switch_prob", type=float,
+                   default=d("mix_switch_prob"), metavar="P",
+                   help="with --cutmix and --mixup both on: probability of CutMix (default %(default)s)")
+    g.add_argument("--color-jitter", type=float, default=d("color_jitter"), metavar="S",
+                   help="colour jitter after the crop, in the DALI graph: brightness, contrast and saturation factors "
+                        "uniform on [max(0, 1-S), 1+S] per crop (FKD/ReLabel: 0.4; 0 = off), drawn from the "
+                        "counter-based generator so --resume stays exact; the stored label stays the teacher's label "
+                        "of the un-jittered crop (the paper's choice)")
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an EMA of the weights (timm's ModelEmaV3), validated and checkpointed too")
+    g.add_argument("--model-ema-decay", type=float, default=d("model_ema_decay"), metavar="D",
+                   help="EMA decay per step, in (0, 1) (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", default=d("output"), help="folder for checkpoints, metrics and config")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/last.pth)")

@@ -180,3 +180,19 @@ def roi_corners(boxes: np.ndarray) -> np.ndarray:
     """Pixel (y, x, h, w) -> float32 (y0, x0, y1, x1), the ROI form DALI's resize takes."""
     b = boxes.astype(np.float32)
     return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+
+
+def stream_seed(seed: int, *words: int) -> int:
+    """A key for another counter-based stream: splitmix64 rounds over (seed, words...).
+
+    `counter_uniform(stream_seed(seed, STREAM, pass_idx), ids, slots, draw)` gives
+    random numbers independent of the crop boxes (which use the plain `seed`) and of
+    every other stream or pass, yet still a pure function of its inputs, so a resumed
+    run redraws them exactly. Callers name their stream with a constant word (e.g.
+    `fkd_dali.train.mix.MIX_STREAM`) and mix the pass in, because a stored slot is
+    replayed again in later cycles of the plan and must then get fresh draws.
+    """
+    x = _splitmix64(np.full(1, seed, dtype=np.uint64))
+    for w in words:
+        x = _splitmix64(x ^ np.uint64(int(w) % 2**64))  # an ad-hoc table's pass -1 wraps to 2**64 - 1
+    return int(x[0])

@@ -96,15 +96,24 @@ def _remap_positional(state: dict[str, torch.Tensor], target: Mapping[str, torch
     return out
 
 
-def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None:
-    """Load a local checkpoint strictly, with an error that says which keys do not fit."""
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in a local weights file: a bare one or in the usual wrappers (see `_unwrap_state_dict`).
+
+    Raises:
+        TeacherError: the file is missing, unreadable or holds no state dict of tensors.
+    """
     if not os.path.isfile(path):
         raise TeacherError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise TeacherError(f"cannot read checkpoint {path}: {e}") from e
-    state = _unwrap_state_dict(obj, path)
+    return _unwrap_state_dict(obj, path)
+
+
+def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None:
+    """Load a local checkpoint strictly, with an error that says which keys do not fit."""
+    state = read_state_dict(path)
     if remap == "positional":
         state = _remap_positional(state, model.state_dict(), path)
     try:

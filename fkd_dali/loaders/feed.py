@@ -46,6 +46,7 @@ class FeedBatch:
     flips: np.ndarray | list[np.ndarray]  # per image (n_crops,) int32
     meta: np.ndarray | list[np.ndarray]  # per image (j,) int64, carried through
     paths: list[str] = field(default_factory=list)
+    jitter: np.ndarray | list[np.ndarray] | None = None  # per image (n_crops, 3) float32, for a `JitterBatchSource`
 
     @property
     def flipped_rois(self) -> np.ndarray | list[np.ndarray]:
@@ -97,6 +98,12 @@ class BatchSource:
         out = tuple(getattr(batch, name) for name in self.FIELDS)
         self._handed_out.append(out)
         return out
+
+
+class JitterBatchSource(BatchSource):
+    """A `BatchSource` that also gives each image's colour-jitter factors (`FeedBatch.jitter`)."""
+
+    FIELDS = BatchSource.FIELDS + ("jitter",)
 
 
 class CropIterator:

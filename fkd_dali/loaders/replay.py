@@ -70,13 +70,15 @@ class _Feeder:
         """(paths, bytes) of each block of `images`, the next block's files read while this one is used."""
         return self.reader.steps(images, row_blocks)
 
-    def batches(self, table: PassTable, row_blocks: Sequence[slice]) -> Iterator:
+    def batches(self, table: PassTable, row_blocks: Sequence[slice],
+                jitter: np.ndarray | None = None) -> Iterator:
+        """The feed of `row_blocks`; `jitter` (rows, m, 3) adds each image's colour-jitter factors."""
         from fkd_dali.loaders.feed import FeedBatch
 
         meta = np.stack([table.images, np.arange(len(table.images), dtype=np.int64)], axis=1)
         for rows, (paths, data) in zip(row_blocks, self.files(table.images, row_blocks)):
             yield FeedBatch(encoded=data, rois=table.rois[rows], flips=table.flips[rows], meta=meta[rows],
-                            paths=paths)
+                            paths=paths, jitter=None if jitter is None else jitter[rows])
 
     def close(self) -> None:
         self.reader.close()
@@ -103,13 +105,16 @@ class ReplayLoader:
         half: float16 crops (default: on GPU only).
         prefetch_tables: read the next pass's table in the background.
         with_full: also deliver the dense labels of a store of label kind "full".
+        color_jitter: strength S of per-crop colour jitter after the crop (0 = off; see
+            `fkd_dali.crops.jitter`); labels are those of the un-jittered crops.
     """
 
     def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
                  mean: Sequence[float], std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, with_labels: bool = True, half: bool | None = None,
-                 prefetch_tables: bool = True, with_full: bool = False, read_threads: int = 1) -> None:
+                 prefetch_tables: bool = True, with_full: bool = False, read_threads: int = 1,
+                 color_jitter: float = 0.0) -> None:
         if batch_size < 1 or batch_size % m:
             raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
         self.store, self.index = store, index
@@ -123,6 +128,7 @@ class ReplayLoader:
         self.with_labels = with_labels
         self.with_full = with_full and with_labels
         self.half = half
+        self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
         self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full)
                        if prefetch_tables else None)
@@ -168,13 +174,13 @@ class ReplayLoader:
         return make_crop_pipeline(source, n_crops=self.m, size=self.size, interpolation=self.interpolation,
                                   mean=self.mean, std=self.std, batch_size=self.images_per_step,
                                   num_threads=self.threads, device_id=dali_device_id(self.device),
-                                  half=self.half, seed=self.seed)
+                                  half=self.half, seed=self.seed, jitter=bool(self.color_jitter))
 
     def _crop_iterator(self):
-        from fkd_dali.loaders.feed import BatchSource, CropIterator
+        from fkd_dali.loaders.feed import BatchSource, CropIterator, JitterBatchSource
 
         if self._iter is None or self._dirty:
-            source = BatchSource()
+            source = JitterBatchSource() if self.color_jitter else BatchSource()
             self._iter, self._dirty = CropIterator(self._build_pipeline(source), source), False
         return self._iter
 
@@ -200,10 +206,17 @@ class ReplayLoader:
         labels: DeviceLabels | None = table.to_device(self.device) if self.with_labels else None
         slots = torch.from_numpy(np.array(table.slots))
         crop_iter = self._crop_iterator()
+        jitter = self._jitter_factors(table) if self.color_jitter else None
         self._dirty = True  # until the epoch is drained, the pipeline may hold prefetched batches
-        for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks)):
+        for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks, jitter)):
             yield self._assemble(crops, meta, labels, slots)
         self._dirty = False
+
+    def _jitter_factors(self, table: PassTable) -> np.ndarray:
+        """(rows, m, 3) colour-jitter factors of the table's crops, a pure function of (seed, pass, image, slot)."""
+        from fkd_dali.crops.jitter import jitter_factors
+
+        return jitter_factors(self.color_jitter, self.seed, table.pass_idx, table.images, table.slots)
 
     def _assemble(self, crops: torch.Tensor, meta: torch.Tensor, labels: DeviceLabels | None,
                   slots: torch.Tensor) -> ReplayBatch:

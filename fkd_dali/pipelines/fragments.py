@@ -48,9 +48,22 @@ def normalize(image: DataNode, mirror: DataNode | int, mean: Sequence[float], st
         dtype=types.FLOAT16 if half else types.FLOAT, output_layout=layout)
 
 
+def color_jitter(crops: DataNode, factors: DataNode) -> DataNode:
+    """Per-crop brightness, contrast and saturation of stacked uint8 crops (F, H, W, C), in one op.
+
+    `factors` is an (F, 3) float32 feed per image (`fkd_dali.crops.jitter`), given to
+    `fn.color_twist` per frame. DALI's formula (checked in tests/unit/test_jitter.py):
+    ``b * (128 + c * (sat(x) - 128))``, clamped, with sat(x) = grey + s * (x - grey) on the
+    luma grey; unlike torchvision's ColorJitter the contrast pivots on mid-grey (128), not
+    on the crop's mean grey, and the order is fixed (saturation, contrast, brightness).
+    """
+    return fn.color_twist(crops, brightness=fn.per_frame(factors[:, 0]), contrast=fn.per_frame(factors[:, 1]),
+                          saturation=fn.per_frame(factors[:, 2]))
+
+
 def decode_and_crop(encoded: DataNode, rois: DataNode, n_crops: int, size: int, interpolation: str,
                     mean: Sequence[float], std: Sequence[float], gpu: bool, half: bool = False,
-                    hw_decoder_load: float = HW_DECODER_LOAD) -> DataNode:
+                    hw_decoder_load: float = HW_DECODER_LOAD, jitter: DataNode | None = None) -> DataNode:
     """Decode each image once and cut its `n_crops` stored crops.
 
     Args:
@@ -59,6 +72,8 @@ def decode_and_crop(encoded: DataNode, rois: DataNode, n_crops: int, size: int, 
             means a horizontally flipped crop (`flipped_rois`): DALI's resize reads a
             reversed ROI mirrored, so no separate flip op touches the pixels.
         size: output side (square crops, like RandomResizedCrop).
+        jitter: optional (n_crops, 3) colour-jitter factors per image (`color_jitter`),
+            applied to the stacked crops after the resize, before normalization.
 
     Returns:
         One sample per image of shape (n_crops, 3, size, size): crops of one image
@@ -72,4 +87,7 @@ def decode_and_crop(encoded: DataNode, rois: DataNode, n_crops: int, size: int, 
         roi = rois[k]
         crops.append(fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], size=(size, size),
                                interp_type=interp, antialias=True))
-    return normalize(fn.stack(*crops, axis_name="F"), 0, mean, std, half, layout="FCHW")
+    stacked = fn.stack(*crops, axis_name="F")
+    if jitter is not None:
+        stacked = color_jitter(stacked, jitter)
+    return normalize(stacked, 0, mean, std, half, layout="FCHW")

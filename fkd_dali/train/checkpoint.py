@@ -25,6 +25,7 @@ from fkd_dali.store.label_store import LabelStore
 
 CHECKPOINT_FORMAT = "fkd-dali-train/1"
 _NOT_CONTENT = ("created", "writer_version")  # attributes that differ between bit-identical stores
+_LABELS_OF_MODE = {"distill": "STORE", "vanilla": "none", "online": "online"}
 
 
 def store_id(store: LabelStore) -> str:
@@ -49,7 +50,7 @@ class RunIdentity:
 
     arch: str
     num_classes: int
-    mode: str  # "distill" or "vanilla"
+    mode: str  # "distill" (a label store), "vanilla" (folder labels) or "online" (teacher in the loop)
     store_fingerprint: str | None  # `store_id` of the label store; None for vanilla
     data_fingerprint: str
     model_classes: list[str] | None  # folder class names a vanilla model predicts
@@ -59,6 +60,7 @@ class RunIdentity:
     seed: int
     data_config: dict[str, Any]  # the student's pixels: size, interpolation, mean, std, crop_pct
     config: dict[str, Any]  # the resolved TrainConfig, for the record
+    teacher_fingerprint: str | None = None  # online KD: "<teacher name>:<sha256 of its weights>"
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,17 @@ def check_store_matches(ckpt: dict[str, Any], store: LabelStore | None, path: st
 
 def check_resume(ckpt: dict[str, Any], identity: RunIdentity, store: LabelStore | None, path: str) -> None:
     """Raise `CheckpointError` unless a run of `identity` continues the checkpoint's run at the same sample."""
+    mode = ckpt.get("mode", identity.mode)
+    if mode != identity.mode:
+        raise CheckpointError(f"checkpoint {path} was trained in {mode} mode (--labels {_LABELS_OF_MODE.get(mode)}); "
+                              f"this run is in {identity.mode} mode: resume with the --labels it used")
     if ckpt["arch"] != identity.arch:
         raise CheckpointError(f"checkpoint {path} holds a {ckpt['arch']!r} model; this run builds "
                               f"{identity.arch!r}. Pass --arch {ckpt['arch']} or start without --resume")
     check_store_matches(ckpt, store, path)
+    if ckpt.get("teacher_fingerprint") != identity.teacher_fingerprint:
+        raise CheckpointError(f"checkpoint {path} was trained online with teacher {ckpt.get('teacher_fingerprint')}, "
+                              f"this run uses {identity.teacher_fingerprint}: resume with the --teacher it used")
     if ckpt["data_fingerprint"] != identity.data_fingerprint:
         raise CheckpointError(f"checkpoint {path} was trained on another dataset than this run's --data")
     want = {"num_crops": identity.num_crops, "batch_size": identity.batch_size, "world": identity.world,
@@ -143,6 +152,23 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: s
                               f"wrong shape {shape}") from e
 
 
+def load_initial_weights(model: torch.nn.Module, path: str, what: str) -> None:
+    """Load `--initial-checkpoint`: a timm state dict (bare or wrapped) or an fkd-dali checkpoint's model.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, holds no state dict, or its
+            tensors do not fit `model` (the message names them).
+    """
+    from fkd_dali.errors import TeacherError
+    from fkd_dali.labels.teacher import read_state_dict
+
+    try:
+        state = read_state_dict(path)  # an fkd-dali checkpoint's "model" is one of the wrappers it opens
+    except TeacherError as e:
+        raise CheckpointError(f"--initial-checkpoint: {e}") from e
+    load_weights(model, state, path, what)
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
     """The timm model of a checkpoint with its weights loaded (CPU)."""
     import timm
@@ -153,11 +179,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
 
 
 def checkpoint_state(identity: RunIdentity, position: Position, model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any) -> dict[str, Any]:
-    """Everything needed to continue at `position`: identity, position, states, torch RNG."""
+                     optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any,
+                     ema: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Everything needed to continue at `position`: identity, position, states (EMA weights too), torch RNG."""
     return {
         "format": CHECKPOINT_FORMAT, **dataclasses.asdict(identity),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": model.state_dict(), "model_ema": ema, "optimizer": optimizer.state_dict(),
         "scheduler": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
         "pass": position.pass_idx, "step": position.step, "global_step": position.global_step,
         "torch_rng": torch.get_rng_state(),

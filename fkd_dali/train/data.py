@@ -1,8 +1,8 @@
 """What a training run reads: the dataset index, the checked label store and the training loader.
 
 FKD mode takes the index from the store (`index_for_store`: the folder is only listed
-and fingerprinted, no image header is read on any rank); vanilla mode has no store and
-indexes the folder.
+and fingerprinted, no image header is read on any rank); vanilla and online-KD modes
+have no store and index the folder.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fkd_dali.store.label_store import LabelStore
 
 
 def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | None]:
-    """(index, store) of `--data` and `--labels` (store None in vanilla mode), after every store check.
+    """(index, store) of `--data` and `--labels` (store None in vanilla and online mode), after every store check.
 
     Raises:
         StoreMismatchError, LabelStoreError, CropPlanError, ConfigError: the store was
@@ -27,14 +27,16 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
             files missing), holds fewer than m crops per image, or lacks what `--recovery`
             needs.
     """
-    if cfg.vanilla:
+    if cfg.vanilla or cfg.online:
         return build_index(cfg.data), None
     return open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k, cfg.smoothing)
 
 
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
                       store: LabelStore | None, dc: dict[str, Any], num_classes: int) -> Any:
-    """This rank's loader: replayed crops (FKD), random crops (vanilla), or device tensors (`--synthetic`)."""
+    """This rank's loader: replayed crops (FKD), random crops (vanilla), fresh crops of the replay
+    graph (online KD), or device tensors (`--synthetic`)."""
+    from fkd_dali.loaders.online import FreshCropLoader
     from fkd_dali.loaders.replay import ReplayLoader
     from fkd_dali.loaders.synthetic import SyntheticLoader
     from fkd_dali.loaders.vanilla import VanillaLoader
@@ -44,16 +46,20 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
                   rank=env.rank, world=env.world, device=device, threads=cfg.threads)
     if cfg.vanilla:
         loader = VanillaLoader(index, per_rank, scale=cfg.scale, ratio=cfg.ratio, **common)
+    elif cfg.online:
+        loader = FreshCropLoader(index, cfg.num_crops, per_rank, scale=cfg.scale, ratio=cfg.ratio,
+                                 color_jitter=cfg.color_jitter, **common)
     else:
-        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full", **common)
+        loader = ReplayLoader(store, index, cfg.num_crops, per_rank, with_full=cfg.recovery == "full",
+                              color_jitter=cfg.color_jitter, **common)
     if loader.steps_per_pass < 1:
         raise ConfigError(f"{len(index)} images over {env.world} rank(s) do not fill one step of "
                           f"{per_rank // cfg.m} images per rank: lower --batch-size")
     if cfg.synthetic:
         steps = loader.steps_per_pass
         loader.close()
-        k = None if cfg.vanilla else store.spec.label.k  # type: ignore[union-attr]
+        k = None if store is None else store.spec.label.k
         loader = SyntheticLoader(per_rank, dc["size"], steps, num_classes, k, device, half=device.type == "cuda",
-                                 seed=cfg.seed + env.rank, full=cfg.recovery == "full" and not cfg.vanilla)
+                                 seed=cfg.seed + env.rank, full=cfg.recovery == "full" and store is not None)
     return loader
 

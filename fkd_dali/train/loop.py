@@ -23,12 +23,11 @@ import difflib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from fkd_dali.atomic import ensure_writable_dir
 from fkd_dali.config import TrainConfig, config_dict
@@ -36,7 +35,8 @@ from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
-from fkd_dali.labels.loss import SoftTargetLoss
+from fkd_dali.labels.loss import soft_cross_entropy
+from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.train.checkpoint import (
@@ -45,15 +45,20 @@ from fkd_dali.train.checkpoint import (
     check_resume,
     checkpoint_state,
     load_checkpoint,
+    load_initial_weights,
     restore,
     save_checkpoint,
     store_id,
 )
 from fkd_dali.train.data import make_train_loader, open_training_data
+from fkd_dali.train.ema import WeightEma
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
+from fkd_dali.train.mix import BatchMixer, MixSpec
+from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
+from fkd_dali.train.targets import TargetFn, folder_targets, stored_targets
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 
@@ -70,6 +75,7 @@ class TrainResult:
     signal: int | None = None
     checkpoint: str | None = None
     val: dict[str, float] | None = None
+    val_ema: dict[str, float] | None = None  # the weight EMA's validation (--model-ema)
 
 
 def check_arch(name: str) -> None:
@@ -98,7 +104,8 @@ class TrainRun:
     optimizer: torch.optim.Optimizer
     schedule: LrSchedule
     scaler: Any
-    loss_fn: Callable[[torch.Tensor, ReplayBatch], torch.Tensor]
+    targets: TargetFn  # batch -> dense (B, C) targets on the device
+    temperature: float  # of the soft cross-entropy
     loader: Any
     amp_dtype: torch.dtype | None
     m: int
@@ -106,6 +113,9 @@ class TrainRun:
     steps_per_pass: int
     data_config: dict[str, Any]
     num_classes: int
+    teacher: Teacher | None = None  # online KD
+    mixer: BatchMixer | None = None  # --cutmix / --mixup
+    ema: WeightEma | None = None  # --model-ema
     val_loader: Any = None
     class_map: np.ndarray | None = None
     global_step: int = 0
@@ -120,12 +130,29 @@ class TrainRun:
         return self.cfg.batch_size  # global
 
 
-def _make_loss(cfg: TrainConfig, store: LabelStore | None, num_classes: int) -> Callable:
+def _make_targets(cfg: TrainConfig, store: LabelStore | None, num_classes: int, teacher: Teacher | None,
+                  dc: dict[str, Any], device: torch.device, amp_dtype: torch.dtype | None) -> tuple[TargetFn, float]:
+    """The batch -> targets function and the loss temperature of the run's mode."""
+    if teacher is not None:
+        temperature = cfg.temperature or 1.0
+        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
+                             temperature), temperature
     if store is None:
-        return lambda logits, batch: F.cross_entropy(logits.float(), batch.index)
-    soft = SoftTargetLoss(num_classes, cfg.recovery, cfg.recovery_k, cfg.temperature or store.spec.label.temperature,
-                          cfg.smoothing)
-    return lambda logits, batch: soft(logits, batch.index, batch.prob, batch.full)
+        return folder_targets(num_classes), 1.0
+    return (stored_targets(num_classes, cfg.recovery, cfg.recovery_k, cfg.smoothing),
+            cfg.temperature or store.spec.label.temperature)
+
+
+def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher | None) -> int:
+    """The student's outputs: the teacher's classes (store or online teacher), else the folder's."""
+    if teacher is not None:
+        return teacher.num_classes
+    return len(index.class_names) if store is None else store.spec.label.num_classes
+
+
+def _mixer(cfg: TrainConfig, env: DistEnv) -> BatchMixer | None:
+    spec = MixSpec(cfg.cutmix, cfg.mixup, cfg.mix_prob, cfg.mix_switch_prob)
+    return BatchMixer(spec, cfg.seed, env.rank) if spec.enabled else None
 
 
 def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
@@ -139,13 +166,17 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     check_arch(cfg.arch)
     amp_dtype = resolve_amp(cfg.amp, device)
     index, store = open_training_data(cfg)
-    num_classes = len(index.class_names) if store is None else store.spec.label.num_classes
+    teacher = load_online_teacher(cfg) if cfg.online else None
+    num_classes = _num_classes(index, store, teacher)
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=num_classes)
+    if cfg.initial_checkpoint:
+        load_initial_weights(model, cfg.initial_checkpoint, f"model {cfg.arch} with {num_classes} classes")
     dc = model_data_config(model, cfg.image_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    ema = WeightEma(model, cfg.model_ema_decay) if cfg.model_ema else None
     try:
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum)
@@ -156,9 +187,10 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     spec = ScheduleSpec(cfg.sched, passes, loader.steps_per_pass, cfg.m, cfg.warmup_epochs, cfg.warmup_lr,
                         cfg.min_lr, cfg.decay_epochs, cfg.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    targets, temperature = _make_targets(cfg, store, num_classes, teacher, dc, device, amp_dtype)
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
-                   _make_loss(cfg, store, num_classes), loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
-                   num_classes)
+                   targets, temperature, loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
+                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher)
     try:
         if cfg.resume:
             _resume(run, cfg.resume)
@@ -174,12 +206,15 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
 def run_identity(run: TrainRun) -> RunIdentity:
     """What a checkpoint of this run records so that a resume (or `eval`) can check it."""
     cfg = run.cfg
-    return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode="vanilla" if cfg.vanilla else "distill",
+    mode = "vanilla" if cfg.vanilla else "online" if cfg.online else "distill"
+    return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode=mode,
                        store_fingerprint=store_id(run.store) if run.store is not None else None,
                        data_fingerprint=run.index.fingerprint,
-                       model_classes=run.index.class_names if run.store is None else None,
+                       model_classes=run.index.class_names if cfg.vanilla else None,
                        num_crops=run.m, batch_size=cfg.batch_size, world=run.env.world, seed=cfg.seed,
-                       data_config=run.data_config, config=config_dict(cfg))
+                       data_config=run.data_config, config=config_dict(cfg),
+                       teacher_fingerprint=(f"{run.teacher.name}:{run.teacher.checkpoint_sha256}"
+                                            if run.teacher is not None else None))
 
 
 def _resume(run: TrainRun, path: str) -> None:
@@ -188,6 +223,11 @@ def _resume(run: TrainRun, path: str) -> None:
     check_resume(ckpt, run_identity(run), run.store, path)
     position = restore(ckpt, path, run.model, run.optimizer, run.schedule, run.scaler)
     position = position.normalized(run.steps_per_pass)
+    if run.ema is not None:
+        if ckpt.get("model_ema") is not None:
+            run.ema.load(ckpt["model_ema"], path, f"the weight EMA of {ckpt['arch']}")
+        else:  # EMA switched on at this resume: it starts from the restored weights, as timm does
+            run.ema = WeightEma(run.model, run.cfg.model_ema_decay)
     run.start_pass, run.start_step, run.global_step = position.pass_idx, position.step, position.global_step
 
 
@@ -196,7 +236,8 @@ def _save(run: TrainRun, pass_idx: int, step: int, keep_pass: int | None = None)
     path = str(Path(run.cfg.output) / "last.pth")
     if run.env.is_main:
         state = checkpoint_state(run_identity(run), Position(pass_idx, step, run.global_step), run.model,
-                                 run.optimizer, run.schedule, run.scaler)
+                                 run.optimizer, run.schedule, run.scaler,
+                                 run.ema.state_dict() if run.ema is not None else None)
         path = save_checkpoint(state, run.cfg.output, keep_pass)
     return path
 
@@ -225,7 +266,7 @@ def _wrap(run: TrainRun) -> None:
 
 def _make_val(run: TrainRun) -> None:
     cfg = run.cfg
-    model_classes = run.index.class_names if run.store is None else None  # vanilla: the folder's classes
+    model_classes = run.index.class_names if cfg.vanilla else None  # vanilla: the folder's classes
     run.val_loader, run.class_map = validation_data(cfg.val, run.data_config, run.num_classes,  # type: ignore[arg-type]
                                                     model_classes, cfg.val_batch_size, cfg.threads, run.device,
                                                     run.env.rank, run.env.world)
@@ -254,15 +295,19 @@ def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
     return stop.agreed(run.device)
 
 
-def _train_step(run: TrainRun, batch: ReplayBatch) -> torch.Tensor:
+def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int) -> torch.Tensor:
+    """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws)."""
     images = batch.images
     if run.amp_dtype is None and images.dtype != torch.float32:
         images = images.float()
+    target = run.targets(batch)
+    if run.mixer is not None:
+        images, target = run.mixer(images, target, pass_idx, step)
     if run.cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
-    loss = run.loss_fn(logits, batch)
+    loss = soft_cross_entropy(logits, target, run.temperature)
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:
@@ -317,13 +362,15 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     batches = run.loader.pass_batches(pass_idx, start_step) if not stopping else iter(())
     for batch in batches:
         lr = run.schedule.update(pass_idx, step)
-        loss = _train_step(run, batch)
+        loss = _train_step(run, batch, pass_idx, step)
         pass_loss += loss
         log_loss += loss
         log_steps += 1
         step += 1
         run.global_step += 1
         first_bad = _mark_nonfinite(first_bad, loss, run.global_step)
+        if run.ema is not None:
+            run.ema.update(run.model, run.global_step)
         metrics.advance()
         if run.timed_since is None:
             run.timed_since = time.perf_counter()
@@ -350,13 +397,13 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping)
 
 
-def _validate(run: TrainRun) -> EvalResult:
-    return evaluate(run.model, run.val_loader, run.class_map, run.device, run.amp_dtype, run.cfg.channels_last)
+def _validate(run: TrainRun, model: torch.nn.Module) -> EvalResult:
+    return evaluate(model, run.val_loader, run.class_map, run.device, run.amp_dtype, run.cfg.channels_last)
 
 
 def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
     history: list[dict[str, Any]] = []
-    loss, ckpt, val = float("nan"), None, None
+    loss, ckpt, val, val_ema = float("nan"), None, None, None
     pass_idx, start = run.start_pass, run.start_step
     while pass_idx < run.passes:
         stats = train_one_pass(run, pass_idx, start, metrics, stop)
@@ -370,9 +417,13 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m
         if run.val_loader is not None and ((pass_idx + 1) % run.cfg.val_every == 0 or pass_idx + 1 == run.passes):
-            val = _validate(run)
+            val = _validate(run, run.model)
             run.untimed_s += val.seconds
             record.update(val_top1=val.top1, val_top5=val.top5)
+            if run.ema is not None:
+                val_ema = _validate(run, run.ema.module)
+                run.untimed_s += val_ema.seconds
+                record.update(val_top1_ema=val_ema.top1, val_top5_ema=val_ema.top5)
         metrics.write(record)
         history.append(record)
         ckpt = _save(run, pass_idx + 1, 0, pass_idx if run.cfg.save_every_pass else None)
@@ -384,7 +435,8 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
     crops_s = run.timed_crops / elapsed if elapsed > 0 and run.timed_crops else 0.0
     return TrainResult(passes=pass_idx, steps=run.global_step, final_loss=loss, images_per_s=crops_s / run.m,
                        crops_per_s=crops_s, history=history, interrupted=interrupted, signal=stop.signum,
-                       checkpoint=ckpt, val=val.as_dict() if val is not None else None)
+                       checkpoint=ckpt, val=val.as_dict() if val is not None else None,
+                       val_ema=val_ema.as_dict() if val_ema is not None else None)
 
 
 def fit(cfg: TrainConfig) -> TrainResult:

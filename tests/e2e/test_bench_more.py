@@ -225,10 +225,19 @@ def test_tiny_train_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
     doc = json.loads((out / "train.json").read_text())
     check_common(doc, "train", out / "train.png")
     assert doc["config"]["arch"] == "resnet10t" and doc["config"]["device"] == "cpu"
-    for kind in ("real", "synthetic"):
+    for kind in ("real", "synthetic", "online"):
         assert [x["steps"] for x in doc["rounds"][kind]] == [3, 3]
-        assert all(x["crops_per_s"] > 0 for x in doc["rounds"][kind])
+        assert all(x["crops_per_s"] > 0 and x["kind"] == kind for x in doc["rounds"][kind])
     assert doc["result"]["target_ratio"] == 0.97 and summary["ratio"] > 0
+    r = doc["result"]
+    speedups = [a["images_per_s"] / b["images_per_s"] for a, b in zip(doc["rounds"]["real"], doc["rounds"]["online"])]
+    assert r["fkd_over_online_per_round"] == speedups and summary["fkd_over_online"] == round(r["fkd_over_online"], 2)
+    cpu = [b["cpu_s_per_1000_crops"] / a["cpu_s_per_1000_crops"] for a, b in zip(doc["rounds"]["real"],
+                                                                                 doc["rounds"]["online"])]
+    assert r["fkd_over_online_cpu_per_round"] == cpu and all(x["cpu_s"] > 0 for x in doc["rounds"]["online"])
+    from bench.summary import train_markdown
+
+    assert "| CPU-s per 1000 images |" in train_markdown(doc)
 
 
 @pytest.mark.slow

@@ -15,11 +15,14 @@ def test_tiny_demo_runs_and_reports(tmp_path, capsys):
                "--batch-size", "16", "--threads", "2", "--no-progress"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["dataset"] == {"train_images": 14, "val_images": 21, "classes": 7}
+    data = report["dataset"]
+    assert (data["train_images"], data["val_images"], data["classes"], data["source_photos"]) == (14, 21, 7, 7)
+    assert "same 7 source photos" in data["held_out"] and "not that it generalises" in data["held_out"]
     assert report["labelgen"]["crops"] == 14 * 8
     assert report["training"]["passes"] == 2
     assert 0.0 <= report["agreement_with_teacher"]["after"] <= 1.0
     # the real teacher recognises most held-out photos of these 7 classes
     assert report["imagenet_top1_val"]["teacher"] >= 50.0
-    assert "fkd-dali demo report" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fkd-dali demo report" in printed and "not that it generalises to new photos" in printed
     assert (out / "run" / "last.pth").is_file() and (out / "labels.zarr" / "zarr.json").is_file()

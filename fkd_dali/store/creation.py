@@ -11,8 +11,10 @@ proven. A group with neither attribute was not made by this fkd-dali at all.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from fkd_dali.errors import LabelStoreError
 
 CREATING_KEY = "fkd_dali_creating"
+CLAIM_SUFFIX = ".fkd_dali_creating.json"  # `.<store name>` + this, beside a local store while it is created
 CREATE_WAIT_S = 120.0  # how long a writer waits for another machine's writer to finish creating a store
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -76,10 +79,74 @@ def creator_age_s(marker: dict[str, Any]) -> float:
 
 
 def clear_command(url: str) -> str:
-    """The command that removes a store: `rm -r PATH` for a local one."""
+    """The command that removes a store (and the claim file a killed creator left beside it)."""
     if "://" in url and not url.startswith("file://"):
         return f"delete {url} with your storage's tools"
-    return f"`rm -r {url.removeprefix('file://')}`"
+    claim = claim_path(url)
+    extra = f" {claim}" if claim is not None and claim.exists() else ""
+    return f"`rm -r {url.removeprefix('file://')}{extra}`"
+
+
+def _local_path(url: str) -> Path | None:
+    """The folder of a local store (`path` or `file://path`); None for a remote URL."""
+    if "://" in url and not url.startswith("file://"):
+        return None
+    return Path(url.removeprefix("file://")).expanduser()
+
+
+def claim_path(url: str) -> Path | None:
+    """The claim file of a local store: hidden, beside the store folder (zarr wants the folder empty)."""
+    path = _local_path(url)
+    return None if path is None else path.parent / f".{path.name}{CLAIM_SUFFIX}"
+
+
+def claim_creation(url: str, marker: dict[str, Any]) -> bool:
+    """Atomically claim the creation of the local store at `url`; False when another writer holds it.
+
+    Writers started together (torchrun, --shard) all find no store; zarr's "w-" check
+    and its write of the group are separate steps, so two writers can both pass it and
+    the later group write wipes the first one's attributes. Linking the claim file
+    (holding this writer's marker) into place is exclusive: exactly one writer creates
+    the store. Remote stores have no such primitive: there the "w-" check is all there is.
+    """
+    claim = claim_path(url)
+    if claim is None:
+        return True
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    # the marker is written first and then linked into place, so no writer ever reads a half-written claim
+    tmp = claim.with_name(f"{claim.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    tmp.write_text(json.dumps(marker))
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, claim)  # fails if the claim exists: the exclusive step
+                return True
+            except FileExistsError:
+                stale = claim_marker(url)
+                if stale is None or creator_alive(stale) is not False:
+                    return False
+                claim.unlink(missing_ok=True)  # its creator died: take the claim over (once)
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def release_claim(url: str) -> None:
+    claim = claim_path(url)
+    if claim is not None:
+        claim.unlink(missing_ok=True)
+
+
+def claim_marker(url: str) -> dict[str, Any] | None:
+    """The marker in a local store's claim file (its creator may have died before writing the group)."""
+    claim = claim_path(url)
+    if claim is None:
+        return None
+    try:
+        marker = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def check_out_location(url: str) -> None:
@@ -102,6 +169,9 @@ def check_out_location(url: str) -> None:
             entries = sorted(os.listdir(path))
         except OSError as e:
             raise LabelStoreError(f"--out {url} cannot be listed ({e.strerror or e}); choose another --out") from e
+        # zarr writes zarr.json through a temporary `*.partial` file: another writer
+        # creating the store right now, not a foreign folder
+        entries = [e for e in entries if not e.endswith(".partial")]
         if entries:
             raise LabelStoreError(f"--out {url} is a folder with other files in it ({len(entries)} entries, e.g. "
                                   f"{entries[0]!r}) but no store; choose a new or empty folder for the store")

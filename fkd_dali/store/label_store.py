@@ -41,11 +41,14 @@ from fkd_dali.store.creation import (
     CREATE_WAIT_S,
     CREATING_KEY,
     check_out_location,
+    claim_creation,
+    claim_marker,
     clear_command,
     creator_age_s,
     creator_alive,
     creator_marker,
     describe_creator,
+    release_claim,
 )
 from fkd_dali.store.damage import (
     CROP_KEYS,
@@ -691,11 +694,26 @@ def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
         StoreExistsError: a store (complete or being created) is already at `url`.
     """
     check_out_location(url)
+    marker = creator_marker()
+    try:
+        claimed = claim_creation(url, marker)
+    except OSError as e:
+        raise LabelStoreError(f"cannot create the store {url}: {e.strerror or e}; choose a writable --out") from e
+    if not claimed:
+        raise StoreExistsError(f"{url} is being created by another writer")
+    try:
+        return _create_claimed(url, index, spec, marker, storage_options)
+    finally:
+        release_claim(url)
+
+
+def _create_claimed(url: str, index: DatasetIndex, spec: StoreSpec, marker: dict[str, Any],
+                    storage_options: dict[str, Any] | None) -> LabelStore:
+    """`create_store` once this writer holds the creation claim."""
     if url.startswith("file://") and storage_options is None:
         storage_options = {"auto_mkdir": True}  # fsspec's local filesystem does not create folders itself
     try:
-        g = zarr.open_group(url, mode="w-", storage_options=storage_options,
-                            attributes={CREATING_KEY: creator_marker()})
+        g = zarr.open_group(url, mode="w-", storage_options=storage_options, attributes={CREATING_KEY: marker})
     except (ContainsGroupError, ContainsArrayError, FileExistsError) as e:
         raise StoreExistsError(f"{url} already exists; open it or choose another --out") from e
     except OSError as e:
@@ -798,9 +816,11 @@ def _creating_marker(url: str, storage_options: dict[str, Any] | None) -> dict[s
     try:
         attrs = zarr.open_group(url, mode="r", storage_options=storage_options).attrs
     except Exception:
-        return None
+        return claim_marker(url)  # killed between claiming the folder and writing the group
     marker = attrs.get(CREATING_KEY)
-    return marker if isinstance(marker, dict) and ATTR_KEY not in attrs else None
+    if ATTR_KEY in attrs:
+        return None
+    return marker if isinstance(marker, dict) else claim_marker(url)
 
 
 def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:

@@ -34,21 +34,16 @@ def cfg(photo_root, store, out, **kw) -> TrainConfig:
 
 
 def nan_from_call(monkeypatch, first: int) -> None:
-    """From the `first`-th loss computed on (1-based), the loss is NaN."""
-    real = loop._make_loss
+    """From the `first`-th training loss computed on (1-based), the loss is NaN."""
+    real = loop.soft_cross_entropy
     calls = {"n": 0}
 
-    def make(*args):
-        fn = real(*args)
+    def loss(logits, target, temperature=1.0):
+        calls["n"] += 1
+        value = real(logits, target, temperature)
+        return value * float("nan") if calls["n"] >= first else value
 
-        def loss(logits, batch):
-            calls["n"] += 1
-            value = fn(logits, batch)
-            return value * float("nan") if calls["n"] >= first else value
-
-        return loss
-
-    monkeypatch.setattr(loop, "_make_loss", make)
+    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
 
 
 def sha(path: Path) -> str:

@@ -10,34 +10,51 @@ import importlib
 import sys
 from typing import Sequence
 
+from dataclasses import dataclass
+
 from fkd_dali.errors import ConfigError, FkdError
 from fkd_dali.registry import Registry
 
-#: Benchmark name -> module that implements it (imported on demand).
-BENCHMARKS: Registry[str] = Registry("benchmark")
-BENCHMARKS.add("loaders", "bench.bench_loaders")
-BENCHMARKS.add("store", "bench.bench_store")
-BENCHMARKS.add("labelgen", "bench.bench_labelgen")
-BENCHMARKS.add("train", "bench.bench_train")
-BENCHMARKS.add("stages", "bench.bench_stages")
-BENCHMARKS.add("feed", "bench.bench_feed")
-BENCHMARKS.add("fidelity", "bench.bench_fidelity")
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: its module (relative to this package, imported when run) and a one-line summary."""
+
+    module: str
+    summary: str
+
+
+#: Benchmark name -> its module and summary: the one list `fkd-dali bench` and `python -m bench` read.
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+BENCHMARKS.add("loaders", Benchmark(".bench_loaders", "data-loading speed: fkd-dali replay vs ReLabel, FKD "
+                                                      "reference, torchvision, DALI"))
+BENCHMARKS.add("store", Benchmark(".bench_store", "bytes per image: store vs FKD files vs ReLabel maps; "
+                                                  "pass-table load time"))
+BENCHMARKS.add("labelgen", Benchmark(".bench_labelgen", "label-generation crops/s vs teacher-only inference"))
+BENCHMARKS.add("train", Benchmark(".bench_train", "training images/s: real data vs synthetic tensors, FKD "
+                                                  "replay vs online KD"))
+BENCHMARKS.add("stages", Benchmark(".bench_stages", "CPU time per crop by stage (decode, resize, normalize, "
+                                                    "Python, labels) of each loader"))
+BENCHMARKS.add("feed", Benchmark(".bench_feed", "images per CPU-second of the replay's host path, decoding "
+                                                "taken out, by stage"))
+BENCHMARKS.add("fidelity", Benchmark(".bench_fidelity", "label fidelity vs the teacher on each crop: stored "
+                                                        "top-K, ReLabel maps, one label per image"))
 
 _USAGE = "usage: bench {" + "|".join(BENCHMARKS.names()) + "} [options]   (bench NAME --help for options)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch `bench NAME ARGS...` to `bench.bench_NAME.main(ARGS)`; exit 2 on user errors."""
+    """Dispatch `bench NAME ARGS...` to the benchmark module's `main(ARGS)`; exit 2 on user errors."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if args else 2
     try:
-        module_name = BENCHMARKS.get(args[0])
+        module_name = BENCHMARKS.get(args[0]).module
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(module_name, __name__)
         except ModuleNotFoundError as e:
-            if e.name != module_name:
+            if e.name != __name__ + module_name:
                 raise
             raise ConfigError(f"benchmark {args[0]!r} is not implemented yet ({module_name} is missing)") from None
         return int(module.main(args[1:]))

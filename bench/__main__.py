@@ -1,5 +1,5 @@
 """`python -m bench NAME ...`: run one of fkd-dali's benchmarks (see `bench.BENCHMARKS`)."""
-from bench import main
+from . import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

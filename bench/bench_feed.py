@@ -31,8 +31,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from bench.harness import Entry, RoundResult, load_average, load_note, machine_description, run_rounds
-from bench.report import panels_chart, run_cli, write_json
+from .harness import Entry, RoundResult, load_average, load_note, machine_description, run_rounds
+from .report import panels_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.replay import ReplayLoader
@@ -191,8 +191,8 @@ def _source_calls(feed: Iterator) -> Iterator[tuple]:
 
 def prepare_assets(cfg: FeedConfig) -> tuple[DatasetIndex, str, dict]:
     """The linked corpus, its index and the synthetic store (built once under the assets folder)."""
-    from bench.corpus import CorpusConfig, build_corpus, build_linked_corpus
-    from bench.labels import synthetic_store
+    from .corpus import CorpusConfig, build_corpus, build_linked_corpus
+    from .labels import synthetic_store
     from fkd_dali.data.index import build_index
 
     source = build_corpus(cfg.assets_dir / f"corpus-{cfg.sources}-seed{cfg.corpus_seed}",

@@ -35,11 +35,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.corpus import prepare_dataset
-from bench.harness import load_average, load_note, machine_description
-from bench.labels import _STRIDE as STRIDE  # map side = input side / the CNN's output stride
-from bench.labels import load_pil_rgb, teacher_crop, write_relabel_maps, write_store_labels
-from bench.report import panels_chart, run_cli, write_json
+from .corpus import prepare_dataset
+from .harness import load_average, load_note, machine_description
+from .labels import _STRIDE as STRIDE  # map side = input side / the CNN's output stride
+from .labels import load_pil_rgb, teacher_crop, write_relabel_maps, write_store_labels
+from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 from fkd_dali.interop.relabel_maps import MAP_SIZE
 

@@ -21,10 +21,10 @@ from typing import Sequence
 
 import torch
 
-from bench.corpus import prepare_dataset
-from bench.harness import load_average, load_note, machine_description, tree_cpu_seconds
-from bench.labels import labelgen_device
-from bench.report import ratio_chart, run_cli, write_json
+from .corpus import prepare_dataset
+from .harness import load_average, load_note, machine_description, tree_cpu_seconds
+from .labels import labelgen_device
+from .report import ratio_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.90  # label generation / teacher-only inference (DESIGN.md)

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.corpus import prepare_dataset
-from bench.harness import (
+from .corpus import prepare_dataset
+from .harness import (
     Entry,
     RoundResult,
     load_average,
@@ -29,9 +29,9 @@ from bench.harness import (
     run_rounds,
     summarize,
 )
-from bench.labels import write_fkd_published, write_relabel_maps, write_store_labels
-from bench.loaders import LOADERS, LoaderInfo, LoaderSpec
-from bench.report import bar_chart, run_cli, write_json
+from .labels import write_fkd_published, write_relabel_maps, write_store_labels
+from .loaders import LOADERS, LoaderInfo, LoaderSpec
+from .report import bar_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
 from fkd_dali.labels.teacher import Teacher, load_teacher

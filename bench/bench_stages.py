@@ -26,10 +26,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from bench.corpus import prepare_dataset
-from bench.harness import load_average, load_note, machine_description, measure, tree_cpu_seconds
-from bench.labels import FKD_PUBLISHED_CROPS, write_fkd_published, write_relabel_maps, write_store_labels
-from bench.report import run_cli, stacked_chart, write_json
+from .corpus import prepare_dataset
+from .harness import load_average, load_note, machine_description, measure, tree_cpu_seconds
+from .labels import FKD_PUBLISHED_CROPS, write_fkd_published, write_relabel_maps, write_store_labels
+from .report import run_cli, stacked_chart, write_json
 from fkd_dali.errors import ConfigError
 
 
@@ -118,7 +118,7 @@ def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Cal
 
 
 def fkd_dali_stages(cfg: StagesConfig, index, store: str) -> dict[str, float]:
-    from bench.loaders import FkdDaliLoader, LoaderSpec
+    from .loaders import FkdDaliLoader, LoaderSpec
     from fkd_dali.crops.pass_table import plan_table
     from fkd_dali.crops.plan import make_pass_plan
     from fkd_dali.loaders.feed import flipped_rois, read_encoded
@@ -149,8 +149,8 @@ def reference_stages(cfg: StagesConfig, index, fkd_root: str, maps_root: str) ->
     import torchvision.transforms.functional as TF
     from torch.utils.data import default_collate
 
-    from bench.labels import load_pil_rgb
-    from bench.loaders import FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader, fkd_soft_targets
+    from .labels import load_pil_rgb
+    from .loaders import FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader, fkd_soft_targets
     from fkd_dali.interop.relabel_maps import relabel_targets
 
     spec = LoaderSpec(index=index, batch_size=cfg.batch_size, workers=1, m=cfg.m, image_size=cfg.image_size,

@@ -26,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.corpus import prepare_dataset
-from bench.harness import load_average, load_note, machine_description
-from bench.labels import export_store_fkd, write_relabel_maps, write_store_labels, write_synthetic_labels
-from bench.report import panels_chart, run_cli, write_json
+from .corpus import prepare_dataset
+from .harness import load_average, load_note, machine_description
+from .labels import export_store_fkd, write_relabel_maps, write_store_labels, write_synthetic_labels
+from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from bench.corpus import prepare_dataset
-from bench.harness import load_average, load_note, machine_description, tree_cpu_seconds
-from bench.labels import write_store_labels
-from bench.report import panels_chart, run_cli, write_json
+from .corpus import prepare_dataset
+from .harness import load_average, load_note, machine_description, tree_cpu_seconds
+from .labels import write_store_labels
+from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (DESIGN.md, GPU)

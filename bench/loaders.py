@@ -37,7 +37,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
-from bench.labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
+from .labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
 from fkd_dali.interop.fkd_files import read_fkd_file

@@ -1,38 +1,47 @@
-"""`fkd-dali bench loaders|store|labelgen|train [options]`: the benchmark programs of `bench/`.
+"""`fkd-dali bench NAME [options]`: the benchmark programs of `bench/`.
 
 Everything after the benchmark's name goes unchanged to the benchmarks' `main`, which
-owns the options (`fkd-dali bench NAME --help` lists them); this module only dispatches.
-The benchmarks install as `fkd_dali_bench`; in a source checkout without installing,
-the repository's `bench` package (on the path when run from the repository root) serves.
+owns the options (`fkd-dali bench NAME --help` lists them); this module only dispatches,
+and lists the names and summaries of the one registry, `BENCHMARKS` in `bench/__init__.py`.
+The benchmarks install as `fkd_dali_bench` (package_dir in setup.cfg); a source
+checkout's own `bench/` folder takes precedence (see `bench_package`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from types import ModuleType
+
+_PACKAGE = "fkd_dali_bench"
 
 
 def bench_package() -> ModuleType:
-    try:
-        return importlib.import_module("fkd_dali_bench")
-    except ModuleNotFoundError as e:
-        if e.name != "fkd_dali_bench":
-            raise
-        return importlib.import_module("bench")
+    """The benchmarks beside this fkd_dali (a source checkout's `bench/`), else the installed `fkd_dali_bench`.
 
-_SUMMARIES = {
-    "loaders": "data-loading speed: fkd-dali replay vs ReLabel, FKD reference, torchvision, DALI",
-    "store": "bytes per image: store vs FKD files vs ReLabel maps; pass-table load time",
-    "labelgen": "label-generation crops/s vs teacher-only inference",
-    "train": "training throughput with real data vs synthetic tensors",
-    "stages": "CPU time per crop by stage (decode, resize, normalize, Python, labels) of each loader",
-    "fidelity": "label fidelity vs the teacher on each crop: stored top-K, ReLabel maps, one label per image",
-}
+    Looking beside the package first means a checkout run with PYTHONPATH (as on the
+    accelerator machine, where nothing is installed) uses its own benchmarks, never a
+    stale installed copy, and never a top-level `bench` of someone else's.
+    """
+    loaded = sys.modules.get(_PACKAGE)
+    if loaded is not None:
+        return loaded
+    source = Path(__file__).resolve().parents[2] / "bench" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(_PACKAGE, source, submodule_search_locations=[str(source.parent)])
+    if not source.is_file() or spec is None or spec.loader is None:
+        return importlib.import_module(_PACKAGE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    names = bench_package().BENCHMARKS.names()
-    listing = "\n".join(f"  {n:<9} {_SUMMARIES.get(n, '')}" for n in names)
+    registry = bench_package().BENCHMARKS
+    names = registry.names()
+    listing = "\n".join(f"  {n:<9} {registry.get(n).summary}" for n in names)
     p = sub.add_parser("bench", help="benchmarks (" + "|".join(names) + "); JSON + PNG results",
                        description="Run one of fkd-dali's benchmarks; each writes a JSON document (with the "
                                    "machine described) and a PNG chart.",

@@ -1,6 +1,8 @@
 """CLI parsing: every bad flag value is one line naming the flag (exit 2); `train --config` precedence."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 import fkd_dali.train.loop as loop
@@ -97,3 +99,18 @@ def test_bad_config_files_are_one_line(tmp_path, captured_fit, capsys, text, mat
 def test_missing_config_file(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_cli_lists_every_registered_benchmark_with_its_summary(capsys):
+    from fkd_dali.cli.bench import bench_package
+
+    registry = bench_package().BENCHMARKS
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    listing = capsys.readouterr().out.split("benchmarks:\n", 1)[1]
+    assert set(registry.names()) >= {"loaders", "store", "labelgen", "train", "stages", "feed", "fidelity"}
+    for name in registry.names():
+        summary = registry.get(name).summary
+        assert summary and f"  {name:<9} {summary}" in listing
+        assert callable(importlib.import_module(registry.get(name).module, bench_package().__name__).main)

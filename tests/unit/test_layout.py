@@ -108,3 +108,14 @@ def test_every_package_is_installed_and_bench_is_not_a_top_level_name():
     assert "bench" not in listed and "pipelines" not in listed
     mapping = dict(line.split("=") for line in cfg["options"]["package_dir"].split("\n") if "=" in line)
     assert {k.strip(): v.strip() for k, v in mapping.items()} == {"fkd_dali_bench": "bench"}
+
+
+def test_benchmarks_import_each_other_relatively_so_they_run_as_fkd_dali_bench():
+    """Installed, the benchmarks are the package `fkd_dali_bench`: an absolute `bench.` import would break there."""
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        absolute = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+                    and n.module and n.module.split(".")[0] == "bench"]
+        absolute += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                     if a.name.split(".")[0] == "bench"]
+        assert not absolute, f"{path.name} imports {absolute} absolutely"

@@ -20,7 +20,9 @@ def test_tiny_demo_runs_and_reports(tmp_path, capsys):
     assert "same 7 source photos" in data["held_out"] and "not that it generalises" in data["held_out"]
     assert report["labelgen"]["crops"] == 14 * 8
     assert report["training"]["passes"] == 2
-    assert 0.0 <= report["agreement_with_teacher"]["after"] <= 1.0
+    agreement = report["agreement_with_teacher"]
+    # training on the teacher's labels must move the student towards the teacher (measured 0.0 -> 0.13)
+    assert 0.0 <= agreement["before"] < agreement["after"] - 0.05 and agreement["after"] <= 1.0
     # the real teacher recognises most held-out photos of these 7 classes
     assert report["imagenet_top1_val"]["teacher"] >= 50.0
     printed = capsys.readouterr().out

@@ -1,0 +1,27 @@
+"""The demo's printed report: every figure of report.json appears, with its unit, and the held-out caveat."""
+from __future__ import annotations
+
+from fkd_dali.demo import HELD_OUT_NOTE, format_report
+
+REPORT = {
+    "dataset": {"train_images": 42, "val_images": 21, "classes": 7, "source_photos": 7, "held_out": HELD_OUT_NOTE},
+    "labelgen": {"crops": 336, "seconds": 12.34, "crops_per_s": 27.2, "bytes_per_image": 812.6},
+    "training": {"passes": 2, "steps": 12, "final_loss": 3.25, "first_loss": 6.5, "images_per_s": 8.04,
+                 "crops_per_s": 32.16},
+    "agreement_with_teacher": {"before": 0.0123, "after": 0.4567, "chance": 0.001},
+    "imagenet_top1_val": {"student": 33.333, "teacher": 85.71},
+    "device": "cpu", "seconds": 95.4,
+}
+
+
+def test_report_prints_each_figure_once_with_its_unit():
+    text = format_report(REPORT)
+    expected = ["42 train / 21 held-out images, 7 ImageNet classes", "7 real photos",
+                "336 crops in 12.3 s (27.2 crops/s), 813 bytes/image stored",
+                "12 steps, loss 6.5 -> 3.25, 8.0 images/s (32.2 crops/s)",
+                "1.2% before, 45.7% after training (chance 0.1%)",
+                "student 33.3%, teacher 85.7%", "total       95 s on cpu"]
+    for line in expected:
+        assert line in text, line
+    assert "training works, not that it generalises to new photos" in text
+    assert text.splitlines()[1] == "fkd-dali demo report"

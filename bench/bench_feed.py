@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .harness import Entry, RoundResult, load_average, load_note, machine_description, run_rounds
+from .harness import Entry, RoundResult, load_average, load_notes, machine_description, run_rounds
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError
@@ -279,9 +279,7 @@ def run_feed_benchmark(cfg: FeedConfig) -> dict:
              "ones are noisy",
              "cores_per_gpu = 5,000 images/s (20,000 crops/s at m=4) / images per CPU-second: the host cores one "
              "GPU's replay process needs for this path alone, beside DALI's decode and resize on the GPU"]
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "feed", "machine": machine, "load_average": load,
            "config": {**asdict(cfg), "timed_steps": cfg.timed_steps, "images_per_step": cfg.images_per_step},
            "dataset": dataset, "rows": rows, "headline": head, "breakdown": parts, "target": target, "notes": notes}

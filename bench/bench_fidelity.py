@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .corpus import prepare_dataset
-from .harness import load_average, load_note, machine_description
+from .harness import load_average, load_notes, machine_description
 from .labels import _STRIDE as STRIDE  # map side = input side / the CNN's output stride
 from .labels import load_pil_rgb, teacher_crop, write_relabel_maps, write_store_labels
 from .report import panels_chart, run_cli, write_json
@@ -238,9 +238,7 @@ def run_fidelity_benchmark(cfg: FidelityBenchConfig) -> dict:
              "marginal_renorm) score large but finite values; KL(q || p) is the reverse direction",
              "top-5 overlap: the share of the oracle's top-5 among the label's five largest classes, ties at the "
              "label's 5th/6th place counted as missing (a one-hot label scores at most 20%)"]
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "fidelity", "machine": machine, "load_average": load, "config": asdict(cfg),
            "dataset": dataset, "store": {**asdict(info), "path": store, "crops_per_image": m},
            "crops": len(crops.image), "flipped_crops": int(crops.flip.sum()),

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from .corpus import prepare_dataset
-from .harness import load_average, load_note, machine_description, tree_cpu_seconds
+from .harness import load_average, load_notes, machine_description, tree_cpu_seconds
 from .labels import labelgen_device
 from .report import ratio_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
@@ -167,9 +167,7 @@ def run_labelgen_benchmark(cfg: LabelGenBenchConfig) -> dict:
         notes.append("on CPU, DALI's decode and crop threads take cores the teacher would otherwise use, so "
                      "label generation cannot reach teacher-only speed; the 90% target is meant for GPUs, where "
                      "decoding runs on the GPU's decoder beside the teacher")
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "labelgen", "machine": machine, "load_average": load,
            "config": {**asdict(cfg), "device": str(teacher.device), "teacher_input_size": list(teacher.input_size)},
            "dataset": dataset, "result": result, "labelgen_rounds": labelgen, "teacher_only_rounds": infer,

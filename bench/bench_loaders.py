@@ -23,7 +23,7 @@ from .harness import (
     Entry,
     RoundResult,
     load_average,
-    load_note,
+    load_notes,
     machine_description,
     ratios,
     run_rounds,
@@ -292,9 +292,7 @@ def run_loaders_benchmark(cfg: LoadersConfig, teacher: Teacher | None = None,
              "numpy arrays in a torch-saved list, loaded with a full unpickle as FKD's loader does); their first "
              f"{cfg.fkd_crops} crops are the store's, which the fkd-dali rows replay, the others continue the "
              "store's crop sampler with synthetic labels (a file's cost does not depend on label values)"]
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "loaders", "machine": machine, "load_average": load,
            "config": {**asdict(cfg), "warmup_batches": cfg.warmup_batches, "device": spec.device}, "dataset": dataset,
            "labels": assets.labels, "num_classes": spec.num_classes, "rows": rows, "ratios": ratio_rows,

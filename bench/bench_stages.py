@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from .corpus import prepare_dataset
-from .harness import load_average, load_note, machine_description, measure, tree_cpu_seconds
+from .harness import load_average, load_notes, machine_description, measure, tree_cpu_seconds
 from .labels import FKD_PUBLISHED_CROPS, write_fkd_published, write_relabel_maps, write_store_labels
 from .report import run_cli, stacked_chart, write_json
 from fkd_dali.errors import ConfigError
@@ -278,9 +278,7 @@ def run_stages_benchmark(cfg: StagesConfig) -> dict:
     load = {"start": load_start, "end": load_average()}
     notes = ["CPU-milliseconds per crop on one thread / one worker; cumulative figures per stage in `stages`, "
              "each stage's own share in `breakdown` (differences of medians, so small shares are noisy)"]
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "stages", "machine": machine, "load_average": load, "config": asdict(cfg),
            "dataset": dataset, "stages": stages,
            "breakdown": {k: [{"stage": s, "cpu_ms_per_crop": v} for s, v in p] for k, p in parts.items()},

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import prepare_dataset
-from .harness import load_average, load_note, machine_description
+from .harness import load_average, load_notes, machine_description
 from .labels import export_store_fkd, write_relabel_maps, write_store_labels, write_synthetic_labels
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
@@ -288,9 +288,7 @@ def run_store_benchmark(cfg: StoreBenchConfig) -> dict:
              "ReLabel maps are file sizes (apparent); *_allocated_* are disk blocks (small files round up)"]
     if cfg.crops_per_image != cfg.target_crops:
         notes.append(f"the store's size at M={cfg.target_crops} is an extrapolation from M={cfg.crops_per_image}")
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "store", "machine": machine, "load_average": load, "config": asdict(cfg),
            "dataset": dataset, "sizes": sizes, "pass_table": pass_table, "notes": notes}
     out = Path(cfg.out)

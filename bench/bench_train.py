@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .corpus import prepare_dataset
-from .harness import load_average, load_note, machine_description, tree_cpu_seconds
+from .harness import load_average, load_notes, machine_description, tree_cpu_seconds
 from .labels import write_store_labels
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
@@ -167,9 +167,7 @@ def run_train_benchmark(cfg: TrainBenchConfig) -> dict:
         notes.append("on CPU the replay's decode threads and the training step share the same cores, so real data "
                      "cannot match synthetic tensors; the 97% target is meant for GPU training, where decoding "
                      "runs beside the GPU step")
-    busy = load_note(load["start"], load["end"])
-    if busy:
-        notes.append(busy)
+    notes.extend(load_notes(load))
     doc = {"benchmark": "train", "machine": machine, "load_average": load, "config": asdict(cfg),
            "dataset": dataset, "store": {**asdict(info), "path": store}, "result": result, "rounds": runs,
            "notes": notes}

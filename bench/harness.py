@@ -300,6 +300,12 @@ def load_note(start: Sequence[float], end: Sequence[float]) -> str | None:
             "an idle machine, and CPU-seconds per crop (and ratios from the same rounds) are the robust figures")
 
 
+def load_notes(load: dict) -> list[str]:
+    """`load_note` of a result's {"start": ..., "end": ...} load averages, as a list to extend the notes with."""
+    note = load_note(load["start"], load["end"])
+    return [note] if note else []
+
+
 def machine_description() -> dict:
     """CPU model, cores (logical, usable, cgroup quota), memory, load, GPUs and library versions."""
     import torch

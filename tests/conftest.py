@@ -81,3 +81,13 @@ def copy_store(tmp_path):
         return dst
 
     return copy
+
+
+def tiny_train_config(photo_root, store, out, **kw):
+    """resnet10t at 64 px, m=4, 8 crops per step (21 photos give 10 steps per pass); `kw` overrides any field."""
+    from fkd_dali.config import TrainConfig
+
+    base = dict(data=str(photo_root), labels=str(store), arch="resnet10t", output=str(out), epochs=8, num_crops=4,
+                batch_size=8, lr=2e-3, opt="adamw", weight_decay=0.01, warmup_epochs=0.0, image_size=64,
+                threads=2, log_interval=1, progress=False, seed=3)
+    return TrainConfig(**{**base, **kw})

@@ -8,21 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from fkd_dali.config import TrainConfig
 from fkd_dali.errors import CheckpointError
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
 
+from ..conftest import tiny_train_config
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def cfg(photo_root, store, out, **kw) -> TrainConfig:
-    """resnet10t at 64 px, m=4, 8 crops per step: 21 images give 10 steps per pass."""
-    base = dict(data=str(photo_root), labels=str(store), arch="resnet10t", output=str(out), epochs=8, num_crops=4,
-                batch_size=8, lr=2e-3, opt="adamw", weight_decay=0.01, warmup_epochs=0.0, image_size=64,
-                threads=2, log_interval=1, progress=False, seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = tiny_train_config
 
 
 def _record(monkeypatch) -> tuple[list, list]:

@@ -16,12 +16,13 @@ import pytest
 import torch
 import zarr
 
-from fkd_dali.config import TrainConfig
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
 from fkd_dali.store.label_store import CHECKSUM_KEY, attrs_checksum, open_store
 from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
 from fkd_dali.train.evaluate import resolve_class_map, teacher_agreement
 from fkd_dali.train.loop import fit
+
+from ..conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,12 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def cfg(photo_root, store, out, **kw) -> TrainConfig:
-    base = dict(data=str(photo_root), labels=str(store), arch="resnet10t", output=str(out), epochs=8, num_crops=4,
-                batch_size=8, lr=2e-3, opt="adamw", weight_decay=0.01, warmup_epochs=0.0, image_size=64,
-                threads=2, log_interval=1, progress=False, seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = tiny_train_config
 
 
 def test_a_tiny_student_learns_the_teachers_labels_on_held_out_crops(photo_root, small_store, tmp_path):

@@ -149,9 +149,7 @@ def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelA
                           seed=store.spec.crop.seed, source=store_identity(store_url))
     if _reusable(out_root, info):
         return info
-    _forget_manifest(out_root)
-    if Path(out_root).is_dir():
-        shutil.rmtree(out_root)  # files of images the new store may not have
+    _start_over(out_root)
     export_fkd(store_url, out_root)
     _write_manifest(out_root, info)
     return info
@@ -257,9 +255,7 @@ def write_fkd_published(store_url: str, out_root: str | os.PathLike[str],
                           seed=store.spec.crop.seed, source=store_identity(store_url))
     if _reusable(out_root, info):
         return info
-    _forget_manifest(out_root)
-    if Path(out_root).is_dir():
-        shutil.rmtree(out_root)  # files of images the new store may not have
+    _start_over(out_root)
     store.check_complete()
     index = store.load_index()
     for chunk in range(store.n_chunks):
@@ -357,6 +353,13 @@ def _read_manifest(out_root: str | os.PathLike[str]) -> LabelAssetInfo | None:
 
 def _reusable(out_root: str | os.PathLike[str], info: LabelAssetInfo) -> bool:
     return _read_manifest(out_root) == info
+
+
+def _start_over(out_root: str | os.PathLike[str]) -> None:
+    """Forget the manifest, then every file: the new store may not have the old one's images."""
+    _forget_manifest(out_root)
+    if Path(out_root).is_dir():
+        shutil.rmtree(out_root)
 
 
 def _forget_manifest(out_root: str | os.PathLike[str]) -> None:

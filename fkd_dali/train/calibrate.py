@@ -139,7 +139,7 @@ def _weighted(targets: torch.Tensor, negative: torch.Tensor, weight: float) -> t
 @_NEGATIVE_MODES.register("drop")
 def _drop(targets: torch.Tensor, negative: torch.Tensor, gt_class: torch.Tensor,
           spec: FerKDSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hard negatives keep their label with loss weight 0: as if they were not in the batch (the mean still divides by B)."""
+    """Hard negatives keep their label with loss weight 0: they teach nothing (the mean still divides by B)."""
     return _weighted(targets, negative, 0.0)
 
 

@@ -154,7 +154,7 @@ def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher
 
 
 def _mixer(cfg: TrainConfig, env: DistEnv) -> BatchMixer | None:
-    """The batch mixer: SelfMix (CutMix between crops of one image; exclusive with the others), or timm's CutMix/Mixup."""
+    """The batch mixer: SelfMix (CutMix within an image; exclusive with the others), or timm's CutMix/Mixup."""
     if cfg.selfmix > 0:
         return BatchMixer(MixSpec(cutmix_alpha=cfg.selfmix, prob=cfg.selfmix_prob), cfg.seed, env.rank,
                           partner=functools.partial(same_image_pairs, m=cfg.m))

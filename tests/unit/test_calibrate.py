@@ -183,3 +183,24 @@ def test_a_step_calibrates_before_it_mixes():
     _, target, weight, _ = _step_inputs(_step_run(FerKDCalibration(spec("drop")), mixer), batch, 0, 0)
     assert weight.tolist() == pytest.approx([1.0, 0.75, 0.25, 1.0])  # rows 1 and 2 share the dropped crop
     assert torch.allclose(target[1], TARGETS[1]) and torch.allclose(target[2], TARGETS[1])
+
+
+@pytest.mark.gpu
+def test_calibration_weighted_mix_and_loss_never_synchronise_with_the_host():
+    """The per-step path on CUDA under torch's sync debug mode "error": a host read-back would raise."""
+    device = torch.device("cuda")
+    targets, gt_prob, gt_class = TARGETS.to(device), GT_PROB.to(device), GT_CLASS.to(device)
+    logits = torch.randn(5, 4, device=device, requires_grad=True)
+    partner = reversed_pairs(5).to(device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for mode in ("soft-gt", "drop", "weight"):
+            out = calibrate_ferkd(targets, gt_prob, gt_class, spec(mode))
+            weight = out.weight if out.weight is not None else torch.ones(5, device=device)
+            mixed, w = mix_weighted_targets(out.targets, weight, partner, 0.7)
+            soft_cross_entropy(logits, mixed, weight=w).backward()
+            total = out.counts.clone()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert total.tolist() == [2, 2, 1]

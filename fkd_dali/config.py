@@ -19,9 +19,11 @@ from typing import Any, Iterable, Mapping
 
 from fkd_dali.defaults import (
     AMP_CHOICES,
+    CALIBRATIONS,
     CROP_RATIO,
     CROP_SCALE,
     DEVICE_CHOICES,
+    FERKD_NEGATIVE_MODES,
     FLIP_PROB,
     IMAGES_PER_CHUNK,
     RECOVERY_KINDS,
@@ -226,6 +228,15 @@ class TrainConfig:
     model_ema: bool = False  # keep, validate and checkpoint an EMA of the weights
     model_ema_decay: float = 0.9998
     color_jitter: float = 0.0  # brightness/contrast/saturation strength per crop (FKD: 0.4); 0 = off
+    # FerKD (`fkd_dali.train.calibrate`; thresholds are ours, not the paper's: FerKD published none)
+    calibrate: str | None = None  # "ferkd": calibrate each crop's target by its teacher ground-truth probability
+    ferkd_easy: float = 0.5  # gt_prob >= this: easy positive (the ground truth is surely the teacher's top-1)
+    ferkd_negative: float = 0.1  # gt_prob < this: hard negative (the crop shows mostly context)
+    ferkd_negatives: str = "soft-gt"  # hard negatives get: soft-gt (smoothed ground truth), drop, or weight
+    ferkd_negative_weight: float = 0.5  # their loss weight with --ferkd-negatives weight
+    ferkd_smoothing: float = 0.1  # label smoothing of the soft ground truth (--ferkd-negatives soft-gt)
+    selfmix: float = 0.0  # SelfMix: CutMix between crops of the same image, lam ~ Beta(alpha, alpha); 0 = off
+    selfmix_prob: float = 1.0  # probability that a step is self-mixed (when selfmix > 0)
     # online KD (--labels online): the teacher runs on every training crop
     teacher: str | None = None  # a named teacher or a timm model name
     teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
@@ -268,6 +279,32 @@ class TrainConfig:
         check_range("scale", self.scale, 0.0, 1.0)
         check_range("ratio", self.ratio, 0.0, math.inf)
         check_normalization(self)
+        self._check_ferkd()
+
+    def _check_ferkd(self) -> None:
+        """FerKD's calibration and SelfMix options (see `fkd_dali.train.calibrate` and `.mix`)."""
+        check_fraction(self, "ferkd_easy", "ferkd_negative", "ferkd_negative_weight", "ferkd_smoothing",
+                       "selfmix_prob")
+        if self.ferkd_negative > self.ferkd_easy:
+            raise ConfigError(f"--ferkd-negative {self.ferkd_negative} must not exceed --ferkd-easy "
+                              f"{self.ferkd_easy}: hard negatives are the crops below both thresholds")
+        check_choice("ferkd_negatives", self.ferkd_negatives, FERKD_NEGATIVE_MODES)
+        if self.calibrate is not None:
+            check_choice("calibrate", self.calibrate, CALIBRATIONS)
+            if self.vanilla or self.online or self.synthetic:
+                which = "--labels none" if self.vanilla else "--labels online" if self.online else "--synthetic"
+                raise ConfigError(f"--calibrate {self.calibrate} calibrates stored labels by the store's per-crop "
+                                  f"ground-truth probabilities (labels/gt_prob), which {which} does not have: "
+                                  "train from a store (--labels STORE) or drop --calibrate")
+        check_at_least(self, 0, "selfmix")
+        check_finite(self, "selfmix")
+        if self.selfmix > 0 and (self.cutmix > 0 or self.mixup > 0):
+            which = "--cutmix" if self.cutmix > 0 else "--mixup"
+            raise ConfigError(f"--selfmix and {which} both pick each crop's mixing partner: use one of them")
+        if self.selfmix > 0 and self.m < 2:
+            why = "--labels none trains one crop per image" if self.vanilla else f"--num-crops is {self.m}"
+            raise ConfigError(f"--selfmix mixes two crops of the same image, but {why}: use --num-crops 2 or more "
+                              "with a store (or online KD), or drop --selfmix")
 
     @property
     def vanilla(self) -> bool:

@@ -43,6 +43,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SCHEDULE_NAMES = ("cosine", "serrated", "step")
 RECOVERY_KINDS = ("hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full")
+#: calibrations of the recovered targets (`fkd_dali.train.calibrate`); FerKD's is the only one
+CALIBRATIONS = ("ferkd",)
+#: what FerKD calibration gives a hard-negative crop: the softened ground truth, nothing, or a smaller loss weight
+FERKD_NEGATIVE_MODES = ("soft-gt", "drop", "weight")
 
 # -- interop and tools --
 FKD_NUM_CLASSES = 1000  # FKD's published labels are ImageNet-1k

@@ -103,6 +103,14 @@ def all_mean(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
+def all_sum(value: torch.Tensor, world: int) -> torch.Tensor:
+    """The element-wise sum of `value` over the `world` ranks, as a new tensor (all of them must call this)."""
+    value = value.clone()
+    if world > 1:
+        dist.all_reduce(value)
+    return value
+
+
 class StopOnSignal:
     """SIGTERM/SIGINT set `signum` (finish the step, checkpoint, stop); a second SIGINT interrupts at once.
 

@@ -10,7 +10,14 @@ from typing import Sequence
 
 from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json_line
 from fkd_dali.config import EvalConfig, TrainConfig, load_config_file
-from fkd_dali.defaults import AMP_CHOICES, DEVICE_CHOICES, RECOVERY_KINDS, SCHEDULE_NAMES
+from fkd_dali.defaults import (
+    AMP_CHOICES,
+    CALIBRATIONS,
+    DEVICE_CHOICES,
+    FERKD_NEGATIVE_MODES,
+    RECOVERY_KINDS,
+    SCHEDULE_NAMES,
+)
 from fkd_dali.errors import ConfigError
 
 _REQUIRED = ("data", "labels")  # required, but may come from --config instead of the command line
@@ -98,6 +105,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="keep an EMA of the weights (timm's ModelEmaV3), validated and checkpointed too")
     g.add_argument("--model-ema-decay", type=float, default=d("model_ema_decay"), metavar="D",
                    help="EMA decay per step, in (0, 1) (default %(default)s)")
+    g = p.add_argument_group("FerKD (calibration and SelfMix; FerKD published no thresholds: these defaults are "
+                             "ours and not validated against the paper's accuracy)")
+    g.add_argument("--calibrate", default=None, choices=CALIBRATIONS,
+                   help="ferkd: sort crops by the teacher's probability of the ground-truth class (the store's "
+                        "labels/gt_prob) into easy / hard-positive / hard-negative bands and calibrate hard "
+                        "negatives as --ferkd-negatives says; the others keep their recovered label; runs before "
+                        "--cutmix/--mixup/--selfmix; crops per band are logged per pass")
+    g.add_argument("--ferkd-easy", type=float, default=d("ferkd_easy"), metavar="T_E",
+                   help="easy positives: gt_prob >= T_E (default %(default)s: the ground truth is then surely the "
+                        "teacher's top-1)")
+    g.add_argument("--ferkd-negative", type=float, default=d("ferkd_negative"), metavar="T_N",
+                   help="hard negatives (context crops): gt_prob < T_N <= T_E; between: hard positives "
+                        "(default %(default)s)")
+    g.add_argument("--ferkd-negatives", default=d("ferkd_negatives"), choices=FERKD_NEGATIVE_MODES,
+                   help="what hard negatives get: soft-gt, the ground truth smoothed by --ferkd-smoothing (FerKD's "
+                        "calibration); drop, loss weight 0; weight, loss weight --ferkd-negative-weight "
+                        "(default %(default)s)")
+    g.add_argument("--ferkd-negative-weight", type=float, default=d("ferkd_negative_weight"), metavar="W",
+                   help="loss weight of hard negatives with --ferkd-negatives weight, in [0, 1] (default %(default)s)")
+    g.add_argument("--ferkd-smoothing", type=float, default=d("ferkd_smoothing"), metavar="EPS",
+                   help="label smoothing of the soft ground truth: (1-EPS) * onehot + EPS / C (default %(default)s)")
+    g.add_argument("--selfmix", type=float, default=d("selfmix"), metavar="ALPHA",
+                   help="SelfMix: CutMix between crops of the same image (each takes a box from the image's next "
+                        "crop), lam ~ Beta(ALPHA, ALPHA), target = area-weighted mix of the two crops' labels; needs "
+                        "--num-crops >= 2; not with --cutmix/--mixup (0 = off)")
+    g.add_argument("--selfmix-prob", type=float, default=d("selfmix_prob"), metavar="P",
+                   help="probability that a step is self-mixed (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", default=d("output"), help="folder for checkpoints, metrics and config")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/last.pth)")

@@ -22,6 +22,7 @@ def soft_cross_entropy(
     target: torch.Tensor,
     temperature: float = 1.0,
     reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Cross-entropy against soft targets: ``-(target * log_softmax(logits / T)).sum(1) * T**2``.
 
@@ -36,13 +37,19 @@ def soft_cross_entropy(
         target: (B, C) target distribution, e.g. from `recover_labels`.
         temperature: T > 0 dividing the logits.
         reduction: "mean" over the batch, "sum", or "none" for the (B,) per-sample losses.
+        weight: optional (B,) per-sample weights (FerKD calibration down-weights or drops
+            crops, `fkd_dali.train.calibrate`): each sample's loss is multiplied by its
+            weight before the reduction, and "mean" still divides by B, not by the sum of
+            the weights, so a dropped crop (weight 0) counts as a zero loss and a batch
+            whose crops are all dropped gives 0, not NaN. Without it the computation is
+            exactly the unweighted one.
 
     Returns:
         A float32 scalar, or (B,) float32 for ``reduction="none"``.
 
     Raises:
-        ConfigError: T <= 0, unknown reduction, or logits and target widths differ
-            (the model's num_classes does not match the store's).
+        ConfigError: T <= 0, unknown reduction, logits and target widths differ (the
+            model's num_classes does not match the store's), or `weight` is not (B,).
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -53,12 +60,16 @@ def soft_cross_entropy(
             f"logits {tuple(logits.shape)} and soft targets {tuple(target.shape)} differ: "
             "the model's num_classes must equal the label store's num_classes"
         )
+    if weight is not None and tuple(weight.shape) != (logits.shape[0],):
+        raise ConfigError(f"per-sample loss weights must be ({logits.shape[0]},), got {tuple(weight.shape)}")
     scaled = logits.to(torch.float32)
     if temperature != 1.0:
         scaled = scaled / temperature
     loss = -(target.to(torch.float32) * F.log_softmax(scaled, dim=1)).sum(dim=1)
     if temperature != 1.0:
         loss = loss * (temperature * temperature)
+    if weight is not None:
+        loss = loss * weight.to(torch.float32)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

@@ -48,6 +48,8 @@ class ReplayBatch:
     prob: torch.Tensor | None
     meta: torch.Tensor
     full: torch.Tensor | None = None
+    gt_prob: torch.Tensor | None = None  # (B,) float32 teacher probability of the crop's ground-truth class (stores with labels/gt_prob)
+    gt_class: torch.Tensor | None = None  # (B,) int64 ground-truth class of the crop's image in the store's (teacher's) classes
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.images, self.index, self.prob, self.meta))

@@ -20,6 +20,7 @@ written), so every rank sees the same value and all stop together.
 from __future__ import annotations
 
 import difflib
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,13 @@ from fkd_dali.atomic import ensure_writable_dir
 from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
-from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, distributed
+from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
 from fkd_dali.labels.loss import soft_cross_entropy
 from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
+from fkd_dali.train.calibrate import BANDS, FerKDCalibration, describe_bands, make_calibration
 from fkd_dali.train.checkpoint import (
     Position,
     RunIdentity,
@@ -53,7 +55,7 @@ from fkd_dali.train.checkpoint import (
 from fkd_dali.train.data import make_train_loader, open_training_data
 from fkd_dali.train.ema import WeightEma
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
-from fkd_dali.train.mix import BatchMixer, MixSpec
+from fkd_dali.train.mix import BatchMixer, MixSpec, same_image_pairs
 from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
@@ -114,7 +116,8 @@ class TrainRun:
     data_config: dict[str, Any]
     num_classes: int
     teacher: Teacher | None = None  # online KD
-    mixer: BatchMixer | None = None  # --cutmix / --mixup
+    mixer: BatchMixer | None = None  # --cutmix / --mixup, or --selfmix
+    calibration: FerKDCalibration | None = None  # --calibrate ferkd
     ema: WeightEma | None = None  # --model-ema
     val_loader: Any = None
     class_map: np.ndarray | None = None
@@ -151,6 +154,10 @@ def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher
 
 
 def _mixer(cfg: TrainConfig, env: DistEnv) -> BatchMixer | None:
+    """The batch mixer: SelfMix (CutMix within an image; exclusive with the others), or timm's CutMix/Mixup."""
+    if cfg.selfmix > 0:
+        return BatchMixer(MixSpec(cutmix_alpha=cfg.selfmix, prob=cfg.selfmix_prob), cfg.seed, env.rank,
+                          partner=functools.partial(same_image_pairs, m=cfg.m))
     spec = MixSpec(cfg.cutmix, cfg.mixup, cfg.mix_prob, cfg.mix_switch_prob)
     return BatchMixer(spec, cfg.seed, env.rank) if spec.enabled else None
 
@@ -190,7 +197,7 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     targets, temperature = _make_targets(cfg, store, num_classes, teacher, dc, device, amp_dtype)
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
                    targets, temperature, loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
-                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher)
+                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher, calibration=make_calibration(cfg))
     try:
         if cfg.resume:
             _resume(run, cfg.resume)
@@ -283,6 +290,7 @@ class PassStats:
     seconds: float
     crops: int  # global crops trained now
     stop: bool = False  # the run must stop (signal or --max-steps) after this pass's steps_done
+    bands: list[int] | None = None  # --calibrate: crops per band (easy, hard, negative), all ranks, steps run now
 
 
 def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
@@ -295,19 +303,40 @@ def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
     return stop.agreed(run.device)
 
 
-def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int) -> torch.Tensor:
-    """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws)."""
+def _step_inputs(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(images, targets, loss weights or None, band counts or None) of a step: recovery, then
+    calibration (--calibrate) of each crop's target, then batch mixing (of calibrated targets)."""
     images = batch.images
     if run.amp_dtype is None and images.dtype != torch.float32:
         images = images.float()
-    target = run.targets(batch)
+    target, weight, counts = run.targets(batch), None, None
+    if run.calibration is not None:
+        calibrated = run.calibration(batch, target)
+        target, weight, counts = calibrated.targets, calibrated.weight, calibrated.counts
     if run.mixer is not None:
-        images, target = run.mixer(images, target, pass_idx, step)
+        if weight is None:
+            images, target = run.mixer(images, target, pass_idx, step)
+        else:
+            images, target, weight = run.mixer.mix_weighted(images, target, weight, pass_idx, step)
     if run.cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    return images, target, weight, counts
+
+
+def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws).
+
+    Returns the detached loss and, with --calibrate, the (3,) crops per band, both on the device.
+    """
+    images, target, weight, counts = _step_inputs(run, batch, pass_idx, step)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
-    loss = soft_cross_entropy(logits, target, run.temperature)
+    if weight is None:
+        loss = soft_cross_entropy(logits, target, run.temperature)
+    else:
+        loss = soft_cross_entropy(logits, target, run.temperature, weight=weight)
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:
@@ -322,7 +351,7 @@ def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int) -> 
         if clip:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
         run.optimizer.step()
-    return loss.detach()
+    return loss.detach(), counts
 
 
 def _mark_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, global_step: int) -> torch.Tensor:
@@ -358,11 +387,14 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     zero = torch.zeros((), device=run.device)
     pass_loss, log_loss, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
     first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
+    bands = torch.zeros(len(BANDS), dtype=torch.int64, device=run.device)  # summed on the device, reduced at the end
     stopping = cfg.max_steps is not None and run.global_step >= cfg.max_steps
     batches = run.loader.pass_batches(pass_idx, start_step) if not stopping else iter(())
     for batch in batches:
         lr = run.schedule.update(pass_idx, step)
-        loss = _train_step(run, batch, pass_idx, step)
+        loss, counts = _train_step(run, batch, pass_idx, step)
+        if counts is not None:
+            bands += counts
         pass_loss += loss
         log_loss += loss
         log_steps += 1
@@ -394,7 +426,9 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     mean = all_mean(pass_loss, run.env.world) / done if done else float("nan")
     if done:
         _stop_if_nonfinite(run, mean, first_bad, pass_idx)  # steps after the last log, before a checkpoint
-    return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping)
+    band_totals = all_sum(bands, run.env.world).tolist() if run.calibration is not None else None
+    return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping,
+                     band_totals)
 
 
 def _validate(run: TrainRun, model: torch.nn.Module) -> EvalResult:
@@ -416,6 +450,10 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m
+        if stats.bands is not None:
+            record["bands"] = dict(zip(BANDS, stats.bands))
+            metrics.note(f"pass {pass_idx}: FerKD bands of the crops trained now (all ranks): "
+                         f"{describe_bands(stats.bands)}; hard negatives: {run.cfg.ferkd_negatives}")
         if run.val_loader is not None and ((pass_idx + 1) % run.cfg.val_every == 0 or pass_idx + 1 == run.passes):
             val = _validate(run, run.model)
             run.untimed_s += val.seconds

@@ -15,6 +15,18 @@ drawn from the counter-based generator of `fkd_dali.crops.boxes`, keyed by
 as an uninterrupted one, and ranks draw independently. Semantics follow timm's `Mixup`
 (`--cutmix`, `--mixup`, `--mix-prob`, `--mix-switch-prob`): with both alphas > 0, CutMix
 is chosen with probability `switch_prob`; lam ~ Beta(alpha, alpha).
+
+SelfMix (FerKD, `--selfmix ALPHA`, `--selfmix-prob P`) is CutMix with another pairing,
+`same_image_pairs`: each crop takes the box from the next crop of the same image
+(cyclically among the image's m adjacent crops), so the pasted region and the soft
+label it brings come from the same image; the target is the same area-weighted mix of
+the two crops' targets. It is built as a `BatchMixer` with ``MixSpec(cutmix_alpha=ALPHA,
+prob=P)`` and that pairing, so its draws are keyed exactly like CutMix's; it cannot be
+combined with `--cutmix`/`--mixup` (both would choose the partner; `TrainConfig` refuses it).
+
+Per-sample loss weights (FerKD calibration's drop/weight modes) are mixed with the
+targets by `mix_weighted_targets`, so that the loss of a mixed crop is exactly the
+lam-weighted sum of the two crops' weighted losses.
 """
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ import numpy as np
 import torch
 
 from fkd_dali.crops.boxes import counter_uniform, stream_seed
+from fkd_dali.errors import ConfigError
 
 MIX_STREAM = 0x6D6978  # "mix": names the generator stream of batch mixing
 _DRAWS = 5  # apply?, cutmix-or-mixup, lam quantile, box centre y, box centre x
@@ -101,6 +114,46 @@ def reversed_pairs(batch: int) -> torch.Tensor:
     return torch.arange(batch - 1, -1, -1)
 
 
+def same_image_pairs(batch: int, m: int) -> torch.Tensor:
+    """SelfMix's pairing: crop r of image i (row i*m + r) is mixed with crop (r + 1) mod m of the same image.
+
+    The loaders keep an image's m crops adjacent (rows [i*m, (i+1)*m)), so for m = 3
+    and a batch of 6 the partners are [1, 2, 0, 4, 5, 3]; for m = 2, the two crops of
+    an image swap boxes with each other.
+
+    Raises:
+        ConfigError: m < 2 (a crop has no other crop of its image to mix with) or a
+            batch that is not whole images.
+    """
+    if m < 2:
+        raise ConfigError(f"--selfmix mixes two crops of the same image, but each image has {m} crop per step: "
+                          "use --num-crops 2 or more")
+    if batch % m:
+        raise ConfigError(f"a batch of {batch} crops is not whole images of {m} crops each")
+    rows = torch.arange(batch)
+    return rows - rows % m + (rows + 1) % m
+
+
+def mix_weighted_targets(targets: torch.Tensor, weight: torch.Tensor, partner: torch.Tensor,
+                         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix (B, C) targets that carry (B,) loss weights: returns (targets', weight').
+
+    The soft cross-entropy is linear in its target, so ``weight' * CE(targets')`` equals
+    ``lam * w_i * CE(t_i) + (1 - lam) * w_j * CE(t_j)`` with
+    ``weight' = lam * w_i + (1 - lam) * w_j`` and ``targets' = (lam * w_i * t_i +
+    (1 - lam) * w_j * t_j) / weight'``: a dropped crop (w = 0) gives its pixels but no
+    label to its partner. Rows with weight' = 0 keep the plain lam-mix (they count for
+    nothing). With all weights 1 this is the plain mix.
+    """
+    partner = partner.to(targets.device)
+    own, other = weight * lam, weight.index_select(0, partner) * (1.0 - lam)
+    mixed_weight = own + other
+    weighted = targets * own.unsqueeze(1) + targets.index_select(0, partner) * other.unsqueeze(1)
+    plain = targets * lam + targets.index_select(0, partner) * (1.0 - lam)
+    normalized = weighted / mixed_weight.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
+    return torch.where((mixed_weight > 0).unsqueeze(1), normalized, plain), mixed_weight
+
+
 def mix_batch(images: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor,
               decision: MixDecision) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix (B, C, H, W) crops and their (B, classes) targets with `partner` (B,) as `decision` says.
@@ -109,17 +162,23 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor
     """
     if decision.kind == "none":
         return images, targets
-    partner = partner.to(images.device)
     lam = decision.lam
+    target = targets * lam + targets.index_select(0, partner.to(targets.device)) * (1.0 - lam)
+    return mix_pixels(images, partner, decision), target
+
+
+def mix_pixels(images: torch.Tensor, partner: torch.Tensor, decision: MixDecision) -> torch.Tensor:
+    """The pixels of `mix_batch`: (B, C, H, W) crops blended (Mixup) or with the partner's box pasted in (CutMix)."""
+    if decision.kind == "none":
+        return images
+    partner = partner.to(images.device)
     other = images.index_select(0, partner)
     if decision.kind == "mixup":
-        mixed = images * lam + other * (1.0 - lam)
-    else:
-        y0, y1, x0, x1 = decision.box  # type: ignore[misc]
-        mixed = images.clone()
-        mixed[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
-    target = targets * lam + targets.index_select(0, partner.to(targets.device)) * (1.0 - lam)
-    return mixed, target
+        return images * decision.lam + other * (1.0 - decision.lam)
+    y0, y1, x0, x1 = decision.box  # type: ignore[misc]
+    mixed = images.clone()
+    mixed[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
+    return mixed
 
 
 class BatchMixer:
@@ -147,3 +206,13 @@ class BatchMixer:
                  step: int) -> tuple[torch.Tensor, torch.Tensor]:
         decision = self.decision(pass_idx, step, images.shape[-2], images.shape[-1])
         return mix_batch(images, targets, self.partner(images.shape[0]), decision)
+
+    def mix_weighted(self, images: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, pass_idx: int,
+                     step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As `__call__` (same draws), for targets with (B,) loss weights: also returns the mixed weights."""
+        decision = self.decision(pass_idx, step, images.shape[-2], images.shape[-1])
+        if decision.kind == "none":
+            return images, targets, weight
+        partner = self.partner(images.shape[0])
+        target, weight = mix_weighted_targets(targets, weight, partner, decision.lam)
+        return mix_pixels(images, partner, decision), target, weight

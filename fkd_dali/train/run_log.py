@@ -7,6 +7,7 @@ the lines logged after its checkpoint (they are logged again), so each step appe
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,14 @@ class RunLog:
             for key in TB_KEYS:
                 if record.get(key) is not None:
                     self.tb.add_scalar(f"{record['kind']}/{key}", record[key], record["global_step"])
+
+    def note(self, text: str) -> None:
+        """A line for the person watching the run: on stderr, above the progress bar (stdout keeps the summary)."""
+        if not self.main:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
         for h in (self.bar, self.file, self.tb):

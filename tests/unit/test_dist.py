@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, dali_device_id, dist_env, parse_shard, pick_device
+from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError
 
 
@@ -67,3 +67,25 @@ def test_sigterm_asks_to_stop_and_a_second_sigint_interrupts():
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def _sum_on_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        counts = torch.tensor([rank, 1, 10 * rank], dtype=torch.int64)  # e.g. crops per FerKD band
+        total = all_sum(counts, 2)
+        assert counts.tolist() == [rank, 1, 10 * rank]  # the input is left alone
+        torch.save(total, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_sum_adds_every_ranks_tensor(tmp_path):
+    import torch.multiprocessing as mp
+
+    assert all_sum(torch.tensor([2, 3]), 1).tolist() == [2, 3]
+    out = str(tmp_path / "sum")
+    mp.spawn(_sum_on_rank, args=(f"file://{tmp_path / 'rendezvous'}", out), nprocs=2)
+    assert [torch.load(f"{out}.{r}").tolist() for r in range(2)] == [[1, 2, 10], [1, 2, 10]]

@@ -2,6 +2,8 @@
 the timm-style decision rules, and draws that are a pure function of (seed, pass, rank, step)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from fkd_dali.train.mix import (
     decide,
     mix_batch,
     reversed_pairs,
+    same_image_pairs,
 )
 
 # Two "crops" of 1 channel, 2 x 4 pixels; their partners under reversed_pairs are each other.
@@ -123,3 +126,74 @@ def test_mixer_mixes_a_batch_and_keeps_targets_distributions():
 def test_bad_recipe_values_name_the_flag(kw, flag):
     with pytest.raises(ConfigError, match=flag):
         TrainConfig(data="d", labels="s", **kw)
+
+
+# -- SelfMix: CutMix between crops of the same image ----------------------------------------------
+
+@pytest.mark.parametrize("batch, m, expected", [
+    (6, 3, [1, 2, 0, 4, 5, 3]),  # each crop takes the next crop of its image, cyclically
+    (4, 2, [1, 0, 3, 2]),  # two crops of an image swap boxes
+    (4, 4, [1, 2, 3, 0]),
+])
+def test_same_image_pairs(batch, m, expected):
+    assert same_image_pairs(batch, m).tolist() == expected
+
+
+@pytest.mark.parametrize("batch, m, match", [(4, 1, "--num-crops 2 or more"), (5, 2, "not whole images")])
+def test_same_image_pairs_refuses_what_has_no_partner(batch, m, match):
+    with pytest.raises(ConfigError, match=match):
+        same_image_pairs(batch, m)
+
+
+def test_selfmix_pastes_the_same_images_next_crop_and_mixes_targets_by_area():
+    # two images x two crops, 1 channel, 2 x 4 pixels: crop value = 100 * image + 10 * crop + pixel
+    images = torch.tensor([[[[100.0 * i + 10.0 * c + p for p in range(4)], [100.0 * i + 10.0 * c + 4 + p
+                                                                                for p in range(4)]]]
+                           for i in range(2) for c in range(2)])
+    targets = torch.tensor([[0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.0, 0.0, 1.0], [0.0, 0.5, 0.5]])
+    # box rows 0..1, columns 0..2: 2 of the 8 pixels from the partner -> lam = 0.75
+    mixed, target = mix_batch(images, targets, same_image_pairs(4, 2), MixDecision("cutmix", 0.75, (0, 1, 0, 2)))
+    assert mixed[0, 0].tolist() == [[10.0, 11.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]  # from crop 1 of image 0
+    assert mixed[1, 0].tolist() == [[0.0, 1.0, 12.0, 13.0], [14.0, 15.0, 16.0, 17.0]]  # from crop 0 of image 0
+    assert mixed[2, 0].tolist() == [[110.0, 111.0, 102.0, 103.0], [104.0, 105.0, 106.0, 107.0]]
+    assert mixed[3, 0].tolist() == [[100.0, 101.0, 112.0, 113.0], [114.0, 115.0, 116.0, 117.0]]
+    # crop 0: 0.75 * [0.6, 0.4, 0] + 0.25 * [0.2, 0.8, 0]; crop 2: 0.75 * [0, 0, 1] + 0.25 * [0, 0.5, 0.5]
+    assert torch.allclose(target, torch.tensor([[0.5, 0.5, 0.0], [0.3, 0.7, 0.0], [0.0, 0.125, 0.875],
+                                                [0.0, 0.375, 0.625]]))
+
+
+def test_selfmix_mixer_keeps_labels_within_each_image():
+    m, n_images = 4, 3
+    mixer = BatchMixer(MixSpec(cutmix_alpha=1.0), seed=5, partner=functools.partial(same_image_pairs, m=m))
+    images = torch.randn(m * n_images, 3, 16, 16)
+    targets = torch.eye(n_images).repeat_interleave(m, dim=0)  # every crop of image i: onehot(i)
+    mixed_any = False
+    for step in range(6):
+        mixed, target = mixer(images, targets, 0, step)
+        assert torch.equal(target, targets)  # the partner is always of the same image: its label is the same
+        mixed_any |= not torch.equal(mixed, images)
+    assert mixed_any
+
+
+def test_selfmix_draws_are_cutmixs_and_a_pure_function_of_seed_pass_rank_step():
+    pairs = functools.partial(same_image_pairs, m=2)
+    selfmix = BatchMixer(MixSpec(cutmix_alpha=1.0, prob=0.5), seed=7, partner=pairs)
+    again = BatchMixer(MixSpec(cutmix_alpha=1.0, prob=0.5), seed=7, rank=0, partner=pairs)  # e.g. after --resume
+    cutmix = BatchMixer(MixSpec(cutmix_alpha=1.0, prob=0.5), seed=7)
+    images, targets = torch.randn(8, 3, 8, 8), torch.softmax(torch.randn(8, 5), 1)
+    for p, s in [(0, 0), (2, 9), (5, 31)]:
+        assert selfmix.decision(p, s, 8, 8) == again.decision(p, s, 8, 8) == cutmix.decision(p, s, 8, 8)
+        a, b = selfmix(images, targets, p, s), again(images, targets, p, s)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    kinds = [selfmix.decision(0, s, 8, 8).kind for s in range(1000)]
+    assert set(kinds) == {"none", "cutmix"} and 0.45 < kinds.count("none") / 1000 < 0.55  # --selfmix-prob 0.5
+
+
+def test_the_run_builds_selfmix_as_cutmix_with_same_image_pairs():
+    from fkd_dali.dist import DistEnv
+    from fkd_dali.train.loop import _mixer
+
+    mixer = _mixer(TrainConfig(data="d", labels="s", num_crops=3, selfmix=0.8, selfmix_prob=0.3), DistEnv(rank=1))
+    assert mixer.spec == MixSpec(cutmix_alpha=0.8, prob=0.3) and (mixer.seed, mixer.rank) == (0, 1)
+    assert mixer.partner(6).tolist() == [1, 2, 0, 4, 5, 3]
+    assert _mixer(TrainConfig(data="d", labels="s"), DistEnv()) is None

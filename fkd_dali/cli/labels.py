@@ -34,6 +34,14 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", "-K", type=int, default=d("top_k"), help="K stored classes (default %(default)s)")
     p.add_argument("--full", action="store_true", help="also store full probability vectors (small datasets)")
     p.add_argument("--temperature", type=float, default=d("temperature"))
+    p.add_argument("--gt-prob", action="store_true",
+                   help="also store each crop's teacher probability of its image's ground-truth class "
+                        "(labels/gt_prob, for `train --calibrate`). The folder class must be a teacher class: "
+                        "ImageNet WordNet-id folders with a 1000-class teacher, or a teacher trained on this "
+                        "folder dataset (--num-classes = number of class folders, classes in sorted-folder order)")
+    p.add_argument("--logits", action="store_true",
+                   help="self-supervised teachers: store all D raw outputs per crop (float16, no softmax; "
+                        "D = --num-classes), trained on with `train --recovery full --temperature T`")
     p.add_argument("--seed", type=int, default=d("seed"), help="crop-box seed (default %(default)s)")
     p.add_argument("--scale", type=float_pair, default=d("scale"), help="area range, e.g. 0.08,1.0")
     p.add_argument("--ratio", type=float_pair, default=d("ratio"), help="aspect range, e.g. 0.75,1.3333")

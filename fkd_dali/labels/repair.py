@@ -71,7 +71,8 @@ def repair_config(store: LabelStore, opts: RepairOptions) -> LabelGenConfig:
     return LabelGenConfig(
         data=opts.data, out=store.url, teacher=t.name, checkpoint=opts.checkpoint,
         num_classes=spec.label.num_classes, crops_per_image=spec.crops_per_image, top_k=spec.label.k,
-        full=spec.label.kind == "full", temperature=spec.label.temperature, seed=spec.crop.seed,
+        full=spec.label.kind == "full", logits=spec.label.kind == "logits", gt_prob=spec.gt is not None,
+        temperature=spec.label.temperature or 1.0, seed=spec.crop.seed,
         scale=spec.crop.scale, ratio=spec.crop.ratio, flip_prob=spec.crop.flip_prob,
         images_per_chunk=spec.layout.images_per_chunk, slots_per_chunk=spec.layout.slots_per_chunk,
         reference=opts.reference, device=opts.device, input_size=t.input_size[1], interpolation=t.interpolation,
@@ -103,7 +104,7 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     cfg = repair_config(store, opts)
     reference = open_store(cfg.reference) if cfg.reference else None
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
-    check_same_spec(store, build_spec(cfg, teacher, reference))  # the same teacher weights, before any change
+    check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)
     for chunk in damaged:
         store.clear_chunk(chunk)

@@ -94,7 +94,7 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
             `--reference` was given.
     """
     store = open_store(url, mode="r+")
-    _refuse_unrecomputable(store)
+    refuse_unrecomputable(store, "labels repair")
     _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
     report = verify_store(url)
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
@@ -112,13 +112,14 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     return RepairSummary(damaged, unfinished, generation)
 
 
-def _refuse_unrecomputable(store: LabelStore) -> None:
+def refuse_unrecomputable(store: LabelStore, command: str) -> None:
+    """Refuse (naming `command`) a store whose labels no teacher can recompute: imported or merged."""
     if store.group.attrs.get(IMPORT_ATTR_KEY) is not None:
-        raise LabelStoreError(f"store {store.url} was imported from FKD label files: its labels cannot be recomputed "
-                              "from a teacher; run `fkd-dali labels import-fkd` again into a new --out")
+        raise LabelStoreError(f"{command}: store {store.url} was imported from FKD label files: its labels cannot be "
+                              "recomputed from a teacher; run `fkd-dali labels import-fkd` again into a new --out")
     if store.spec.teacher.timm_name == "ensemble":
-        raise LabelStoreError(f"store {store.url} was merged from other stores: rerun `fkd-dali labels merge` with "
-                              "the same inputs into a new --out")
+        raise LabelStoreError(f"{command}: store {store.url} was merged from other stores, whose teachers cannot be "
+                              "rerun as one: rerun `fkd-dali labels merge` with the same inputs into a new --out")
 
 
 def _reset_unreadable_flags(store: LabelStore) -> None:

@@ -139,3 +139,100 @@ def test_a_store_without_gt_prob_opens_and_reads_as_before(plain_store):
     assert labels.gt_prob is None
     with pytest.raises(Exception, match="add-gt-prob"):
         store.gt_classes()
+
+
+# -- labels add-gt-prob ---------------------------------------------------------------------------
+
+ADD_OPTS = ["--batch-size", "32", "--crops-per-round", "4", "--threads", "2", "--no-progress"]
+
+
+def store_files(url: Path) -> dict[str, bytes]:
+    return {p.relative_to(url).as_posix(): p.read_bytes() for p in sorted(Path(url).rglob("*")) if p.is_file()}
+
+
+def add_gt(capsys, url: Path, data: Path, *extra: str) -> dict:
+    import json
+
+    code = cli_main(["labels", "add-gt-prob", str(url), "--data", str(data), *ADD_OPTS, *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out.strip().splitlines()[-1])
+
+
+def test_add_gt_prob_writes_what_generate_writes_and_changes_no_other_byte(photo_root, plain_store, gt_store,
+                                                                            tmp_path, capsys):
+    from fkd_dali.train.checkpoint import store_id
+
+    url = tmp_path / "added.zarr"
+    shutil.copytree(plain_store, url)
+    before = store_files(url)
+    identity = store_id(open_store(str(url)))
+
+    summary = add_gt(capsys, url, photo_root)
+    assert summary["chunks_written"] == 3 and summary["mapping"] == "imagenet_wnid"
+    assert summary["labels_reproduced"] == 1.0  # the teacher recomputed every stored top-K bit for bit
+
+    store, want = open_store(str(url)), open_store(str(gt_store))
+    got = store.read_images(0, store.n_images, with_gt_prob=True, check=True).gt_prob
+    np.testing.assert_array_equal(bits(got), bits(want.read_images(0, want.n_images, with_gt_prob=True).gt_prob))
+    after = store_files(url)
+    changed = sorted(name for name in before if after[name] != before[name])
+    assert changed == ["zarr.json"]  # the attributes; every chunk and array metadata keeps its bytes
+    added = {name.split("/c/")[0] for name in set(after) - set(before)}
+    assert added == {"labels/gt_prob", "labels/gt_prob/zarr.json", "progress/gt_done", "progress/gt_done/zarr.json"}
+    old_meta = zarr.open_group(str(plain_store), mode="r").attrs["fkd_dali"]
+    assert store.meta == {**old_meta, "gt_prob": want.meta["gt_prob"]}
+    assert store_id(store) == identity  # checkpoints trained on the store before still resume on it
+
+    again = add_gt(capsys, url, photo_root)  # a store that has gt_prob is left as it is
+    assert again["chunks_written"] == 0 and store_files(url) == after
+
+
+def test_add_gt_prob_resumes_after_a_failure_and_is_invisible_until_complete(photo_root, plain_store, gt_store,
+                                                                             tmp_path, capsys, monkeypatch):
+    from fkd_dali.errors import LabelStoreError
+    from fkd_dali.store.label_store import LabelStore
+
+    url = tmp_path / "resumed.zarr"
+    shutil.copytree(plain_store, url)
+    real, calls = LabelStore.write_gt_chunk, []
+
+    def failing(self, chunk, gt_prob):
+        if calls:
+            raise LabelStoreError("disk full (simulated)")
+        calls.append(chunk)
+        real(self, chunk, gt_prob)
+
+    monkeypatch.setattr(LabelStore, "write_gt_chunk", failing)
+    assert cli_main(["labels", "add-gt-prob", str(url), "--data", str(photo_root), *ADD_OPTS]) == 2
+    assert "disk full" in capsys.readouterr().err
+    store = open_store(str(url))
+    assert not store.has_gt_prob and store.gt_missing_chunks() == [1, 2]  # chunk 0 is written, not yet declared
+    monkeypatch.setattr(LabelStore, "write_gt_chunk", real)
+
+    summary = add_gt(capsys, url, photo_root)
+    assert (summary["chunks_written"], summary["chunks_skipped"]) == (2, 1)
+    got = open_store(str(url)).read_images(0, 21, with_gt_prob=True, check=True).gt_prob
+    np.testing.assert_array_equal(bits(got), bits(open_store(str(gt_store)).read_images(0, 21, with_gt_prob=True)
+                                                  .gt_prob))
+
+
+def test_add_gt_prob_refuses_what_it_cannot_recompute(photo_root, plain_store, tmp_path, capsys):
+    from fkd_dali.interop.fkd_store import export_fkd, import_fkd
+
+    export_fkd(str(plain_store), tmp_path / "fkd")
+    imported = tmp_path / "imported.zarr"
+    import_fkd(tmp_path / "fkd", photo_root, str(imported))
+    assert cli_main(["labels", "add-gt-prob", str(imported), "--data", str(photo_root), *ADD_OPTS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "labels add-gt-prob" in err and "imported from FKD label files" in err
+
+    other = tmp_path / "other"  # another dataset: one image less
+    shutil.copytree(photo_root, other)
+    victim = sorted(other.rglob("*.JPEG"))[0]
+    victim.unlink()
+    url = tmp_path / "copy.zarr"
+    shutil.copytree(plain_store, url)
+    assert cli_main(["labels", "add-gt-prob", str(url), "--data", str(other), *ADD_OPTS]) == 2
+    assert "another dataset" in capsys.readouterr().err
+    assert "labels/gt_prob" not in zarr.open_group(str(url), mode="r")  # refused before anything was added

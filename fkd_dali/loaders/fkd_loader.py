@@ -22,7 +22,7 @@ from fkd_dali.config import check_recovery
 from fkd_dali.crops.plan import pass_slots
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, INTERPOLATION
-from fkd_dali.errors import ConfigError
+from fkd_dali.errors import ConfigError, LabelStoreError
 from fkd_dali.labels.recovery import recover_labels
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
@@ -32,8 +32,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recovery: str = "marginal_smoothing",
-                     recovery_k: int | None = None, smoothing: float = 0.1) -> tuple[DatasetIndex, LabelStore]:
+                     recovery_k: int | None = None, smoothing: float = 0.1,
+                     with_gt_prob: bool = False) -> tuple[DatasetIndex, LabelStore]:
     """(index, store) for replaying `labels` over the folder `data`, after every check a training run needs.
+
+    `with_gt_prob`: the run needs the ground-truth probabilities (e.g. calibration); the
+    store must have them.
 
     Raises:
         StoreMismatchError: the store was made for another folder (the message names the difference).
@@ -42,6 +46,8 @@ def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recove
         ConfigError: the recovery choice does not fit the store (k above its K, `full` without dense labels).
     """
     store = labels if isinstance(labels, LabelStore) else open_store(labels)
+    if with_gt_prob and not store.has_gt_prob:
+        raise LabelStoreError(store.no_gt_prob_message())
     index = index_for_store(store, data)
     store.check_complete()
     store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
@@ -61,11 +67,15 @@ class FkdBatch:
         crops of one image adjacent (B = images per step x m).
     target: (B, C) float32 soft targets, rows summing to 1.
     meta: (B, 2) int64 CPU tensor: per crop (dataset image id, store slot).
+    gt_prob: (B,) float32 teacher probability of each crop's ground-truth class, and
+    gt_class: (B,) int64 that class (in the teacher's classes); only with `with_gt_prob`.
     """
 
     images: torch.Tensor
     target: torch.Tensor
     meta: torch.Tensor
+    gt_prob: torch.Tensor | None = None
+    gt_class: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.images, self.target))
@@ -114,7 +124,7 @@ class FkdLoader:
             target = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery, self.recovery_k,
                                     self.smoothing, batch.full)
             self.step += 1
-            yield FkdBatch(batch.images, target, batch.meta)
+            yield FkdBatch(batch.images, target, batch.meta, batch.gt_prob, batch.gt_class)
         self.pass_idx, self.step = self.pass_idx + 1, 0
 
     def close(self) -> None:
@@ -132,7 +142,7 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
                   recovery: str = "marginal_smoothing", recovery_k: int | None = None, smoothing: float = 0.1,
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   interpolation: str = INTERPOLATION, seed: int = 0, threads: int | None = None,
-                  rank: int | None = None, world: int | None = None) -> FkdLoader:
+                  rank: int | None = None, world: int | None = None, with_gt_prob: bool = False) -> FkdLoader:
     """Replay a soft-label store's crops over an image folder, as (images, dense soft targets) batches.
 
     Args:
@@ -149,6 +159,8 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         seed: the replay order seed (a pure function of (seed, pass), so resume is exact).
         threads: DALI CPU threads (default: the cores, at most 8).
         rank, world: this process's share; default from `torch.distributed` when initialised.
+        with_gt_prob: also give each crop's ground-truth probability and class
+            (`FkdBatch.gt_prob`, `gt_class`); the store must have labels/gt_prob.
 
     Raises:
         FkdError subclasses, as `open_replay_data`, and `ConfigError` for a batch that is not
@@ -156,13 +168,13 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
     """
     from fkd_dali.dist import dist_env, pick_device
 
-    index, store = open_replay_data(data, labels, num_crops, recovery, recovery_k, smoothing)
+    index, store = open_replay_data(data, labels, num_crops, recovery, recovery_k, smoothing, with_gt_prob)
     rank, world = _process_place(rank, world)
     if isinstance(device, str) and device in DEVICE_CHOICES:
         device = pick_device(device, dist_env().local_rank)
     replay = ReplayLoader(store, index, num_crops, batch_size, image_size, mean, std, interpolation, seed=seed,
                           rank=rank, world=world, device=device, threads=threads,
-                          with_full=recovery == "full")
+                          with_full=recovery == "full", with_gt_prob=with_gt_prob)
     if replay.steps_per_pass < 1:
         replay.close()
         raise ConfigError(f"{len(index)} images over {world} process(es) do not fill one step of "

@@ -39,7 +39,7 @@ def store_info(url: str) -> dict[str, Any]:
     """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
 
     Keys: url, schema_version, dataset, crops_per_image, label, teacher, crop, layout,
-    completeness (done/total chunks, missing image ranges), storage (bytes stored,
+    gt_prob (the ground-truth mapping, None without labels/gt_prob), completeness (done/total chunks, missing image ranges), storage (bytes stored,
     bytes per image), created, writer_version, and `imported` where the store came
     from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
@@ -62,6 +62,8 @@ def store_info(url: str) -> dict[str, Any]:
         "crop": {"scale": list(spec.crop.scale), "ratio": list(spec.crop.ratio),
                  "flip_prob": spec.crop.flip_prob, "seed": spec.crop.seed},
         "layout": dict(meta["layout"]),
+        "gt_prob": ({"mapping": spec.gt.mapping, "teacher_class_of_folder": list(spec.gt.teacher_class)}
+                    if spec.gt is not None else None),
         "completeness": {"chunks_done": store.n_chunks - len(missing), "chunks_total": store.n_chunks,
                          "complete": not missing,
                          "missing_images": [list(_inclusive(store.chunk_range(c))) for c in missing]},
@@ -77,6 +79,13 @@ def store_info(url: str) -> dict[str, Any]:
 
 def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
     return rng[0], rng[1] - 1
+
+
+def _describe_gt(gt: dict[str, Any] | None) -> str:
+    if gt is None:
+        return "no (`fkd-dali labels add-gt-prob STORE --data DIR` adds it)"
+    how = {"imagenet_wnid": "by ImageNet WordNet id", "folder_order": "in sorted-folder order"}[gt["mapping"]]
+    return f"yes: labels/gt_prob, folder classes mapped to teacher classes {how}"
 
 
 def format_store_info(info: dict[str, Any]) -> str:
@@ -99,6 +108,7 @@ def format_store_info(info: dict[str, Any]) -> str:
         f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
         f"normalization   mean {t['mean']}, std {t['std']}",
         f"layout          {info['layout']}",
+        f"gt_prob         {_describe_gt(info['gt_prob'])}",
         f"completeness    {comp['chunks_done']}/{comp['chunks_total']} chunks done"
         + (f"; missing images {missing}" if missing else ""),
         f"storage         {st['bytes_stored']:,} bytes, {st['bytes_per_image']:,.1f} bytes/image",
@@ -241,6 +251,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         return report
     damaged = set()
     skip = set(missing)
+    gt_classes = store.gt_classes() if store.has_gt_prob else None
     for name, chunk in store.missing_chunk_files(done=[c for c in range(store.n_chunks) if c not in skip]):
         found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
                                         "lost: it reads back as fill values)", [(name, -1)], 1)
@@ -248,7 +259,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
-            labels = store.read_images(start, stop)
+            labels = store.read_images(start, stop, with_full=True, with_gt_prob=True)
         except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
             found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
                                     "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
@@ -257,6 +268,10 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         before = found.total()
         _check_values(labels, index.paths[start:stop], index.sizes[start:stop],
                       store.spec.label.num_classes, found)
+        if labels.dense is not None:
+            _check_dense(labels.dense, store.spec.label.kind, index.paths[start:stop], found)
+        if gt_classes is not None:
+            _check_gt_prob(labels, gt_classes[start:stop], index.paths[start:stop], found)
         if found.total() > before:
             damaged.add(chunk)
         report.chunks_checked += 1
@@ -364,6 +379,39 @@ def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_c
         rows, slots = np.nonzero(bad)
         found.add(kind, description, [(paths[r], int(s)) for r, s in zip(rows[:MAX_EXAMPLES], slots)],
                   int(bad.sum()))
+
+
+def _add_crops(found: _Problems, kind: str, description: str, bad: np.ndarray, paths: list[str]) -> None:
+    rows, slots = np.nonzero(bad)
+    found.add(kind, description, [(paths[r], int(s)) for r, s in zip(rows[:MAX_EXAMPLES], slots)], int(bad.sum()))
+
+
+def _check_dense(dense: np.ndarray, kind: str, paths: list[str], found: _Problems) -> None:
+    """The dense values (labels/full probabilities, labels/logits raw outputs) must be finite."""
+    bad = ~np.isfinite(dense.astype(np.float32)).all(-1)
+    _add_crops(found, f"{kind}_nonfinite", f"labels/{kind} holds NaN or infinite values (unwritten or corrupt)",
+               bad, paths)
+
+
+def _check_gt_prob(labels: CropLabels, gt: np.ndarray, paths: list[str], found: _Problems) -> None:
+    """gt_prob finite, in [0, 1], and consistent with the top-K: the stored probability itself where the
+    ground-truth class is among the top-K (both are the same softmax value, rounded alike), at most the
+    K-th probability elsewhere."""
+    gt_prob = labels.gt_prob.astype(np.float32)  # type: ignore[union-attr]
+    prob = labels.prob.astype(np.float32)
+    hit = labels.index.astype(np.int64) == gt[:, None, None]
+    at_gt = np.where(hit, prob, 0.0).sum(-1)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            ("gt_prob_nonfinite", "ground-truth probability is NaN or infinite (unwritten or corrupt)",
+             ~np.isfinite(gt_prob)),
+            ("gt_prob_range", "ground-truth probability outside [0, 1]", (gt_prob < 0) | (gt_prob > 1)),
+            ("gt_prob_topk", "ground-truth probability disagrees with the stored top-K (differs from the top-K "
+                             "probability of that class, or exceeds the K-th where the class is not among them)",
+             np.isfinite(gt_prob) & np.where(hit.any(-1), gt_prob != at_gt, gt_prob > prob[..., -1])),
+        ]
+    for kind, description, bad in checks:
+        _add_crops(found, kind, description, bad, paths)
 
 
 # -- show ---------------------------------------------------------------------

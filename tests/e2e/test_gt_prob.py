@@ -236,3 +236,101 @@ def test_add_gt_prob_refuses_what_it_cannot_recompute(photo_root, plain_store, t
     assert cli_main(["labels", "add-gt-prob", str(url), "--data", str(other), *ADD_OPTS]) == 2
     assert "another dataset" in capsys.readouterr().err
     assert "labels/gt_prob" not in zarr.open_group(str(url), mode="r")  # refused before anything was added
+
+
+# -- reading: pass table, replay loader, create_loader ---------------------------------------------
+
+def test_pass_table_reads_gt_prob_of_the_pass_slots_only_when_asked(gt_store, plain_store, photo_index):
+    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.errors import LabelStoreError
+
+    store = open_store(str(gt_store))
+    images, slots = np.array([5, 0, 20, 9]), np.array([3, 0])  # two runs of slots, images out of order
+    table = read_pass_table(store, photo_index.sizes, slots, images, with_gt_prob=True)
+    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob
+    np.testing.assert_array_equal(bits(table.gt_prob), bits(stored[images][:, slots]))
+    np.testing.assert_array_equal(table.gt_class, store.gt_classes()[images])
+    assert read_pass_table(store, photo_index.sizes, slots, images).gt_prob is None
+    with pytest.raises(LabelStoreError, match="add-gt-prob"):
+        read_pass_table(open_store(str(plain_store)), photo_index.sizes, slots, images, with_gt_prob=True)
+
+
+def test_replay_batches_carry_each_crops_gt_prob_and_class_by_image_and_slot(gt_store, photo_index):
+    from fkd_dali.loaders.replay import ReplayLoader
+
+    store = open_store(str(gt_store))
+    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob.astype(np.float32)
+    classes = store.gt_classes()
+    loader = ReplayLoader(store, photo_index, m=2, batch_size=8, size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          threads=1, with_gt_prob=True)
+    seen = 0
+    try:
+        for pass_idx in (0, 1):
+            for batch in loader.pass_batches(pass_idx):
+                ids, slots = batch.meta[:, 0].numpy(), batch.meta[:, 1].numpy()
+                assert batch.gt_prob.dtype == torch.float32 and batch.gt_class.dtype == torch.int64
+                assert batch.gt_prob.shape == batch.gt_class.shape == (8,)
+                np.testing.assert_array_equal(batch.gt_prob.numpy(), stored[ids, slots])
+                np.testing.assert_array_equal(batch.gt_class.numpy(), classes[ids])
+                seen += len(ids)
+    finally:
+        loader.close()
+    assert seen == 2 * 5 * 8  # 2 passes x 5 steps (21 images, 4 per step) x 8 crops
+
+
+def test_create_loader_gives_gt_prob_with_the_soft_targets(gt_store, plain_store, photo_root):
+    import fkd_dali
+    from fkd_dali.errors import LabelStoreError
+
+    store = open_store(str(gt_store))
+    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob.astype(np.float32)
+    with fkd_dali.create_loader(str(photo_root), str(gt_store), num_crops=2, batch_size=8, image_size=32,
+                                device="cpu", threads=1, with_gt_prob=True) as loader:
+        batch = next(iter(loader))
+    ids, slots = batch.meta[:, 0].numpy(), batch.meta[:, 1].numpy()
+    np.testing.assert_array_equal(batch.gt_prob.numpy(), stored[ids, slots])
+    np.testing.assert_array_equal(batch.gt_class.numpy(), store.gt_classes()[ids])
+    with pytest.raises(LabelStoreError, match=f"labels add-gt-prob {plain_store}"):
+        fkd_dali.create_loader(str(photo_root), str(plain_store), num_crops=2, batch_size=8, device="cpu",
+                               with_gt_prob=True)
+
+
+# -- damage: fill values, verify, repair -----------------------------------------------------------
+
+def test_damaged_gt_prob_is_found_by_verify_refused_by_readers_and_repaired_bit_for_bit(gt_store, photo_root,
+                                                                                      photo_index, tmp_path, capsys):
+    import json
+
+    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.errors import StoreDamageError
+    from fkd_dali.loaders.fkd_loader import open_replay_data
+    from fkd_dali.store.tools import verify_store
+
+    url = tmp_path / "damaged.zarr"
+    shutil.copytree(gt_store, url)
+    chunk = lambda c, j: url / "labels" / "gt_prob" / "c" / str(c) / str(j)  # noqa: E731
+    chunk(1, 0).unlink()  # deleted: reads back as NaN
+    data = bytearray(chunk(2, 1).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # crc32c mismatch
+    chunk(2, 1).write_bytes(bytes(data))
+    g = zarr.open_group(str(url), mode="r+")
+    g["labels/gt_prob"][3, 0] = np.float16(0.75)  # finite, in [0, 1], but not the teacher's value (image 3 is chunk 0)
+
+    report = verify_store(str(url))
+    kinds = {p.kind for p in report.problems}
+    assert {"chunk_file_missing", "unreadable", "gt_prob_topk"} <= kinds, report.summary()
+    assert report.damaged_chunks == [0, 1, 2]
+    with pytest.raises(StoreDamageError, match="labels/gt_prob"):
+        open_replay_data(str(photo_root), str(url), 2)
+    with pytest.raises(StoreDamageError, match="labels/gt_prob"):  # the pass table checks the values it reads
+        read_pass_table(open_store(str(url)), photo_index.sizes, [0, 1], np.arange(16), with_gt_prob=True)
+
+    code = cli_main(["labels", "repair", str(url), "--data", str(photo_root), *ADD_OPTS])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["damaged_chunks"] == [0, 1, 2]
+    assert verify_store(str(url)).ok
+    want, got = open_store(str(gt_store)), open_store(str(url))
+    a, b = (s.read_images(0, 21, with_full=True, with_gt_prob=True) for s in (want, got))
+    for name in ("boxes", "flips", "index", "prob", "full", "gt_prob"):
+        np.testing.assert_array_equal(np.asarray(getattr(b, name)).view(np.uint8),
+                                      np.asarray(getattr(a, name)).view(np.uint8), err_msg=name)

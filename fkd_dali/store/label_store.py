@@ -1006,9 +1006,9 @@ def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:
                                  "new --out")
     if store.spec.gt is not None and spec.gt is None:
         diffs.append("gt_prob: the store has it, the run does not ask for it (pass --gt-prob)")
-    elif store.spec.gt != spec.gt:
-        diffs.append(f"gt_prob: the store maps the folder classes by {store.spec.gt.mapping}, "  # type: ignore[union-attr]
-                     f"the run by {spec.gt.mapping}")  # type: ignore[union-attr]
+    elif store.spec.gt is not None and spec.gt is not None and store.spec.gt != spec.gt:
+        diffs.append(f"gt_prob: the store maps the folder classes by {store.spec.gt.mapping}, "
+                     f"the run by {spec.gt.mapping}")
     if diffs:
         raise StoreMismatchError(
             f"store {store.url} was written with other settings: " + "; ".join(diffs)

@@ -38,10 +38,11 @@ _PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
 def store_info(url: str) -> dict[str, Any]:
     """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
 
-    Keys: url, schema_version, dataset, crops_per_image, label, teacher, crop, layout,
-    gt_prob (the ground-truth mapping, None without labels/gt_prob), completeness (done/total chunks, missing image ranges), storage (bytes stored,
-    bytes per image), created, writer_version, and `imported` where the store came
-    from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
+    Keys: url, schema_version, dataset, crops_per_image, label (with `width` D for kind
+    "logits"), teacher, crop, layout, gt_prob (the ground-truth mapping, None without
+    labels/gt_prob), completeness (done/total chunks, missing image ranges), storage
+    (bytes stored, bytes per image), created, writer_version, and `imported` where the
+    store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
     store = open_store(url)
     meta, spec = store.meta, store.spec
@@ -55,7 +56,8 @@ def store_info(url: str) -> dict[str, Any]:
                     "n_classes": len(store.class_names), "skipped": len(store.skipped)},
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
-                  "temperature": spec.label.temperature},
+                  "temperature": spec.label.temperature,
+                  **({"width": spec.label.num_classes} if spec.label.kind == "logits" else {})},
         "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
@@ -81,6 +83,13 @@ def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
     return rng[0], rng[1] - 1
 
 
+def _describe_labels(lab: dict[str, Any]) -> str:
+    if lab["kind"] == "logits":
+        return (f"logits: width D={lab['num_classes']}, all D raw teacher outputs per crop (float16, no temperature "
+                f"applied: chosen at training); top-{lab['k']} preview (softmax at 1)")
+    return f"{lab['kind']} K={lab['k']} of {lab['num_classes']} classes, temperature {lab['temperature']}"
+
+
 def _describe_gt(gt: dict[str, Any] | None) -> str:
     if gt is None:
         return "no (`fkd-dali labels add-gt-prob STORE --data DIR` adds it)"
@@ -102,8 +111,7 @@ def format_store_info(info: dict[str, Any]) -> str:
         + (f", {d['skipped']} skipped" if d["skipped"] else ""),
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
-        f"labels          {lab['kind']} K={lab['k']} of {lab['num_classes']} classes, temperature "
-        f"{lab['temperature']}",
+        f"labels          {_describe_labels(lab)}",
         f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
         f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
         f"normalization   mean {t['mean']}, std {t['std']}",
@@ -445,7 +453,8 @@ def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int],
 
 def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
                  max_crops: int = SHOW_MAX_CROPS) -> Path:
-    """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes.
+    """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes
+    (a "logits" store: its 3 largest raw outputs, "dim i value").
 
     The first panel is the image as stored on disk (no EXIF rotation, as everywhere in
     fkd-dali) with the boxes outlined and numbered by slot; then each crop cut from
@@ -485,10 +494,11 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    labels = store.read_images(i, i + 1, check=True)
+    logits = store.spec.label.kind == "logits"
+    labels = store.read_images(i, i + 1, check=True, with_full=logits)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
-    name = class_namer(store.spec.label.num_classes, store.class_names)
+    name = (lambda c: f"dim {int(c)}") if logits else class_namer(store.spec.label.num_classes, store.class_names)
 
     ncols = min(5, n + 1)
     nrows = -(-(n + 1) // ncols)
@@ -510,13 +520,22 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         ax = axes.flat[s + 1]
         ax.imshow(crop.resize((_PREVIEW_SIDE, _PREVIEW_SIDE), Image.Resampling.BICUBIC))
-        top = [f"{_short(name(c))} {p:.2f}" for c, p in zip(labels.index[0, s, :3], labels.prob[0, s, :3])]
+        top = [f"{_short(name(c))} {v:.2f}" for c, v in top_values(labels, 0, s)]
         ax.set_title(f"slot {s}{' (flipped)' if labels.flips[0, s] else ''}\n" + "\n".join(top), fontsize=6.5)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def top_values(labels: CropLabels, row: int, slot: int, n: int = 3) -> list[tuple[int, float]]:
+    """(class, value) of a crop's n largest stored values: probabilities, or raw outputs of a "logits" store."""
+    if labels.logits is not None:
+        values = labels.logits[row, slot].astype(np.float32)
+        top = np.argsort(-values, kind="stable")[:n]
+        return [(int(c), float(values[c])) for c in top]
+    return [(int(c), float(p)) for c, p in zip(labels.index[row, slot, :n], labels.prob[row, slot, :n])]
 
 
 def _short(text: str, limit: int = 24) -> str:

@@ -29,7 +29,12 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
     """
     if cfg.vanilla or cfg.online:
         return build_index(cfg.data), None
-    return open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k, cfg.smoothing)
+    index, store = open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k,
+                                    cfg.smoothing, temperature=cfg.temperature)
+    if store.spec.label.kind == "logits" and cfg.val:
+        raise ConfigError(f"--val: store {store.url} holds a self-supervised teacher's {store.spec.label.num_classes} "
+                          "raw outputs, so the student's outputs are features, not classes: drop --val")
+    return index, store
 
 
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,

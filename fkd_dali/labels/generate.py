@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from fkd_dali.store.label_store import (
     open_or_create_store,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from fkd_dali.loaders.feed import CropIterator
 
 MAX_LISTED = 20  # left-out files named in the summary line (all of them are counted)
 
@@ -185,7 +188,7 @@ class Labeller:
     teacher call), so any run with the same batch options computes the same bytes.
     """
 
-    crop_iter: object
+    crop_iter: CropIterator
     runner: _TeacherRunner
     images_per_batch: int
     per_round: int
@@ -227,7 +230,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
         gt_of_image = np.asarray(gt.teacher_class, np.int64)[np.asarray(index.classes, np.int64)]
     feed = _feed_batches(index, start, stop, rois, flips, labeller.images_per_batch, per_round,
                          check=reference is not None)
-    for crops, meta in labeller.crop_iter.epoch(feed):  # type: ignore[attr-defined]
+    for crops, meta in labeller.crop_iter.epoch(feed):
         b, r = crops.shape[0], crops.shape[1]
         meta = meta.numpy()
         gt_rows = None if gt_of_image is None else torch.from_numpy(np.repeat(gt_of_image[meta[:, 0]], r))

@@ -229,7 +229,8 @@ def test_show_captions_the_largest_raw_outputs(logits_store, photo_root, tmp_pat
     assert out.is_file() and out.stat().st_size > 1000
 
 
-def test_export_fkd_and_merge_refuse_logits_stores_in_one_line(logits_store, small_store, tmp_path, capsys):
+def test_export_fkd_merge_and_add_gt_prob_refuse_logits_stores_in_one_line(logits_store, small_store, photo_root,
+                                                                          tmp_path, capsys):
     assert cli_main(["labels", "export-fkd", str(logits_store), "--out", str(tmp_path / "fkd")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "kind logits" in err and "export-fkd" in err
@@ -237,6 +238,9 @@ def test_export_fkd_and_merge_refuse_logits_stores_in_one_line(logits_store, sma
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "kind logits" in err and "merge" in err
     assert not (tmp_path / "m.zarr").exists()
+    assert cli_main(["labels", "add-gt-prob", str(logits_store), "--data", str(photo_root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "kind logits" in err and "ground-truth" in err
 
 
 def test_repair_recomputes_a_logits_store_bit_for_bit(logits_store, photo_root, ssl_ckpt, tmp_path, capsys):

@@ -129,6 +129,8 @@ class LabelGenConfig:
     top_k: int = 5
     full: bool = False
     temperature: float = 1.0
+    gt_prob: bool = False  # also store the teacher's probability of each crop's ground-truth class
+    logits: bool = False  # store the teacher's raw outputs (kind "logits": self-supervised teachers)
     seed: int = 0
     scale: tuple[float, float] = CROP_SCALE
     ratio: tuple[float, float] = CROP_RATIO
@@ -162,6 +164,20 @@ class LabelGenConfig:
         check_normalization(self)
         if self.input_size is not None and not 1 <= self.input_size <= MAX_INPUT_SIZE:
             raise ConfigError(f"--input-size must be between 1 and {MAX_INPUT_SIZE} pixels, got {self.input_size}")
+        if self.logits:
+            check_logits_options(self)
+
+
+def check_logits_options(cfg: LabelGenConfig) -> None:
+    """`--logits` stores raw outputs: options that soften or post-process probabilities make no sense with it."""
+    if cfg.full:
+        raise ConfigError("--logits stores all D raw outputs already: drop --full")
+    if cfg.temperature != 1.0:
+        raise ConfigError(f"--temperature {cfg.temperature}: a --logits store keeps the outputs before any "
+                          "softmax; choose the temperature at training time (`fkd-dali train --temperature T`)")
+    if cfg.gt_prob:
+        raise ConfigError("--gt-prob needs a classifier over the dataset's classes; a --logits teacher's outputs "
+                          "are features, not classes: drop --gt-prob")
 
 
 # -- training --------------------------------------------------------------------------

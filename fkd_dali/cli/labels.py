@@ -1,4 +1,4 @@
-"""`fkd-dali labels ...`: generate, info, verify, repair, show, import-fkd, export-fkd, merge.
+"""`fkd-dali labels ...`: generate, info, verify, repair, add-gt-prob, show, import-fkd, export-fkd, merge.
 
 Parsers import nothing heavy; each handler builds its config (so bad values fail at
 once) and only then imports the library code it calls.
@@ -15,7 +15,8 @@ from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_
 def add_parser(sub: argparse._SubParsersAction) -> None:
     labels = sub.add_parser("labels", help="create and inspect soft-label stores")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
-    for add in (_add_generate, _add_info, _add_verify, _add_repair, _add_show, _add_import, _add_export, _add_merge):
+    for add in (_add_generate, _add_info, _add_verify, _add_repair, _add_add_gt_prob, _add_show, _add_import,
+                _add_export, _add_merge):
         add(lsub)
 
 
@@ -34,6 +35,14 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", "-K", type=int, default=d("top_k"), help="K stored classes (default %(default)s)")
     p.add_argument("--full", action="store_true", help="also store full probability vectors (small datasets)")
     p.add_argument("--temperature", type=float, default=d("temperature"))
+    p.add_argument("--gt-prob", action="store_true",
+                   help="also store each crop's teacher probability of its image's ground-truth class "
+                        "(labels/gt_prob, for `train --calibrate`). The folder class must be a teacher class: "
+                        "ImageNet WordNet-id folders with a 1000-class teacher, or a teacher trained on this "
+                        "folder dataset (--num-classes = number of class folders, classes in sorted-folder order)")
+    p.add_argument("--logits", action="store_true",
+                   help="self-supervised teachers: store all D raw outputs per crop (float16, no softmax; "
+                        "D = --num-classes), trained on with `train --recovery full --temperature T`")
     p.add_argument("--seed", type=int, default=d("seed"), help="crop-box seed (default %(default)s)")
     p.add_argument("--scale", type=float_pair, default=d("scale"), help="area range, e.g. 0.08,1.0")
     p.add_argument("--ratio", type=float_pair, default=d("ratio"), help="aspect range, e.g. 0.75,1.3333")
@@ -135,6 +144,43 @@ def _repair(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, crops_per_round=args.crops_per_round, device=args.device,
                          threads=args.threads, progress=not args.no_progress)
     summary = repair_store(args.store, opts)
+    print_json_line({"store": args.store, **summary.as_dict()})
+    return 0
+
+
+def _add_add_gt_prob(lsub: argparse._SubParsersAction) -> None:
+    d = defaults_of(LabelGenConfig)
+    p = lsub.add_parser(
+        "add-gt-prob", help="add the ground-truth probabilities (labels/gt_prob) to a store made without --gt-prob",
+        description="Run the store's teacher again over its stored crops and write only labels/gt_prob, each "
+                    "crop's teacher probability of its image's ground-truth class (what `train --calibrate` "
+                    "needs); every other array keeps its bytes. The folder classes must map to the teacher's "
+                    "classes as for `labels generate --gt-prob`. Give what the store does not record, as for "
+                    "`labels repair`: --data, --checkpoint for a plain timm teacher, and the --batch-size and "
+                    "--crops-per-round of the original generation for values bit-identical to --gt-prob. "
+                    "Resumable (rerun after a crash); one process at a time.")
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--data", required=True, help="the dataset folder the store was generated for")
+    p.add_argument("--checkpoint", "--teacher-checkpoint", dest="checkpoint", default=None,
+                   help="the teacher weights the store was generated with (required for plain timm names)")
+    p.add_argument("--batch-size", "-b", type=_positive_int, default=None,
+                   help=f"as given to generate (default {d('batch_size')})")
+    p.add_argument("--crops-per-round", type=_positive_int, default=None,
+                   help=f"as given to generate (default {d('crops_per_round')})")
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
+    p.add_argument("--threads", "-j", type=_positive_int, default=None, help="DALI CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_add_gt_prob)
+
+
+def _add_gt_prob(args: argparse.Namespace) -> int:
+    from fkd_dali.labels.add_gt_prob import add_gt_prob
+    from fkd_dali.labels.repair import RepairOptions
+
+    opts = RepairOptions(data=args.data, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                         crops_per_round=args.crops_per_round, device=args.device, threads=args.threads,
+                         progress=not args.no_progress)
+    summary = add_gt_prob(args.store, opts)
     print_json_line({"store": args.store, **summary.as_dict()})
     return 0
 

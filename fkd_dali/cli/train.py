@@ -78,7 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--recovery-k", type=int, default=None,
                    help="top-k kept by the marginal kinds (<= store K); online KD: the teacher's top-K (default 5)")
     g.add_argument("--smoothing", type=float, default=d("smoothing"))
-    g.add_argument("--temperature", type=float, default=None, help="loss temperature (default: the store's)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="loss temperature (default: the store's); required for a logits store (SSL teacher), "
+                        "whose targets are softmax(stored outputs / T) with --recovery full")
     g.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -1,4 +1,4 @@
-"""The pass table: one pass's boxes, flips and top-K labels for one rank's images, in memory.
+"""The pass table: one pass's boxes, flips and labels (top-K, optionally dense and gt_prob) for one rank's images.
 
 Read from the store at the start of a pass in one sequential read (`LabelStore.read_slots`,
 one run of chunks per field; never a read per image), ideally in a background thread
@@ -41,7 +41,12 @@ class PassTable:
         prob: (n, m, K) float16 their probabilities.
         row_of: (n_images_total,) int64 row of each dataset image id, -1 where absent.
         read_s: seconds the store read and decoding took.
-        full: (n, m, C) float16 dense labels, only when read `with_full` from a "full" store.
+        full: (n, m, C) float16 dense values, only when read `with_full` from a "full" store
+            (probabilities) or a "logits" store (the teacher's raw outputs).
+        gt_prob: (n, m) float16 teacher probability of each crop's ground-truth class, only
+            when read `with_gt_prob` from a store that has it.
+        gt_class: (n,) int64 ground-truth class of each row's image in the teacher's classes
+            (with `gt_prob`).
     """
 
     pass_idx: int
@@ -55,6 +60,8 @@ class PassTable:
     row_of: np.ndarray
     read_s: float = 0.0
     full: np.ndarray | None = None
+    gt_prob: np.ndarray | None = None
+    gt_class: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, m = len(self.images), len(self.slots)
@@ -62,6 +69,9 @@ class PassTable:
                           ("index", self.index), ("prob", self.prob)):
             if arr.shape[:2] != (n, m):
                 raise LabelStoreError(f"pass table {name} has shape {arr.shape}, expected ({n}, {m}, ...)")
+        if (self.gt_prob is None) != (self.gt_class is None) or (
+                self.gt_prob is not None and (self.gt_prob.shape != (n, m) or self.gt_class.shape != (n,))):
+            raise LabelStoreError(f"pass table gt_prob/gt_class must both be given, of shapes ({n}, {m}) and ({n},)")
         for arr in (self.slots, self.images, self.boxes, self.rois, self.flips, self.index, self.prob, self.row_of):
             arr.setflags(write=False)
 
@@ -94,14 +104,16 @@ class DeviceLabels:
     prob: torch.Tensor  # (n, m, K) float16
     m: int
     full: torch.Tensor | None = None  # (n, m, C) float16
+    gt_prob: torch.Tensor | None = None  # (n, m) float16
+    gt_class: torch.Tensor | None = None  # (n,) int64
 
     @classmethod
     def from_table(cls, table: PassTable, device: torch.device) -> "DeviceLabels":
-        def put(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.array(a)).to(device)
+        def put(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(np.array(a)).to(device)
 
         return cls(row_of=put(table.row_of), index=put(table.index), prob=put(table.prob), m=table.m,
-                   full=put(table.full) if table.full is not None else None)
+                   full=put(table.full), gt_prob=put(table.gt_prob), gt_class=put(table.gt_class))
 
     def gather(self, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b,) image ids (on the device) -> per crop (b*m, K) int64 index and float32 prob.
@@ -119,9 +131,19 @@ class DeviceLabels:
         rows = self.row_of[image_ids.to(self.row_of.device, torch.int64)]
         return self.full[rows].reshape(-1, self.full.shape[2]).float()
 
+    def gather_gt(self, image_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(b*m,) float32 ground-truth probability and (b*m,) int64 ground-truth class of the images' crops.
+
+        (None, None) unless the table was read `with_gt_prob`.
+        """
+        if self.gt_prob is None or self.gt_class is None:
+            return None, None
+        rows = self.row_of[image_ids.to(self.row_of.device, torch.int64)]
+        return self.gt_prob[rows].reshape(-1).float(), self.gt_class[rows].repeat_interleave(self.m)
+
 
 def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, images: np.ndarray,
-                    pass_idx: int = -1, with_full: bool = False) -> PassTable:
+                    pass_idx: int = -1, with_full: bool = False, with_gt_prob: bool = False) -> PassTable:
     """Read `slots` of every image in one sequential read and keep the rows of `images`.
 
     Args:
@@ -131,7 +153,9 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
         slots: the crop slots, e.g. `PassPlan.slots`.
         images: image ids wanted, e.g. `PassPlan.images`; their order is the row order.
         pass_idx: recorded in the table.
-        with_full: also read the dense labels (stores of label kind "full" only).
+        with_full: also read the dense values (stores of label kind "full" or "logits" only).
+        with_gt_prob: also read `labels/gt_prob` and each image's ground-truth class
+            (stores made with `--gt-prob` or given it by `labels add-gt-prob` only).
 
     Raises:
         StoreDamageError: a chunk of these slots cannot be read, or holds fill values
@@ -142,10 +166,15 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
     images = np.asarray(images, dtype=np.int64)
     if slots.size and (slots.min() < 0 or slots.max() >= store.crops_per_image):
         raise LabelStoreError(f"slots {slots.tolist()} outside [0, {store.crops_per_image}) of store {store.url}")
-    if with_full and store.spec.label.kind != "full":
+    if with_full and store.spec.label.kind not in ("full", "logits"):
         raise LabelStoreError(f"store {store.url} holds top-{store.spec.label.k} labels, not full ones")
-    block = store.read_slots(slots.tolist(), with_full=with_full)
+    if with_gt_prob and not store.has_gt_prob:
+        raise LabelStoreError(store.no_gt_prob_message())
+    block = store.read_slots(slots.tolist(), with_full=with_full, with_gt_prob=with_gt_prob)
     store.check_written(block, 0, slots)  # every image, so all DDP ranks refuse the same pass
+    gt_prob = gt_class = None
+    if with_gt_prob:
+        gt_prob, gt_class = np.ascontiguousarray(block.gt_prob[images]), store.gt_classes()[images]
     boxes = np.ascontiguousarray(block.boxes[images])
     pixel = decode_boxes(boxes, np.asarray(sizes)[images])
     row_of = np.full(store.n_images, -1, dtype=np.int64)
@@ -154,12 +183,14 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
                      flips=block.flips[images].astype(np.int32), index=np.ascontiguousarray(block.index[images]),
                      prob=np.ascontiguousarray(block.prob[images]), row_of=row_of,
                      read_s=time.perf_counter() - t0,
-                     full=np.ascontiguousarray(block.full[images]) if block.full is not None else None)
+                     full=np.ascontiguousarray(block.dense[images]) if block.dense is not None else None,
+                     gt_prob=gt_prob, gt_class=gt_class)
 
 
-def plan_table(store: LabelStore, sizes: np.ndarray, plan: PassPlan, with_full: bool = False) -> PassTable:
+def plan_table(store: LabelStore, sizes: np.ndarray, plan: PassPlan, with_full: bool = False,
+               with_gt_prob: bool = False) -> PassTable:
     """The pass table of a rank's pass plan."""
-    return read_pass_table(store, sizes, plan.slots, plan.images, plan.pass_idx, with_full)
+    return read_pass_table(store, sizes, plan.slots, plan.images, plan.pass_idx, with_full, with_gt_prob)
 
 
 class PassTablePrefetcher:
@@ -170,9 +201,10 @@ class PassTablePrefetcher:
     """
 
     def __init__(self, store: LabelStore, sizes: np.ndarray, make_plan: Callable[[int], PassPlan],
-                 last_pass: int | None = None, with_full: bool = False) -> None:
+                 last_pass: int | None = None, with_full: bool = False, with_gt_prob: bool = False) -> None:
         self.store = store
         self.with_full = with_full
+        self.with_gt_prob = with_gt_prob
         self.sizes = np.asarray(sizes)
         self.make_plan = make_plan
         self.last_pass = last_pass
@@ -181,7 +213,7 @@ class PassTablePrefetcher:
         self._lock = threading.Lock()
 
     def _read(self, pass_idx: int) -> PassTable:
-        return plan_table(self.store, self.sizes, self.make_plan(pass_idx), self.with_full)
+        return plan_table(self.store, self.sizes, self.make_plan(pass_idx), self.with_full, self.with_gt_prob)
 
     def prefetch(self, pass_idx: int) -> None:
         """Start reading pass `pass_idx` in the background (no-op past `last_pass`)."""

@@ -46,9 +46,13 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
         The number of files written (one per image, all distinct).
 
     Raises:
-        LabelStoreError: the store is missing, incomplete or damaged (`StoreDamageError`).
+        LabelStoreError: the store is missing, incomplete or damaged (`StoreDamageError`), or
+            holds logits (kind "logits": no class probabilities to export).
     """
     store = open_store(url)
+    if store.spec.label.kind == "logits":
+        raise LabelStoreError(f"export-fkd: store {url} holds a self-supervised teacher's raw outputs (kind logits); "
+                              "FKD's label files hold class probabilities, so there is nothing to export them as")
     store.check_complete()
     store.check_chunk_files()
     index = store.load_index()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +23,11 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
+from fkd_dali.labels.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.store.label_store import (
     CropLabels,
+    GroundTruthSpec,
     LabelSpec,
     LabelStore,
     StoreLayout,
@@ -35,6 +37,9 @@ from fkd_dali.store.label_store import (
     open_or_create_store,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from fkd_dali.loaders.feed import CropIterator
 
 MAX_LISTED = 20  # left-out files named in the summary line (all of them are counted)
 
@@ -79,17 +84,24 @@ def teacher_spec(teacher: Teacher, cfg: LabelGenConfig) -> TeacherSpec:
                        mean=tuple(cfg.mean or teacher.mean), std=tuple(cfg.std or teacher.std))
 
 
-def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | None) -> StoreSpec:
+def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | None,
+               class_names: Sequence[str]) -> StoreSpec:
+    """The spec of the store `cfg` writes (`class_names`: the dataset's, for the ground truth of --gt-prob)."""
     if reference is not None:
         crops_per_image, crop = reference.crops_per_image, reference.spec.crop
     else:
         crops_per_image = cfg.crops_per_image
         crop = CropDistribution(scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), flip_prob=cfg.flip_prob,
                                 seed=cfg.seed)
-    label = LabelSpec(kind="full" if cfg.full else "topk", k=cfg.top_k, num_classes=teacher.num_classes,
-                      temperature=cfg.temperature)
+    kind = "logits" if cfg.logits else "full" if cfg.full else "topk"
+    if cfg.logits and cfg.top_k > teacher.num_classes:
+        raise ConfigError(f"--top-k {cfg.top_k} exceeds the teacher's {teacher.num_classes} outputs; a --logits "
+                          "store keeps all of them anyway, the top-K is only a preview: lower --top-k")
+    label = LabelSpec(kind=kind, k=cfg.top_k, num_classes=teacher.num_classes,
+                      temperature=None if cfg.logits else cfg.temperature)
+    gt = ground_truth_spec(class_names, teacher.num_classes) if cfg.gt_prob else None
     return StoreSpec(crops_per_image=crops_per_image, crop=crop, label=label, teacher=teacher_spec(teacher, cfg),
-                     layout=StoreLayout(cfg.images_per_chunk, cfg.slots_per_chunk))
+                     layout=StoreLayout(cfg.images_per_chunk, cfg.slots_per_chunk), gt=gt)
 
 
 def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
@@ -133,7 +145,14 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
 
 
 class _TeacherRunner:
-    """Teacher forward + top-K on the device (bf16 autocast and channels_last on GPU)."""
+    """Teacher forward + top-K (+ dense values, + ground-truth probability) on the device.
+
+    bf16 autocast and channels_last on GPU. Outputs per crop, on the CPU: top-K class
+    ids (int16) and probabilities (float16) of the softmax at the label temperature
+    (at 1 for kind "logits", a preview), the whole softmax (kind "full") or the raw
+    outputs (kind "logits") as float16, and, given each crop's ground-truth class, the
+    softmax's value there (float16, rounded exactly as the top-K ones).
+    """
 
     def __init__(self, teacher: Teacher, spec: LabelSpec, device: torch.device) -> None:
         # channels_last: ~2x faster depthwise convolutions on CPU as well as on GPU
@@ -142,56 +161,110 @@ class _TeacherRunner:
         self.spec = spec
 
     @torch.inference_mode()
-    def __call__(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, crops: torch.Tensor, gt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = crops.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = self.model(x)
         else:
             logits = self.model(x.float())
-        probs = torch.softmax(logits.float() / self.spec.temperature, dim=1)
+        probs = torch.softmax(logits.float() / (self.spec.temperature or 1.0), dim=1)
         top_p, top_i = probs.topk(self.spec.k, dim=1)
-        full = probs.half().cpu() if self.spec.kind == "full" else None
-        return top_i.to(torch.int16).cpu(), top_p.half().cpu(), full
+        out = {"index": top_i.to(torch.int16).cpu(), "prob": top_p.half().cpu()}
+        if self.spec.kind == "full":
+            out["full"] = probs.half().cpu()
+        if self.spec.kind == "logits":
+            out["logits"] = logits.float().half().cpu()
+        if gt is not None:
+            out["gt_prob"] = probs.gather(1, gt.to(self.device, torch.int64)[:, None])[:, 0].half().cpu()
+        return out
 
 
-def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, runner: _TeacherRunner, crop_iter,
-                reference: LabelStore | None, images_per_batch: int, per_round: int, bar: tqdm) -> int:
-    """Compute and write one chunk; returns the number of crops labelled."""
+@dataclass
+class Labeller:
+    """The DALI crop iterator and the teacher runner of one process, with the batching they use.
+
+    Batching depends only on the chunk (`images_per_batch` images x `per_round` crops per
+    teacher call), so any run with the same batch options computes the same bytes.
+    """
+
+    crop_iter: CropIterator
+    runner: _TeacherRunner
+    images_per_batch: int
+    per_round: int
+
+
+def make_labeller(cfg: LabelGenConfig, spec: StoreSpec, teacher: Teacher, device: torch.device) -> Labeller:
+    from fkd_dali.loaders.feed import BatchSource, CropIterator
+    from fkd_dali.pipelines.crops import make_crop_pipeline
+
+    per_round = min(cfg.crops_per_round, spec.crops_per_image)
+    images_per_batch = max(1, cfg.batch_size // per_round)
+    ts = spec.teacher
+    source = BatchSource()
+    pipe = make_crop_pipeline(source, n_crops=per_round, size=ts.input_size[1], interpolation=ts.interpolation,
+                              mean=ts.mean, std=ts.std, batch_size=images_per_batch, num_threads=cfg.threads,
+                              device_id=dali_device_id(device))
+    return Labeller(CropIterator(pipe, source), _TeacherRunner(teacher, spec.label, device), images_per_batch,
+                    per_round)
+
+
+def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: Labeller,
+                  reference: LabelStore | None, bar: tqdm, gt: GroundTruthSpec | None = None) -> CropLabels:
+    """Boxes, flips and the teacher's labels of every crop of image chunk `chunk` (nothing is written).
+
+    `gt` (default: the store's) adds each crop's ground-truth probability.
+    """
+    gt = gt or store.spec.gt
     start, stop = store.chunk_range(chunk)
     boxes_q, flips = chunk_boxes(store, index, start, stop, reference)
     rois = roi_corners(decode_boxes(boxes_q, index.sizes[start:stop]))
-    n, m, k = stop - start, store.crops_per_image, store.spec.label.k
-    top_i = np.full((n, m, k), -1, np.int16)
-    top_p = np.zeros((n, m, k), np.float16)
-    full = np.zeros((n, m, store.spec.label.num_classes), np.float16) if store.spec.label.kind == "full" else None
-    feed = _feed_batches(index, start, stop, rois, flips, images_per_batch, per_round, check=reference is not None)
-    for crops, meta in crop_iter.epoch(feed):
+    n, m, label = stop - start, store.crops_per_image, store.spec.label
+    per_round = labeller.per_round
+    out = {"index": np.full((n, m, label.k), -1, np.int16), "prob": np.zeros((n, m, label.k), np.float16)}
+    if label.kind in ("full", "logits"):
+        out[label.kind] = np.zeros((n, m, label.num_classes), np.float16)
+    gt_of_image = None
+    if gt is not None:
+        out["gt_prob"] = np.zeros((n, m), np.float16)
+        gt_of_image = np.asarray(gt.teacher_class, np.int64)[np.asarray(index.classes, np.int64)]
+    feed = _feed_batches(index, start, stop, rois, flips, labeller.images_per_batch, per_round,
+                         check=reference is not None)
+    for crops, meta in labeller.crop_iter.epoch(feed):
         b, r = crops.shape[0], crops.shape[1]
-        idx, prob, dense = runner(crops.reshape(b * r, *crops.shape[2:]))
         meta = meta.numpy()
+        gt_rows = None if gt_of_image is None else torch.from_numpy(np.repeat(gt_of_image[meta[:, 0]], r))
+        result = labeller.runner(crops.reshape(b * r, *crops.shape[2:]), gt_rows)
         for row, (img, rnd) in enumerate(meta):
             s0 = int(rnd) * per_round
             take = min(per_round, m - s0)
             rows = slice(row * r, row * r + take)
-            top_i[img - start, s0:s0 + take] = idx[rows].numpy()
-            top_p[img - start, s0:s0 + take] = prob[rows].numpy()
-            if full is not None:
-                full[img - start, s0:s0 + take] = dense[rows].numpy()
+            for name, values in result.items():
+                out[name][img - start, s0:s0 + take] = values[rows].numpy()
             bar.update(take)
-    _check_finite(top_p, index, start)
-    store.write_chunk(chunk, CropLabels(boxes=boxes_q, flips=flips, index=top_i, prob=top_p, full=full))
-    return n * m
+    for name in ("prob", label.kind, "gt_prob"):
+        if name in out:
+            _check_finite(out[name], name, index, start)
+    return CropLabels(boxes=boxes_q, flips=flips, **out)
 
 
-def _check_finite(prob: np.ndarray, index: DatasetIndex, start: int) -> None:
-    """Refuse to write NaN/inf probabilities (e.g. a teacher whose weights or inputs overflow)."""
-    bad = ~np.isfinite(prob.astype(np.float32)).all(axis=(1, 2))
+def label_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: Labeller,
+                reference: LabelStore | None, bar: tqdm) -> int:
+    """Compute and write one chunk; returns the number of crops labelled."""
+    labels = compute_chunk(store, index, chunk, labeller, reference, bar)
+    store.write_chunk(chunk, labels)
+    return labels.flips.size
+
+
+def _check_finite(values: np.ndarray, name: str, index: DatasetIndex, start: int) -> None:
+    """Refuse to write NaN/inf (a teacher whose weights or inputs overflow, logits beyond float16's range)."""
+    bad = ~np.isfinite(values.astype(np.float32)).reshape(len(values), -1).all(axis=1)
     if bad.any():
         first = start + int(np.flatnonzero(bad)[0])
+        what = "outputs (beyond float16's +-65504?)" if name == "logits" else "probabilities"
         raise TeacherError(
-            f"the teacher gave NaN or infinite probabilities for {int(bad.sum())} image(s) of images "
-            f"{start}-{start + len(prob) - 1} (first: {index.paths[first]}); nothing of them was written. "
+            f"the teacher gave NaN or infinite {what} for {int(bad.sum())} image(s) of images "
+            f"{start}-{start + len(values) - 1} (first: {index.paths[first]}); nothing of them was written. "
             "Check the teacher's --checkpoint and --mean/--std/--temperature")
 
 
@@ -230,9 +303,6 @@ def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
     (`labels repair` passes the store's own index, checked against the folder without
     reading image headers, and the teacher it checked against the store).
     """
-    from fkd_dali.loaders.feed import BatchSource, CropIterator
-    from fkd_dali.pipelines.crops import make_crop_pipeline
-
     env = dist_env()
     shard, n_shards = parse_shard(cfg.shard, env)
     device = pick_device(cfg.device, env.local_rank)
@@ -243,27 +313,18 @@ def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
         index = _checked_index(cfg)
     if teacher is None:
         teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
-    spec = build_spec(cfg, teacher, reference)
+    spec = build_spec(cfg, teacher, reference, index.class_names)
     store = open_or_create_store(cfg.out, index, spec)
     todo = [c for c in store.missing_chunks() if c % n_shards == shard]
     mine = [c for c in range(store.n_chunks) if c % n_shards == shard]
-
-    per_round = min(cfg.crops_per_round, store.crops_per_image)
-    images_per_batch = max(1, cfg.batch_size // per_round)
-    ts = spec.teacher
-    source = BatchSource()
-    pipe = make_crop_pipeline(source, n_crops=per_round, size=ts.input_size[1], interpolation=ts.interpolation,
-                              mean=ts.mean, std=ts.std, batch_size=images_per_batch, num_threads=cfg.threads,
-                              device_id=dali_device_id(device))
-    crop_iter = CropIterator(pipe, source)
-    runner = _TeacherRunner(teacher, spec.label, device)
+    labeller = make_labeller(cfg, spec, teacher, device)
     total = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in todo) * store.crops_per_image
     t0 = time.perf_counter()
     crops = 0
     with tqdm(total=total, unit="crop", unit_scale=True, dynamic_ncols=True, disable=not cfg.progress,
               desc=f"labels [{shard}/{n_shards}]" if n_shards > 1 else "labels") as bar:
         for c in todo:
-            crops += label_chunk(store, index, c, runner, crop_iter, reference, images_per_batch, per_round, bar)
+            crops += label_chunk(store, index, c, labeller, reference, bar)
     seconds = time.perf_counter() - t0
     return LabelGenSummary(images=crops // store.crops_per_image, crops=crops, chunks_written=len(todo),
                            chunks_skipped=len(mine) - len(todo), seconds=seconds,

@@ -30,7 +30,8 @@ def soft_cross_entropy(
     T: softening the logits by 1/T shrinks the gradients by about 1/T**2, so without
     it changing T would silently rescale the learning rate. ``target`` is expected to
     be softened already (the store holds probabilities at its label temperature), so
-    use the store's temperature here.
+    use the store's temperature here. For a "logits" store the run's T softens the
+    stored outputs once (`softmax_targets`) and the student's logits once, here.
 
     Args:
         logits: (B, C) student logits, any float dtype (bf16/fp16 are upcast).

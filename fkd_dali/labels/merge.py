@@ -5,6 +5,8 @@ labels can be averaged crop by crop. Each store contributes its top-K at its
 classes (mass outside a store's top-K counts as zero, a lower bound that keeps the
 merge exact for what was stored); the weighted mean is re-ranked and the new top-K
 kept. Works chunk by chunk, so memory stays bounded and the output is resumable.
+The ensemble stores no `labels/gt_prob` (its inputs' are dropped), and stores of raw
+self-supervised outputs (kind "logits") are refused: their dimensions are no classes.
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
         raise ConfigError("merge needs at least two stores")
     stores = [open_store(u) for u in urls]
     for s in stores:
+        if s.spec.label.kind == "logits":
+            raise ConfigError(f"merge: store {s.url} holds a self-supervised teacher's raw outputs (kind logits), "
+                              "whose dimensions are no shared classes to average; merge stores of class probabilities")
         s.check_complete()
         s.check_chunk_files()
     _check_same_crops(stores)
@@ -96,7 +101,8 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
         teacher=TeacherSpec(name=f"ensemble({names})", timm_name=ENSEMBLE_TIMM_NAME,
                             checkpoint_sha256=",".join(s.spec.teacher.checkpoint_sha256[:12] for s in stores),
                             input_size=first.spec.teacher.input_size, interpolation=first.spec.teacher.interpolation,
-                            mean=first.spec.teacher.mean, std=first.spec.teacher.std))
+                            mean=first.spec.teacher.mean, std=first.spec.teacher.std),
+        gt=None)  # an ensemble keeps no ground-truth probabilities
     index = first.load_index()
     merged = open_or_create_store(out, index, spec)
     for c in merged.missing_chunks():

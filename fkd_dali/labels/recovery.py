@@ -60,6 +60,20 @@ def _marginal_renorm(index: torch.Tensor, prob: torch.Tensor, num_classes: int, 
     return _zeros(index, num_classes).scatter_(1, index, prob / total)
 
 
+def softmax_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) in float32: the targets of a "logits" store (a self-supervised teacher's raw outputs).
+
+    The temperature is applied here, once, to the stored outputs; the loss applies the
+    same T to the student's logits (`soft_cross_entropy`), as in Hinton et al.'s KD.
+
+    Raises:
+        ConfigError: T is not a finite number > 0.
+    """
+    if not (temperature > 0 and temperature < float("inf")):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+    return torch.softmax(logits.to(torch.float32) / temperature, dim=1)
+
+
 @_RECOVERIES.register("full")
 def _full_placeholder(index: torch.Tensor, prob: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Registered so that `full` is a valid name; `recover_labels` handles it before dispatch."""

@@ -71,7 +71,8 @@ def repair_config(store: LabelStore, opts: RepairOptions) -> LabelGenConfig:
     return LabelGenConfig(
         data=opts.data, out=store.url, teacher=t.name, checkpoint=opts.checkpoint,
         num_classes=spec.label.num_classes, crops_per_image=spec.crops_per_image, top_k=spec.label.k,
-        full=spec.label.kind == "full", temperature=spec.label.temperature, seed=spec.crop.seed,
+        full=spec.label.kind == "full", logits=spec.label.kind == "logits", gt_prob=spec.gt is not None,
+        temperature=spec.label.temperature or 1.0, seed=spec.crop.seed,
         scale=spec.crop.scale, ratio=spec.crop.ratio, flip_prob=spec.crop.flip_prob,
         images_per_chunk=spec.layout.images_per_chunk, slots_per_chunk=spec.layout.slots_per_chunk,
         reference=opts.reference, device=opts.device, input_size=t.input_size[1], interpolation=t.interpolation,
@@ -93,7 +94,7 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
             `--reference` was given.
     """
     store = open_store(url, mode="r+")
-    _refuse_unrecomputable(store)
+    refuse_unrecomputable(store, "labels repair")
     _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
     report = verify_store(url)
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
@@ -103,7 +104,7 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     cfg = repair_config(store, opts)
     reference = open_store(cfg.reference) if cfg.reference else None
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
-    check_same_spec(store, build_spec(cfg, teacher, reference))  # the same teacher weights, before any change
+    check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)
     for chunk in damaged:
         store.clear_chunk(chunk)
@@ -111,13 +112,14 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     return RepairSummary(damaged, unfinished, generation)
 
 
-def _refuse_unrecomputable(store: LabelStore) -> None:
+def refuse_unrecomputable(store: LabelStore, command: str) -> None:
+    """Refuse (naming `command`) a store whose labels no teacher can recompute: imported or merged."""
     if store.group.attrs.get(IMPORT_ATTR_KEY) is not None:
-        raise LabelStoreError(f"store {store.url} was imported from FKD label files: its labels cannot be recomputed "
-                              "from a teacher; run `fkd-dali labels import-fkd` again into a new --out")
+        raise LabelStoreError(f"{command}: store {store.url} was imported from FKD label files: its labels cannot be "
+                              "recomputed from a teacher; run `fkd-dali labels import-fkd` again into a new --out")
     if store.spec.teacher.timm_name == "ensemble":
-        raise LabelStoreError(f"store {store.url} was merged from other stores: rerun `fkd-dali labels merge` with "
-                              "the same inputs into a new --out")
+        raise LabelStoreError(f"{command}: store {store.url} was merged from other stores, whose teachers cannot be "
+                              "rerun as one: rerun `fkd-dali labels merge` with the same inputs into a new --out")
 
 
 def _reset_unreadable_flags(store: LabelStore) -> None:

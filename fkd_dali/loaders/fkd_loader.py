@@ -22,8 +22,8 @@ from fkd_dali.config import check_recovery
 from fkd_dali.crops.plan import pass_slots
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, INTERPOLATION
-from fkd_dali.errors import ConfigError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.errors import ConfigError, LabelStoreError
+from fkd_dali.labels.recovery import recover_labels, softmax_targets
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
 
@@ -32,25 +32,49 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recovery: str = "marginal_smoothing",
-                     recovery_k: int | None = None, smoothing: float = 0.1) -> tuple[DatasetIndex, LabelStore]:
+                     recovery_k: int | None = None, smoothing: float = 0.1,
+                     with_gt_prob: bool = False, temperature: float | None = None) -> tuple[DatasetIndex, LabelStore]:
     """(index, store) for replaying `labels` over the folder `data`, after every check a training run needs.
+
+    `with_gt_prob`: the run needs the ground-truth probabilities (e.g. calibration); the
+    store must have them. `temperature`: the softmax temperature the run applies, which
+    a "logits" store (raw outputs of a self-supervised teacher) needs.
 
     Raises:
         StoreMismatchError: the store was made for another folder (the message names the difference).
         LabelStoreError: the store is missing, damaged or incomplete.
         CropPlanError: `num_crops` exceeds the crops stored per image.
-        ConfigError: the recovery choice does not fit the store (k above its K, `full` without dense labels).
+        ConfigError: the recovery choice does not fit the store (k above its K, `full` without dense labels,
+            anything but `full` or no temperature on a logits store).
     """
     store = labels if isinstance(labels, LabelStore) else open_store(labels)
+    if with_gt_prob and not store.has_gt_prob:
+        raise LabelStoreError(store.no_gt_prob_message())
     index = index_for_store(store, data)
     store.check_complete()
     store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
     pass_slots(0, num_crops, store.crops_per_image)  # num_crops <= M, with an explanation
+    if store.spec.label.kind == "logits":
+        check_logits_recovery(store, recovery, temperature)
+        return index, store
     check_recovery(recovery, recovery_k, stored_k=store.spec.label.k, smoothing=smoothing)
     if recovery == "full" and store.spec.label.kind != "full":
         raise ConfigError(f"--recovery full needs a store with dense labels; {store.url} holds top-"
                           f"{store.spec.label.k} only: pick another --recovery or regenerate with --full")
     return index, store
+
+
+def check_logits_recovery(store: LabelStore, recovery: str, temperature: float | None) -> None:
+    """A "logits" store trains only on softmax(stored outputs / T): `--recovery full` with a `--temperature`."""
+    width = store.spec.label.num_classes
+    if recovery != "full":
+        raise ConfigError(f"--recovery {recovery}: store {store.url} holds a self-supervised teacher's {width} raw "
+                          "outputs per crop (kind logits), whose only target is their softmax: use --recovery full "
+                          "with --temperature T")
+    if temperature is None:
+        raise ConfigError(f"store {store.url} holds raw teacher outputs (kind logits) with no temperature applied: "
+                          "choose one with --temperature T (create_loader: temperature=T); the targets are "
+                          "softmax(outputs / T)")
 
 
 @dataclass(frozen=True)
@@ -61,11 +85,15 @@ class FkdBatch:
         crops of one image adjacent (B = images per step x m).
     target: (B, C) float32 soft targets, rows summing to 1.
     meta: (B, 2) int64 CPU tensor: per crop (dataset image id, store slot).
+    gt_prob: (B,) float32 teacher probability of each crop's ground-truth class, and
+    gt_class: (B,) int64 that class (in the teacher's classes); only with `with_gt_prob`.
     """
 
     images: torch.Tensor
     target: torch.Tensor
     meta: torch.Tensor
+    gt_prob: torch.Tensor | None = None
+    gt_class: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.images, self.target))
@@ -86,10 +114,11 @@ class FkdLoader:
     """Replayed crops with dense soft targets; see `create_loader`."""
 
     def __init__(self, replay: ReplayLoader, num_classes: int, recovery: str, recovery_k: int | None,
-                 smoothing: float) -> None:
+                 smoothing: float, logits_temperature: float | None = None) -> None:
         self.replay = replay
         self.num_classes = num_classes
         self.recovery, self.recovery_k, self.smoothing = recovery, recovery_k, smoothing
+        self.logits_temperature = logits_temperature  # set for a "logits" store: targets = softmax(full / T)
         self.pass_idx, self.step = 0, 0
 
     def __len__(self) -> int:
@@ -111,10 +140,13 @@ class FkdLoader:
         if self.step >= len(self):
             self.pass_idx, self.step = self.pass_idx + 1, 0
         for batch in self.replay.pass_batches(self.pass_idx, self.step):
-            target = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery, self.recovery_k,
-                                    self.smoothing, batch.full)
+            if self.logits_temperature is not None:
+                target = softmax_targets(batch.full, self.logits_temperature)  # type: ignore[arg-type]
+            else:
+                target = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery, self.recovery_k,
+                                        self.smoothing, batch.full)
             self.step += 1
-            yield FkdBatch(batch.images, target, batch.meta)
+            yield FkdBatch(batch.images, target, batch.meta, batch.gt_prob, batch.gt_class)
         self.pass_idx, self.step = self.pass_idx + 1, 0
 
     def close(self) -> None:
@@ -132,7 +164,8 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
                   recovery: str = "marginal_smoothing", recovery_k: int | None = None, smoothing: float = 0.1,
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   interpolation: str = INTERPOLATION, seed: int = 0, threads: int | None = None,
-                  rank: int | None = None, world: int | None = None) -> FkdLoader:
+                  rank: int | None = None, world: int | None = None, with_gt_prob: bool = False,
+                  temperature: float | None = None) -> FkdLoader:
     """Replay a soft-label store's crops over an image folder, as (images, dense soft targets) batches.
 
     Args:
@@ -149,6 +182,11 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         seed: the replay order seed (a pure function of (seed, pass), so resume is exact).
         threads: DALI CPU threads (default: the cores, at most 8).
         rank, world: this process's share; default from `torch.distributed` when initialised.
+        with_gt_prob: also give each crop's ground-truth probability and class
+            (`FkdBatch.gt_prob`, `gt_class`); the store must have labels/gt_prob.
+        temperature: for a "logits" store (a self-supervised teacher's raw outputs) only,
+            and required there: the targets are softmax(outputs / temperature). Pass the
+            same T to `SoftTargetCrossEntropy(temperature=T)` to soften the student alike.
 
     Raises:
         FkdError subclasses, as `open_replay_data`, and `ConfigError` for a batch that is not
@@ -156,15 +194,21 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
     """
     from fkd_dali.dist import dist_env, pick_device
 
-    index, store = open_replay_data(data, labels, num_crops, recovery, recovery_k, smoothing)
+    index, store = open_replay_data(data, labels, num_crops, recovery, recovery_k, smoothing, with_gt_prob,
+                                    temperature)
+    if temperature is not None and store.spec.label.kind != "logits":
+        raise ConfigError(f"temperature={temperature}: store {store.url} holds probabilities already softened at "
+                          f"its temperature {store.spec.label.temperature}; the argument applies to logits stores "
+                          "only (soften the student with SoftTargetCrossEntropy(temperature=...))")
     rank, world = _process_place(rank, world)
     if isinstance(device, str) and device in DEVICE_CHOICES:
         device = pick_device(device, dist_env().local_rank)
     replay = ReplayLoader(store, index, num_crops, batch_size, image_size, mean, std, interpolation, seed=seed,
                           rank=rank, world=world, device=device, threads=threads,
-                          with_full=recovery == "full")
+                          with_full=recovery == "full", with_gt_prob=with_gt_prob)
     if replay.steps_per_pass < 1:
         replay.close()
         raise ConfigError(f"{len(index)} images over {world} process(es) do not fill one step of "
                           f"{batch_size // num_crops} images: lower batch_size")
-    return FkdLoader(replay, store.spec.label.num_classes, recovery, recovery_k, smoothing)
+    return FkdLoader(replay, store.spec.label.num_classes, recovery, recovery_k, smoothing,
+                     temperature if store.spec.label.kind == "logits" else None)

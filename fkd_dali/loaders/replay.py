@@ -27,7 +27,7 @@ from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import INTERPOLATION, default_threads
 from fkd_dali.dist import dali_device_id
-from fkd_dali.errors import ConfigError
+from fkd_dali.errors import ConfigError, LabelStoreError
 from fkd_dali.store.label_store import LabelStore
 
 
@@ -40,7 +40,9 @@ class ReplayBatch:
         labels, (B,) class ids).
     prob: (B, K) float32 probabilities (None without labels or for hard labels).
     meta: (B, 2) int64 CPU tensor, per crop (image id, store slot); -1 slots for vanilla.
-    full: (B, C) float32 dense labels, only from a "full" store read `with_full`.
+    full: (B, C) float32 dense values, only read `with_full`: probabilities of a "full"
+        store, the teacher's raw outputs (logits, no temperature) of a "logits" store.
+    gt_prob, gt_class: only from a loader created `with_gt_prob`.
     """
 
     images: torch.Tensor
@@ -106,7 +108,9 @@ class ReplayLoader:
         with_labels: gather stored labels (False: index and prob are None).
         half: float16 crops (default: on GPU only).
         prefetch_tables: read the next pass's table in the background.
-        with_full: also deliver the dense labels of a store of label kind "full".
+        with_full: also deliver the dense values of a store of label kind "full" or "logits".
+        with_gt_prob: also deliver each crop's ground-truth probability and class
+            (`ReplayBatch.gt_prob`, `gt_class`; stores with labels/gt_prob only).
         color_jitter: strength S of per-crop colour jitter after the crop (0 = off; see
             `fkd_dali.crops.jitter`); labels are those of the un-jittered crops.
     """
@@ -116,7 +120,7 @@ class ReplayLoader:
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, with_labels: bool = True, half: bool | None = None,
                  prefetch_tables: bool = True, with_full: bool = False, read_threads: int = 1,
-                 color_jitter: float = 0.0) -> None:
+                 color_jitter: float = 0.0, with_gt_prob: bool = False) -> None:
         if batch_size < 1 or batch_size % m:
             raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
         self.store, self.index = store, index
@@ -129,11 +133,14 @@ class ReplayLoader:
         self.threads = threads or default_threads()
         self.with_labels = with_labels
         self.with_full = with_full and with_labels
+        self.with_gt_prob = with_gt_prob and with_labels
+        if self.with_gt_prob and not store.has_gt_prob:
+            raise LabelStoreError(store.no_gt_prob_message())
         self.half = half
         self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
-        self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full)
-                       if prefetch_tables else None)
+        self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full,
+                                           with_gt_prob=self.with_gt_prob) if prefetch_tables else None)
         self._feeder = _Feeder(index, read_threads)
         self._iter = None
         self._dirty = False
@@ -151,7 +158,8 @@ class ReplayLoader:
         if self.tables is not None:
             return self.tables.get(pass_idx)
         plan = self.plan(pass_idx)
-        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx, self.with_full)
+        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx, self.with_full,
+                               self.with_gt_prob)
 
     # -- stage 3: feed ------------------------------------------------------------
     def _pass_blocks(self, table: PassTable, start_step: int) -> list[slice]:
@@ -228,12 +236,13 @@ class ReplayLoader:
             images = images.to(self.device, non_blocking=True)
         ids = meta[:, 0].to(torch.int64).cpu()
         crop_meta = torch.stack([ids.repeat_interleave(self.m), slots.repeat(b)], dim=1)
-        index = prob = full = None
+        index = prob = full = gt_prob = gt_class = None
         if labels is not None:
             dev_ids = ids.to(self.device, non_blocking=True)
             index, prob = labels.gather(dev_ids)
             full = labels.gather_full(dev_ids)
-        return ReplayBatch(images, index, prob, crop_meta, full)
+            gt_prob, gt_class = labels.gather_gt(dev_ids)
+        return ReplayBatch(images, index, prob, crop_meta, full, gt_prob, gt_class)
 
     def close(self) -> None:
         if self.tables is not None:

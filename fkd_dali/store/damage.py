@@ -19,8 +19,12 @@ import zarr
 RECOPY = ("copy the store again from its source, or regenerate it into a new --out "
           "(`fkd-dali labels verify STORE` lists what is damaged)")
 FILL_WORDS = {"crops/box": "empty boxes", "labels/index": "class id -1", "labels/prob": "NaN probabilities",
-              "labels/full": "NaN probabilities"}
-CROP_KEYS = ("crops/box", "crops/flip", "labels/index", "labels/prob", "labels/full")
+              "labels/full": "NaN probabilities", "labels/logits": "NaN logits",
+              "labels/gt_prob": "NaN ground-truth probabilities"}
+#: every per-crop array a store may have (a store has those its attributes imply: `LabelStore.crop_keys`)
+CROP_KEYS = ("crops/box", "crops/flip", "labels/index", "labels/prob", "labels/full", "labels/logits",
+             "labels/gt_prob")
+_FLOAT_KEYS = ("labels/prob", "labels/full", "labels/logits", "labels/gt_prob")  # NaN fill, float16
 
 
 def inclusive(rng: tuple[int, int]) -> tuple[int, int]:
@@ -53,13 +57,14 @@ def fill_masks(fields: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]
         out["crops/box"] = (boxes[..., 2:] == 0).any(-1)
     if index is not None and index.size and index.min() < 0:
         out["labels/index"] = (index < 0).any(-1)
-    for key in ("labels/prob", "labels/full"):
-        prob = fields.get(key)
-        if prob is None or not prob.size:
+    for key in _FLOAT_KEYS:
+        values = fields.get(key)
+        if values is None or not values.size:
             continue
-        magnitude = prob.view(np.uint16) & 0x7FFF  # float16 bits: exponent all ones = inf or NaN
+        magnitude = values.view(np.uint16) & 0x7FFF  # float16 bits: exponent all ones = inf or NaN
         if magnitude.max() >= 0x7C00:
-            out[key] = (magnitude >= 0x7C00).any(-1)
+            bad = magnitude >= 0x7C00
+            out[key] = bad.any(-1) if bad.ndim > 2 else bad  # gt_prob is (n, s): one value per crop
     return out
 
 

@@ -1,4 +1,4 @@
-"""The Zarr soft-label store (schema version 1): create, open, validate, write chunks, read passes.
+"""The Zarr soft-label store (schema versions 1 and 2): create, open, validate, write chunks, read passes.
 
 One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept here:
 - chunks are laid out crop-slot-major, (images_per_chunk, slots_per_chunk, ...), so a
@@ -8,6 +8,12 @@ One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept h
 - a chunk's `progress/done` flag (one file per flag) is written only after all of its
   data, so a killed writer leaves no chunk that claims to be complete but is not;
 - unwritten rows read back as index -1 / NaN probability, never as plausible labels.
+
+Schema: version 1 is the layout of DESIGN.md, optionally with `labels/gt_prob` (the
+teacher's probability of each crop's ground-truth class) and its `gt_prob` attribute
+section: releases that do not know them ignore both safely. Version 2 is written only
+for label kind `logits` (raw teacher outputs in `labels/logits`), which a release that
+reads version 1 alone must refuse rather than misread. Both are read here.
 
 Reading never trusts the files blindly: a missing array, unreadable metadata or a chunk
 that fails its checksum raises a `LabelStoreError` naming the store, the array and the
@@ -24,6 +30,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,32 +75,62 @@ from fkd_dali.store.damage import (
     store_key,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this release writes
+READABLE_SCHEMA_VERSIONS = (1, 2)
 ATTR_KEY = "fkd_dali"
 CHECKSUM_KEY = "fkd_dali_sha256"  # sha256 of the `fkd_dali` attributes, beside them (not part of them)
 IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of a store built by `labels import-fkd`
 ENSEMBLE_TIMM_NAME = "ensemble"  # teacher.timm_name of a store written by `labels merge`
 _log = logging.getLogger(__name__)
 BOX_ENCODING = "uint16-normalized"
-LABEL_KINDS = ("topk", "full")
+LABEL_KINDS = ("topk", "full", "logits")
+GT_MAPPINGS = ("imagenet_wnid", "folder_order")  # how folder classes become teacher classes (`GroundTruthSpec`)
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """What a stored label is: top-K (or full) softmax of the teacher at `temperature`."""
+    """What a stored label is: top-K (or full) softmax of the teacher at `temperature`.
+
+    Kind `logits` (self-supervised teachers) stores the teacher's `num_classes` = D raw
+    outputs in `labels/logits`; no temperature is applied (`temperature` None: training
+    chooses it), and the top-K arrays hold a preview (softmax at 1 of the top-K outputs)
+    for `labels show` and `verify`, never a training target.
+    """
 
     kind: str = "topk"
     k: int = 5
     num_classes: int = 1000
-    temperature: float = 1.0
+    temperature: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
             raise ConfigError(f"label kind must be one of {LABEL_KINDS}, got {self.kind!r}")
         if not 1 <= self.k <= self.num_classes:
             raise ConfigError(f"top-k must be in [1, num_classes={self.num_classes}], got {self.k}")
-        if self.temperature <= 0:
+        if self.kind == "logits":
+            if self.temperature is not None:
+                raise ConfigError(f"a logits store applies no temperature (got {self.temperature}); it is chosen "
+                                  "at training time")
+        elif self.temperature is None or not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class GroundTruthSpec:
+    """How the ground truth of `labels/gt_prob` is defined: the teacher class of each folder class.
+
+    `teacher_class[c]` is the teacher's class index of the dataset's class folder c (in
+    sorted-folder order); `mapping` says how it was found: "imagenet_wnid" (WordNet-id
+    folders and a 1000-class ImageNet teacher) or "folder_order" (a teacher trained on
+    this folder dataset, whose class i is the i-th folder).
+    """
+
+    mapping: str
+    teacher_class: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.mapping not in GT_MAPPINGS:
+            raise ConfigError(f"ground-truth mapping must be one of {GT_MAPPINGS}, got {self.mapping!r}")
 
 
 @dataclass(frozen=True)
@@ -130,10 +167,18 @@ class StoreSpec:
     label: LabelSpec
     teacher: TeacherSpec
     layout: StoreLayout = field(default_factory=StoreLayout)
+    gt: GroundTruthSpec | None = None  # `labels/gt_prob` is stored (`labels generate --gt-prob`)
 
     def __post_init__(self) -> None:
         if self.crops_per_image < 1:
             raise ConfigError(f"crops per image must be >= 1, got {self.crops_per_image}")
+        if self.gt is not None and not all(0 <= c < self.label.num_classes for c in self.gt.teacher_class):
+            raise ConfigError(f"ground-truth classes must lie in [0, {self.label.num_classes})")
+
+    @property
+    def schema_version(self) -> int:
+        """The oldest schema that describes this store (2 only for kind `logits`, see the module docstring)."""
+        return 2 if self.label.kind == "logits" else 1
 
 
 @dataclass
@@ -145,11 +190,19 @@ class CropLabels:
     index: np.ndarray  # (n, s, K) int16, most probable first
     prob: np.ndarray  # (n, s, K) float16
     full: np.ndarray | None = None  # (n, s, C) float16, kind "full" only
+    logits: np.ndarray | None = None  # (n, s, D) float16 raw teacher outputs, kind "logits" only
+    gt_prob: np.ndarray | None = None  # (n, s) float16 probability of the ground-truth class (`StoreSpec.gt`)
 
     def by_array(self) -> dict[str, np.ndarray | None]:
         """The fields keyed by the store array they come from ("crops/box", ...)."""
         return {"crops/box": self.boxes, "crops/flip": self.flips, "labels/index": self.index,
-                "labels/prob": self.prob, "labels/full": self.full}
+                "labels/prob": self.prob, "labels/full": self.full, "labels/logits": self.logits,
+                "labels/gt_prob": self.gt_prob}
+
+    @property
+    def dense(self) -> np.ndarray | None:
+        """The dense per-crop values: probabilities of a "full" store, logits of a "logits" one."""
+        return self.full if self.full is not None else self.logits
 
 
 def _json_ready(obj: Any) -> Any:
@@ -158,8 +211,8 @@ def _json_ready(obj: Any) -> Any:
 
 
 def spec_to_attrs(spec: StoreSpec, index: DatasetIndex) -> dict[str, Any]:
-    return _json_ready({
-        "schema_version": SCHEMA_VERSION,
+    meta = {
+        "schema_version": spec.schema_version,
         "dataset": {"n_images": len(index), "fingerprint": index.fingerprint,
                     "class_names": index.class_names, "skipped": index.skipped},
         "crops_per_image": spec.crops_per_image,
@@ -169,11 +222,22 @@ def spec_to_attrs(spec: StoreSpec, index: DatasetIndex) -> dict[str, Any]:
         "layout": {**asdict(spec.layout), "box_encoding": BOX_ENCODING, "prob_quantum": PROB_QUANTUM},
         "writer_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    }
+    if spec.gt is not None:
+        meta[GT_ATTR] = gt_to_attrs(spec.gt)
+    return _json_ready(meta)
+
+
+GT_ATTR = "gt_prob"  # section of the `fkd_dali` attributes present when `labels/gt_prob` is stored
+
+
+def gt_to_attrs(gt: GroundTruthSpec) -> dict[str, Any]:
+    return {"mapping": gt.mapping, "teacher_class": [int(c) for c in gt.teacher_class]}
 
 
 def spec_from_attrs(meta: dict[str, Any]) -> StoreSpec:
     t = meta["teacher"]
+    gt = meta.get(GT_ATTR)
     layout = {k: v for k, v in meta["layout"].items() if k not in ("box_encoding", "prob_quantum")}
     return StoreSpec(
         crops_per_image=int(meta["crops_per_image"]),
@@ -184,6 +248,8 @@ def spec_from_attrs(meta: dict[str, Any]) -> StoreSpec:
                             input_size=tuple(t["input_size"]), interpolation=t["interpolation"],
                             mean=tuple(t["mean"]), std=tuple(t["std"])),
         layout=StoreLayout(**layout),
+        gt=None if gt is None else GroundTruthSpec(mapping=gt["mapping"],
+                                                   teacher_class=tuple(int(c) for c in gt["teacher_class"])),
     )
 
 
@@ -202,6 +268,9 @@ def _parse_attrs(meta: dict[str, Any], url: str) -> StoreSpec:
             raise ValueError(f"dataset.n_images is {n!r}, not a whole number >= 1")
         if not isinstance(dataset["fingerprint"], str) or not isinstance(dataset["class_names"], list):
             raise ValueError("dataset.fingerprint or dataset.class_names has the wrong type")
+        if spec.gt is not None and len(spec.gt.teacher_class) != len(dataset["class_names"]):
+            raise ValueError(f"{GT_ATTR}.teacher_class has {len(spec.gt.teacher_class)} entries for "
+                             f"{len(dataset['class_names'])} class folders")
     except KeyError as e:
         reason = f"the key {e.args[0]!r} is missing"
     except (TypeError, ValueError, AttributeError, ConfigError) as e:
@@ -257,10 +326,11 @@ class LabelStore:
             raise LabelStoreError(f"store {url}: its '{ATTR_KEY}' attribute is a {type(meta).__name__}, not a "
                                   "mapping: damaged or edited by hand. Restore zarr.json from a copy or regenerate it.")
         version = meta.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
+            readable = " and ".join(repr(v) for v in READABLE_SCHEMA_VERSIONS)
             raise StoreSchemaError(
                 f"store {url} has schema version {version!r}; this fkd-dali ({__version__}) reads only "
-                f"version {SCHEMA_VERSION!r}. Use the fkd-dali release that wrote it, or regenerate the labels.")
+                f"versions {readable}. Use the fkd-dali release that wrote it, or regenerate the labels.")
         self.meta: dict[str, Any] = meta
         self.spec = _parse_attrs(meta, url)
         stored = group.attrs.get(CHECKSUM_KEY)
@@ -295,6 +365,29 @@ class LabelStore:
     def skipped(self) -> list[str]:
         """Files of the folder left out at labelling time (`--skip-corrupt`)."""
         return list(self.meta["dataset"].get("skipped", []))
+
+    @property
+    def has_gt_prob(self) -> bool:
+        """Whether `labels/gt_prob` is stored (complete whenever the store is: see `StoreSpec.gt`)."""
+        return self.spec.gt is not None
+
+    def gt_classes(self) -> np.ndarray:
+        """(N,) int64 ground-truth class of every image in the teacher's classes (stores with gt_prob)."""
+        if self.spec.gt is None:
+            raise LabelStoreError(self.no_gt_prob_message())
+        return np.asarray(self.spec.gt.teacher_class, np.int64)[self.read("images/class").astype(np.int64)]
+
+    def no_gt_prob_message(self) -> str:
+        return (f"store {self.url} has no ground-truth probabilities (labels/gt_prob): add them with "
+                f"`fkd-dali labels add-gt-prob {self.url} --data DIR` (the teacher runs over the stored crops again)")
+
+    def crop_keys(self) -> tuple[str, ...]:
+        """The per-crop arrays this store has (`CROP_KEYS` less those its label kind and gt_prob leave out)."""
+        kind = self.spec.label.kind
+        skip = {"labels/full"} if kind != "full" else set()
+        skip |= {"labels/logits"} if kind != "logits" else set()
+        skip |= {"labels/gt_prob"} if self.spec.gt is None else set()
+        return tuple(k for k in CROP_KEYS if k not in skip)
 
     @property
     def n_chunks(self) -> int:
@@ -370,16 +463,26 @@ class LabelStore:
         _check_shape("crops/flip", labels.flips, (n, m))
         _check_shape("labels/index", labels.index, (n, m, k))
         _check_shape("labels/prob", labels.prob, (n, m, k))
-        if self.spec.label.kind == "full" and labels.full is None:
-            raise LabelStoreError("a store of label kind 'full' needs full probabilities")
+        kind, width = self.spec.label.kind, self.spec.label.num_classes
+        dense = {"full": labels.full, "logits": labels.logits}.get(kind)
+        if kind in ("full", "logits"):
+            if dense is None:
+                raise LabelStoreError(f"a store of label kind {kind!r} needs its dense values (labels/{kind})")
+            _check_shape(f"labels/{kind}", dense, (n, m, width))
+        if self.spec.gt is not None:
+            if labels.gt_prob is None:
+                raise LabelStoreError("a store with gt_prob needs the ground-truth probabilities of every crop")
+            _check_shape("labels/gt_prob", labels.gt_prob, (n, m))
         g = self.group
         try:
             g["crops/box"][start:stop] = labels.boxes.astype(np.uint16)
             g["crops/flip"][start:stop] = labels.flips.astype(bool)
             g["labels/index"][start:stop] = labels.index.astype(np.int16)
             g["labels/prob"][start:stop] = quantize_prob(labels.prob)
-            if labels.full is not None and self.spec.label.kind == "full":
-                g["labels/full"][start:stop] = labels.full.astype(np.float16)
+            if dense is not None:
+                g[f"labels/{kind}"][start:stop] = dense.astype(np.float16)
+            if self.spec.gt is not None:
+                g["labels/gt_prob"][start:stop] = quantize_prob(labels.gt_prob)
             g["progress/done"][chunk] = True
         except OSError as e:  # e.g. ENOSPC: the chunk stays unflagged, so a rerun redoes it
             raise LabelStoreError(
@@ -396,42 +499,90 @@ class LabelStore:
         from zarr.core.sync import sync
 
         self.array("progress/done")[chunk] = False
-        for key in CROP_KEYS:
-            if key == "labels/full" and self.spec.label.kind != "full":
-                continue
+        for key in self.crop_keys():
             arr = self.array(key)
             for name in chunk_files(key, arr, chunk):
                 sync(arr.store_path.store.delete(store_key(self.group, name)))
 
+    # -- adding gt_prob to a store made without it (`labels add-gt-prob`) ----
+    def prepare_gt_arrays(self) -> None:
+        """Create `labels/gt_prob` and its done flags `progress/gt_done` (kept if there: a resumed run).
+
+        The attributes do not mention gt_prob until `attach_gt` has run after every chunk,
+        so readers never see a partly written array as stored ground-truth probabilities.
+        """
+        for d in (gt_prob_def(self.spec, self.n_images), gt_done_def(self.spec, self.n_images)):
+            if d.name in self.group:
+                bad = [text for _, text in array_mismatches(self.group, d)]
+                if bad:
+                    raise LabelStoreError(f"store {self.url}: {bad[0]} (left by another fkd-dali release?); "
+                                          f"remove the folders {d.name} and labels/gt_prob and rerun")
+                continue
+            try:
+                create_array(self.group, d)
+            except OSError as e:
+                raise LabelStoreError(f"cannot add {d.name} to the store {self.url} ({e.strerror or e}); "
+                                      "fix the cause and rerun") from e
+
+    def gt_missing_chunks(self) -> list[int]:
+        """Image chunks whose gt_prob `labels add-gt-prob` has not written yet."""
+        return [int(c) for c in np.flatnonzero(~self.read("progress/gt_done").astype(bool))]
+
+    def write_gt_chunk(self, chunk: int, gt_prob: np.ndarray) -> None:
+        """Write only `labels/gt_prob` of image chunk `chunk` (quantised as `labels/prob`), then its gt done flag."""
+        start, stop = self.chunk_range(chunk)
+        _check_shape("labels/gt_prob", gt_prob, (stop - start, self.crops_per_image))
+        try:
+            self.group["labels/gt_prob"][start:stop] = quantize_prob(gt_prob)
+            self.group["progress/gt_done"][chunk] = True
+        except OSError as e:
+            raise LabelStoreError(
+                f"writing the gt_prob of images {start}-{stop - 1} to {self.url} failed ({e}); the store is still "
+                "valid: fix the cause (free disk space?) and rerun the same command to resume") from e
+
+    def attach_gt(self, gt: GroundTruthSpec) -> None:
+        """Record `gt` in the attributes (with their checksum, in one write): gt_prob is stored from now on."""
+        meta = {**self.meta, GT_ATTR: gt_to_attrs(gt)}
+        self.group.attrs.update({ATTR_KEY: meta, CHECKSUM_KEY: attrs_checksum(meta)})
+        self.meta, self.spec = meta, _parse_attrs(meta, self.url)
+
     # -- reading ------------------------------------------------------------
-    def read_images(self, start: int, stop: int, with_full: bool = False, check: bool = False) -> CropLabels:
+    def read_images(self, start: int, stop: int, with_full: bool = False, check: bool = False,
+                    with_gt_prob: bool = False) -> CropLabels:
         """All slots of images [start, stop) (for tools and interop, not the training hot path).
 
-        With `check`, data that must be complete is refused when it holds fill values
+        `with_full` also reads the dense values (labels/full or labels/logits, as the
+        label kind has them), `with_gt_prob` labels/gt_prob where the store has it. With
+        `check`, data that must be complete is refused when it holds fill values
         (`check_written`); without it, unwritten rows read back as fill values.
         """
-        labels = self._read((slice(start, stop), slice(None)), with_full)
+        labels = self._read((slice(start, stop), slice(None)), with_full, with_gt_prob)
         if check:
             self.check_written(labels, start, range(self.crops_per_image))
         return labels
 
-    def read_slots(self, slots: Sequence[int], with_full: bool = False) -> CropLabels:
+    def read_slots(self, slots: Sequence[int], with_full: bool = False, with_gt_prob: bool = False) -> CropLabels:
         """The given slots of every image: the pass table read, one sequential read per run of slots."""
         slots = [int(s) for s in slots]
         runs = _contiguous_runs(slots)
-        parts = [self._read((slice(None), slice(a, b)), with_full) for a, b in runs]
+        parts = [self._read((slice(None), slice(a, b)), with_full, with_gt_prob) for a, b in runs]
         if len(parts) == 1:
             return parts[0]
-        cat = lambda f: np.concatenate([getattr(p, f) for p in parts], axis=1)  # noqa: E731
-        return CropLabels(cat("boxes"), cat("flips"), cat("index"), cat("prob"),
-                          cat("full") if with_full else None)
 
-    def _read(self, sel: tuple[slice, slice], with_full: bool) -> CropLabels:
-        full = None
-        if with_full and self.spec.label.kind == "full":
-            full = self.read("labels/full", sel)
+        def cat(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values, axis=1)
+
+        return CropLabels(*(cat(f.name) for f in dataclass_fields(CropLabels)))  # type: ignore[arg-type]
+
+    def _read(self, sel: tuple[slice, slice], with_full: bool, with_gt_prob: bool = False) -> CropLabels:
+        kind = self.spec.label.kind
+        dense = self.read(f"labels/{kind}", sel) if with_full and kind in ("full", "logits") else None
+        gt_prob = self.read("labels/gt_prob", sel) if with_gt_prob and self.spec.gt is not None else None
         return CropLabels(boxes=self.read("crops/box", sel), flips=self.read("crops/flip", sel),
-                          index=self.read("labels/index", sel), prob=self.read("labels/prob", sel), full=full)
+                          index=self.read("labels/index", sel), prob=self.read("labels/prob", sel),
+                          full=dense if kind == "full" else None, logits=dense if kind == "logits" else None,
+                          gt_prob=gt_prob)
 
     def array(self, key: str) -> zarr.Array:
         """The zarr array `key`; a missing array or unreadable metadata is a `LabelStoreError` naming it."""
@@ -507,7 +658,7 @@ class LabelStore:
                 f"deleted or lost (a partial copy?); {repair_hint(self.url, key)}",
                 key, None, self.chunk_range(int(images[0]) // self.spec.layout.images_per_chunk))
 
-    def missing_chunk_files(self, keys: Sequence[str] = CROP_KEYS,
+    def missing_chunk_files(self, keys: Sequence[str] | None = None,
                             done: Sequence[int] | None = None) -> list[tuple[str, int]]:
         """(chunk file, image chunk) of every chunk file of a done image chunk absent from the store.
 
@@ -523,9 +674,7 @@ class LabelStore:
         if done is None:
             done = np.flatnonzero(self.done()).tolist()
         missing = []
-        for key in keys:
-            if key == "labels/full" and self.spec.label.kind != "full":
-                continue
+        for key in self.crop_keys() if keys is None else [k for k in keys if k in self.crop_keys()]:
             arr = self.array(key)
             try:
                 present = listed_files(self.group, arr)
@@ -542,7 +691,7 @@ class LabelStore:
                         missing.append((name, c))
         return missing
 
-    def check_chunk_files(self, keys: Sequence[str] = CROP_KEYS) -> None:
+    def check_chunk_files(self, keys: Sequence[str] | None = None) -> None:
         """Raise `StoreDamageError` naming the chunk files of done chunks that are missing (see
         `missing_chunk_files`): a store that lost files is refused before a pass reads it."""
         missing = self.missing_chunk_files(keys)
@@ -566,7 +715,8 @@ class LabelStore:
 
 
 ARRAY_KEYS = ("images/path", "images/class", "images/size", "images/nbytes", "crops/box", "crops/flip",
-              "labels/index", "labels/prob", "labels/full", "progress/done")
+              "labels/index", "labels/prob", "labels/full", "labels/logits", "labels/gt_prob", "progress/done",
+              "progress/gt_done")
 
 
 def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -626,11 +776,25 @@ def array_defs(spec: StoreSpec, n: int) -> list[ArrayDef]:
             ArrayDef("crops/flip", (n, m), "bool", (ipc, spc)),
             ArrayDef("labels/index", (n, m, k), "int16", (ipc, spc, k), fill_value=-1, shuffle="noshuffle"),
             ArrayDef("labels/prob", (n, m, k), "float16", (ipc, spc, k), fill_value=nan, filters=(_K_FIRST,))]
-    if spec.label.kind == "full":
-        defs.append(ArrayDef("labels/full", (n, m, c), "float16", (ipc, spc, c), fill_value=nan))
+    if spec.label.kind in ("full", "logits"):  # probabilities, or raw outputs (NaN is no real logit either)
+        defs.append(ArrayDef(f"labels/{spec.label.kind}", (n, m, c), "float16", (ipc, spc, c), fill_value=nan))
+    if spec.gt is not None:
+        defs.append(gt_prob_def(spec, n))
     # one file per flag: concurrent writers never share a progress chunk
     defs.append(ArrayDef("progress/done", (n_chunks,), "bool", (1,), fill_value=False))
     return defs
+
+
+def gt_prob_def(spec: StoreSpec, n: int) -> ArrayDef:
+    """`labels/gt_prob`: one float16 per crop, chunked on the image ranges and slot runs of the other fields."""
+    ipc, spc = min(spec.layout.images_per_chunk, n), min(spec.layout.slots_per_chunk, spec.crops_per_image)
+    return ArrayDef("labels/gt_prob", (n, spec.crops_per_image), "float16", (ipc, spc), fill_value=float("nan"))
+
+
+def gt_done_def(spec: StoreSpec, n: int) -> ArrayDef:
+    """`progress/gt_done`: the done flags of `labels add-gt-prob` (one file per image chunk, as progress/done)."""
+    n_chunks = (n + spec.layout.images_per_chunk - 1) // spec.layout.images_per_chunk
+    return ArrayDef("progress/gt_done", (n_chunks,), "bool", (1,), fill_value=False)
 
 
 def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
@@ -670,11 +834,16 @@ def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
     values = {"images/path": np.array(index.paths, dtype=object), "images/class": index.classes,
               "images/size": index.sizes, "images/nbytes": index.nbytes}
     for d in array_defs(spec, len(index)):
-        arr = g.create_array(d.name, shape=d.shape, dtype=str if d.dtype == "str" else d.dtype, chunks=d.chunks,
-                             fill_value=d.fill_value, filters=list(d.filters) if d.filters else "auto",
-                             compressors=_compressors(d.shuffle))
+        arr = create_array(g, d)
         if d.name in values:
             arr[:] = values[d.name]
+
+
+def create_array(g: zarr.Group, d: ArrayDef) -> zarr.Array:
+    """Create the array `d` in `g` with the store's codecs (zstd + crc32c); fails if it exists."""
+    return g.create_array(d.name, shape=d.shape, dtype=str if d.dtype == "str" else d.dtype, chunks=d.chunks,
+                          fill_value=d.fill_value, filters=list(d.filters) if d.filters else "auto",
+                          compressors=_compressors(d.shuffle))
 
 
 class StoreExistsError(LabelStoreError):
@@ -831,6 +1000,15 @@ def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:
              if have[sec][key] != want[sec][key]]
     if have["crops_per_image"] != want["crops_per_image"]:
         diffs.insert(0, f"crops_per_image: store has {have['crops_per_image']}, run asks {want['crops_per_image']}")
+    if store.spec.gt is None and spec.gt is not None:
+        raise StoreMismatchError(f"store {store.url} was written without --gt-prob; add the ground-truth probabilities "
+                                 f"to it with `fkd-dali labels add-gt-prob {store.url} --data DIR`, or write to a "
+                                 "new --out")
+    if store.spec.gt is not None and spec.gt is None:
+        diffs.append("gt_prob: the store has it, the run does not ask for it (pass --gt-prob)")
+    elif store.spec.gt is not None and spec.gt is not None and store.spec.gt != spec.gt:
+        diffs.append(f"gt_prob: the store maps the folder classes by {store.spec.gt.mapping}, "
+                     f"the run by {spec.gt.mapping}")
     if diffs:
         raise StoreMismatchError(
             f"store {store.url} was written with other settings: " + "; ".join(diffs)

@@ -38,10 +38,11 @@ _PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
 def store_info(url: str) -> dict[str, Any]:
     """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
 
-    Keys: url, schema_version, dataset, crops_per_image, label, teacher, crop, layout,
-    completeness (done/total chunks, missing image ranges), storage (bytes stored,
-    bytes per image), created, writer_version, and `imported` where the store came
-    from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
+    Keys: url, schema_version, dataset, crops_per_image, label (with `width` D for kind
+    "logits"), teacher, crop, layout, gt_prob (the ground-truth mapping, None without
+    labels/gt_prob), completeness (done/total chunks, missing image ranges), storage
+    (bytes stored, bytes per image), created, writer_version, and `imported` where the
+    store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
     store = open_store(url)
     meta, spec = store.meta, store.spec
@@ -55,13 +56,16 @@ def store_info(url: str) -> dict[str, Any]:
                     "n_classes": len(store.class_names), "skipped": len(store.skipped)},
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
-                  "temperature": spec.label.temperature},
+                  "temperature": spec.label.temperature,
+                  **({"width": spec.label.num_classes} if spec.label.kind == "logits" else {})},
         "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
         "crop": {"scale": list(spec.crop.scale), "ratio": list(spec.crop.ratio),
                  "flip_prob": spec.crop.flip_prob, "seed": spec.crop.seed},
         "layout": dict(meta["layout"]),
+        "gt_prob": ({"mapping": spec.gt.mapping, "teacher_class_of_folder": list(spec.gt.teacher_class)}
+                    if spec.gt is not None else None),
         "completeness": {"chunks_done": store.n_chunks - len(missing), "chunks_total": store.n_chunks,
                          "complete": not missing,
                          "missing_images": [list(_inclusive(store.chunk_range(c))) for c in missing]},
@@ -79,6 +83,20 @@ def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
     return rng[0], rng[1] - 1
 
 
+def _describe_labels(lab: dict[str, Any]) -> str:
+    if lab["kind"] == "logits":
+        return (f"logits: width D={lab['num_classes']}, all D raw teacher outputs per crop (float16, no temperature "
+                f"applied: chosen at training); top-{lab['k']} preview (softmax at 1)")
+    return f"{lab['kind']} K={lab['k']} of {lab['num_classes']} classes, temperature {lab['temperature']}"
+
+
+def _describe_gt(gt: dict[str, Any] | None) -> str:
+    if gt is None:
+        return "no (`fkd-dali labels add-gt-prob STORE --data DIR` adds it)"
+    how = {"imagenet_wnid": "by ImageNet WordNet id", "folder_order": "in sorted-folder order"}[gt["mapping"]]
+    return f"yes: labels/gt_prob, folder classes mapped to teacher classes {how}"
+
+
 def format_store_info(info: dict[str, Any]) -> str:
     """The human-readable form of `store_info` that `fkd-dali labels info` prints."""
     d, lab, t, c, comp, st = (info[k] for k in ("dataset", "label", "teacher", "crop", "completeness", "storage"))
@@ -93,12 +111,12 @@ def format_store_info(info: dict[str, Any]) -> str:
         + (f", {d['skipped']} skipped" if d["skipped"] else ""),
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
-        f"labels          {lab['kind']} K={lab['k']} of {lab['num_classes']} classes, temperature "
-        f"{lab['temperature']}",
+        f"labels          {_describe_labels(lab)}",
         f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
         f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
         f"normalization   mean {t['mean']}, std {t['std']}",
         f"layout          {info['layout']}",
+        f"gt_prob         {_describe_gt(info['gt_prob'])}",
         f"completeness    {comp['chunks_done']}/{comp['chunks_total']} chunks done"
         + (f"; missing images {missing}" if missing else ""),
         f"storage         {st['bytes_stored']:,} bytes, {st['bytes_per_image']:,.1f} bytes/image",
@@ -241,6 +259,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         return report
     damaged = set()
     skip = set(missing)
+    gt_classes = store.gt_classes() if store.has_gt_prob else None
     for name, chunk in store.missing_chunk_files(done=[c for c in range(store.n_chunks) if c not in skip]):
         found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
                                         "lost: it reads back as fill values)", [(name, -1)], 1)
@@ -248,7 +267,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
-            labels = store.read_images(start, stop)
+            labels = store.read_images(start, stop, with_full=True, with_gt_prob=True)
         except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
             found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
                                     "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
@@ -257,6 +276,10 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         before = found.total()
         _check_values(labels, index.paths[start:stop], index.sizes[start:stop],
                       store.spec.label.num_classes, found)
+        if labels.dense is not None:
+            _check_dense(labels.dense, store.spec.label.kind, index.paths[start:stop], found)
+        if gt_classes is not None:
+            _check_gt_prob(labels, gt_classes[start:stop], index.paths[start:stop], found)
         if found.total() > before:
             damaged.add(chunk)
         report.chunks_checked += 1
@@ -366,6 +389,39 @@ def _check_values(labels: CropLabels, paths: list[str], sizes: np.ndarray, num_c
                   int(bad.sum()))
 
 
+def _add_crops(found: _Problems, kind: str, description: str, bad: np.ndarray, paths: list[str]) -> None:
+    rows, slots = np.nonzero(bad)
+    found.add(kind, description, [(paths[r], int(s)) for r, s in zip(rows[:MAX_EXAMPLES], slots)], int(bad.sum()))
+
+
+def _check_dense(dense: np.ndarray, kind: str, paths: list[str], found: _Problems) -> None:
+    """The dense values (labels/full probabilities, labels/logits raw outputs) must be finite."""
+    bad = ~np.isfinite(dense.astype(np.float32)).all(-1)
+    _add_crops(found, f"{kind}_nonfinite", f"labels/{kind} holds NaN or infinite values (unwritten or corrupt)",
+               bad, paths)
+
+
+def _check_gt_prob(labels: CropLabels, gt: np.ndarray, paths: list[str], found: _Problems) -> None:
+    """gt_prob finite, in [0, 1], and consistent with the top-K: the stored probability itself where the
+    ground-truth class is among the top-K (both are the same softmax value, rounded alike), at most the
+    K-th probability elsewhere."""
+    gt_prob = labels.gt_prob.astype(np.float32)  # type: ignore[union-attr]
+    prob = labels.prob.astype(np.float32)
+    hit = labels.index.astype(np.int64) == gt[:, None, None]
+    at_gt = np.where(hit, prob, 0.0).sum(-1)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            ("gt_prob_nonfinite", "ground-truth probability is NaN or infinite (unwritten or corrupt)",
+             ~np.isfinite(gt_prob)),
+            ("gt_prob_range", "ground-truth probability outside [0, 1]", (gt_prob < 0) | (gt_prob > 1)),
+            ("gt_prob_topk", "ground-truth probability disagrees with the stored top-K (differs from the top-K "
+                             "probability of that class, or exceeds the K-th where the class is not among them)",
+             np.isfinite(gt_prob) & np.where(hit.any(-1), gt_prob != at_gt, gt_prob > prob[..., -1])),
+        ]
+    for kind, description, bad in checks:
+        _add_crops(found, kind, description, bad, paths)
+
+
 # -- show ---------------------------------------------------------------------
 def resolve_image(store: LabelStore, image: int | str) -> int:
     """An image index from an index or a dataset-relative path (a string of digits is an index)."""
@@ -397,7 +453,8 @@ def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int],
 
 def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
                  max_crops: int = SHOW_MAX_CROPS) -> Path:
-    """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes.
+    """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes
+    (a "logits" store: its 3 largest raw outputs, "dim i value").
 
     The first panel is the image as stored on disk (no EXIF rotation, as everywhere in
     fkd-dali) with the boxes outlined and numbered by slot; then each crop cut from
@@ -437,10 +494,11 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    labels = store.read_images(i, i + 1, check=True)
+    logits = store.spec.label.kind == "logits"
+    labels = store.read_images(i, i + 1, check=True, with_full=logits)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
-    name = class_namer(store.spec.label.num_classes, store.class_names)
+    name = (lambda c: f"dim {int(c)}") if logits else class_namer(store.spec.label.num_classes, store.class_names)
 
     ncols = min(5, n + 1)
     nrows = -(-(n + 1) // ncols)
@@ -462,13 +520,22 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         ax = axes.flat[s + 1]
         ax.imshow(crop.resize((_PREVIEW_SIDE, _PREVIEW_SIDE), Image.Resampling.BICUBIC))
-        top = [f"{_short(name(c))} {p:.2f}" for c, p in zip(labels.index[0, s, :3], labels.prob[0, s, :3])]
+        top = [f"{_short(name(c))} {v:.2f}" for c, v in top_values(labels, 0, s)]
         ax.set_title(f"slot {s}{' (flipped)' if labels.flips[0, s] else ''}\n" + "\n".join(top), fontsize=6.5)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def top_values(labels: CropLabels, row: int, slot: int, n: int = 3) -> list[tuple[int, float]]:
+    """(class, value) of a crop's n largest stored values: probabilities, or raw outputs of a "logits" store."""
+    if labels.logits is not None:
+        values = labels.logits[row, slot].astype(np.float32)
+        top = np.argsort(-values, kind="stable")[:n]
+        return [(int(c), float(values[c])) for c in top]
+    return [(int(c), float(p)) for c, p in zip(labels.index[row, slot, :n], labels.prob[row, slot, :n])]
 
 
 def _short(text: str, limit: int = 24) -> str:

@@ -24,7 +24,9 @@ from fkd_dali.errors import CheckpointError
 from fkd_dali.store.label_store import LabelStore
 
 CHECKPOINT_FORMAT = "fkd-dali-train/1"
-_NOT_CONTENT = ("created", "writer_version")  # attributes that differ between bit-identical stores
+# attributes that differ between bit-identical stores, and the gt_prob section, which `labels add-gt-prob`
+# adds without changing a crop or label (a run keeps resuming on the store it started on)
+_NOT_CONTENT = ("created", "writer_version", "gt_prob")
 _LABELS_OF_MODE = {"distill": "STORE", "vanilla": "none", "online": "online"}
 
 
@@ -33,7 +35,8 @@ def store_id(store: LabelStore) -> str:
 
     The creation time and writer version are left out, so a store regenerated with the
     same options (bit-identical: boxes and labels are pure functions of them) has the
-    same identity and a run can resume on it.
+    same identity and a run can resume on it; so is the gt_prob section, so adding
+    ground-truth probabilities to a store does not change its identity.
     """
     meta = {k: v for k, v in store.meta.items() if k not in _NOT_CONTENT}
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()

@@ -25,11 +25,17 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
         StoreMismatchError, LabelStoreError, CropPlanError, ConfigError: the store was
             made for another folder, is incomplete or damaged (`StoreDamageError`: chunk
             files missing), holds fewer than m crops per image, or lacks what `--recovery`
-            needs.
+            or `--calibrate` (`labels/gt_prob`) needs.
     """
     if cfg.vanilla or cfg.online:
         return build_index(cfg.data), None
-    return open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k, cfg.smoothing)
+    index, store = open_replay_data(cfg.data, cfg.labels, cfg.num_crops, cfg.recovery, cfg.recovery_k,
+                                    cfg.smoothing, with_gt_prob=cfg.calibrate is not None,
+                                    temperature=cfg.temperature)
+    if store.spec.label.kind == "logits" and cfg.val:
+        raise ConfigError(f"--val: store {store.url} holds a self-supervised teacher's {store.spec.label.num_classes} "
+                          "raw outputs, so the student's outputs are features, not classes: drop --val")
+    return index, store
 
 
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
@@ -68,7 +74,4 @@ def replay_label_options(cfg: TrainConfig) -> dict[str, bool]:
     """What the replay loader gathers per crop besides its top-K labels: the dense labels of a
     "full" store (`--recovery full`) and, for `--calibrate`, the teacher's ground-truth probability
     and class (`labels/gt_prob`, `ReplayBatch.gt_prob`/`.gt_class`)."""
-    # TODO(issue 12): add "with_gt_prob": cfg.calibrate is not None once the store branch's
-    # ReplayLoader(with_gt_prob=...) is merged; until then calibration stops at its first batch
-    # with a message saying the store's gt_prob is missing (FerKDCalibration).
-    return {"with_full": cfg.recovery == "full"}
+    return {"with_full": cfg.recovery == "full", "with_gt_prob": cfg.calibrate is not None}

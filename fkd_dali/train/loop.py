@@ -60,7 +60,7 @@ from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
-from fkd_dali.train.targets import TargetFn, folder_targets, stored_targets
+from fkd_dali.train.targets import TargetFn, folder_targets, logit_targets, stored_targets
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 
@@ -142,6 +142,8 @@ def _make_targets(cfg: TrainConfig, store: LabelStore | None, num_classes: int, 
                              temperature), temperature
     if store is None:
         return folder_targets(num_classes), 1.0
+    if store.spec.label.kind == "logits":  # T softens the stored outputs here and the student's in the loss
+        return logit_targets(cfg.temperature), cfg.temperature  # type: ignore[arg-type]  # checked when opened
     return (stored_targets(num_classes, cfg.recovery, cfg.recovery_k, cfg.smoothing),
             cfg.temperature or store.spec.label.temperature)
 

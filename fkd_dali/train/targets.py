@@ -2,8 +2,9 @@
 
 Every training mode gives (B, C) float32 rows that sum to 1, so CutMix/Mixup and the
 soft cross-entropy treat them alike: the store's top-K labels recovered as `--recovery`
-says (FKD), one-hot folder classes (vanilla), or the teacher's output on the batch's
-crops recovered the same way (online KD, `fkd_dali.train.online`).
+says (FKD), the softmax at `--temperature` of a "logits" store's raw outputs (self-
+supervised teachers), one-hot folder classes (vanilla), or the teacher's output on the
+batch's crops recovered the same way (online KD, `fkd_dali.train.online`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.labels.recovery import recover_labels, softmax_targets
 from fkd_dali.loaders.replay import ReplayBatch
 
 #: batch -> (B, C) float32 targets on the batch's device
@@ -24,6 +25,14 @@ def stored_targets(num_classes: int, kind: str, k: int | None, smoothing: float)
     def targets(batch: ReplayBatch) -> torch.Tensor:
         return recover_labels(batch.index, batch.prob, num_classes, kind, k, smoothing,  # type: ignore[arg-type]
                               batch.full)
+
+    return targets
+
+
+def logit_targets(temperature: float) -> TargetFn:
+    """softmax(stored logits / T) of a "logits" store (self-supervised teacher), gathered as `batch.full`."""
+    def targets(batch: ReplayBatch) -> torch.Tensor:
+        return softmax_targets(batch.full, temperature)  # type: ignore[arg-type]
 
     return targets
 

@@ -1,10 +1,10 @@
-"""FerKD in the training loop on CPU: `fkd-dali train --selfmix` trains and resumes exactly, and the
-loop's calibration counts crops per band over a pass (its batches given ground-truth probabilities
-by hand until the store branch delivers `labels/gt_prob`)."""
+"""FerKD in the training loop on CPU: `fkd-dali train --selfmix` and `--calibrate ferkd` train and
+resume exactly, and the loop's calibration counts the crops of each band over a pass, as the
+store's `labels/gt_prob` (added by `labels add-gt-prob`) says."""
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -74,35 +74,73 @@ def test_selfmix_trains_and_resumes_exactly(photo_root, small_store, tmp_path, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _gt_prob(ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """A made-up teacher ground-truth probability per crop: 0.05, 0.15, ..., 0.95 by (image, slot)."""
-    return ((7 * ids + 3 * slots) % 10).to(torch.float32) / 10 + 0.05
+@pytest.fixture(scope="module")
+def gt_store(photo_root, small_store, tmp_path_factory):
+    """The session's small store (real teacher, M=8) with labels/gt_prob added by `labels add-gt-prob`."""
+    out = tmp_path_factory.mktemp("ferkd") / "gt.zarr"
+    shutil.copytree(small_store, out)
+    assert main(["labels", "add-gt-prob", str(out), "--data", str(photo_root), "-b", "64", "--crops-per-round", "8",
+                 "-j", "2", "--no-progress"]) == 0
+    return out
 
 
-def test_calibration_counts_the_bands_of_a_pass(photo_root, small_store, tmp_path, monkeypatch, capsys):
-    """Stand-in for the store's labels/gt_prob: the replayed batches get gt_prob and gt_class by hand."""
+def _record_meta(monkeypatch) -> list:
+    """The (image id, slot) rows of every replayed batch, in training order."""
     from fkd_dali.loaders.replay import ReplayLoader
 
     real_batches = ReplayLoader.pass_batches
     metas: list = []
 
-    def with_gt(self, pass_idx, start_step=0):
+    def recording(self, pass_idx, start_step=0):
         for batch in real_batches(self, pass_idx, start_step):
+            assert batch.gt_prob is not None and batch.gt_class is not None  # --calibrate asks the loader for them
             metas.append(batch.meta.clone())
-            yield dataclasses.replace(batch, gt_prob=_gt_prob(batch.meta[:, 0], batch.meta[:, 1]),
-                                      gt_class=batch.index[:, 0].clone())
+            yield batch
 
-    monkeypatch.setattr(ReplayLoader, "pass_batches", with_gt)
-    base = dict(data=str(photo_root), labels=str(small_store), arch="resnet10t", output=str(tmp_path), epochs=4,
+    monkeypatch.setattr(ReplayLoader, "pass_batches", recording)
+    return metas
+
+
+def test_calibration_counts_the_bands_of_a_pass_from_the_store(photo_root, gt_store, tmp_path, monkeypatch, capsys):
+    from fkd_dali.store.label_store import open_store
+
+    metas = _record_meta(monkeypatch)
+    base = dict(data=str(photo_root), labels=str(gt_store), arch="resnet10t", output=str(tmp_path), epochs=4,
                 num_crops=M, batch_size=8, lr=2e-3, opt="adamw", warmup_epochs=0.0, image_size=64, threads=2,
                 log_interval=5, progress=False, seed=3, calibrate="ferkd", ferkd_negatives="drop", selfmix=1.0)
     result = fit(TrainConfig(**base))
     assert result.passes == 1 and np.isfinite(result.final_loss)
-    p = torch.cat([_gt_prob(m[:, 0], m[:, 1]) for m in metas])
+    store = open_store(str(gt_store))
+    gt_prob = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob.astype(np.float32)
+    rows = torch.cat(metas).numpy()
+    p = gt_prob[rows[:, 0], rows[:, 1]]
     expected = [int((p >= 0.5).sum()), int(((p >= 0.1) & (p < 0.5)).sum()), int((p < 0.1).sum())]
-    assert sum(expected) == 10 * 8 and min(expected) > 0
+    assert sum(expected) == 10 * 8
     record = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["kind"] == "pass" and record["bands"] == dict(zip(("easy", "hard", "negative"), expected))
     err = capsys.readouterr().err
     assert f"pass 0: FerKD bands of the crops trained now (all ranks): easy {expected[0]} (" in err
     assert "hard negatives: drop" in err
+
+
+def test_calibrate_and_selfmix_train_and_resume_exactly(photo_root, gt_store, tmp_path, capsys):
+    """The issue's check: `train --calibrate ferkd --selfmix 1.0` on a store with gt_prob resumes to the same weights."""
+    extra = ("--calibrate", "ferkd", "--selfmix", "1.0")
+    assert main(train_args(photo_root, gt_store, tmp_path / "a", *extra, "--max-steps", "13")) == 0
+    stopped = tmp_path / "a" / "last.pth"
+    assert load_checkpoint(str(stopped))["global_step"] == 13
+    assert main(train_args(photo_root, gt_store, tmp_path / "a", *extra, "--max-steps", "16",
+                           "--resume", str(stopped))) == 0
+    assert main(train_args(photo_root, gt_store, tmp_path / "b", *extra, "--max-steps", "16")) == 0
+    assert "FerKD bands" in capsys.readouterr().err
+    a = load_checkpoint(str(tmp_path / "a" / "last.pth"))
+    b = load_checkpoint(str(tmp_path / "b" / "last.pth"))
+    assert a["global_step"] == b["global_step"] == 16
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_calibrate_refuses_a_store_without_gt_prob_in_one_line(photo_root, small_store, tmp_path, capsys):
+    code = main(train_args(photo_root, small_store, tmp_path, "--calibrate", "ferkd"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "add-gt-prob" in err
+    assert not (tmp_path / "last.pth").exists()

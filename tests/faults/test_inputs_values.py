@@ -92,9 +92,9 @@ def test_label_generation_refuses_non_finite_teacher_output(photo_root, tmp_path
     from fkd_dali.config import LabelGenConfig
     from fkd_dali.labels import generate
 
-    def nan_probs(self, crops):
-        idx, prob, full = real_call(self, crops)
-        return idx, prob * float("nan"), full
+    def nan_probs(self, crops, gt=None):
+        out = real_call(self, crops, gt)
+        return {**out, "prob": out["prob"] * float("nan")}
 
     real_call = generate._TeacherRunner.__call__
     monkeypatch.setattr(generate._TeacherRunner, "__call__", nan_probs)

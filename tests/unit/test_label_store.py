@@ -94,7 +94,7 @@ def test_create_open_round_trip_attrs(store_url):
     assert store.spec == spec
     assert spec_from_attrs(store.meta) == spec
     meta = store.meta
-    assert meta["schema_version"] == SCHEMA_VERSION == 1
+    assert meta["schema_version"] == spec.schema_version == 1 and SCHEMA_VERSION == 2  # v2: logits stores only
     assert meta["dataset"] == {"n_images": N, "fingerprint": index.fingerprint, "class_names": ["c0", "c1", "c2"],
                                "skipped": []}
     assert meta["layout"]["box_encoding"] == "uint16-normalized"

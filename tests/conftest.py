@@ -91,3 +91,13 @@ def tiny_train_config(photo_root, store, out, **kw):
                 batch_size=8, lr=2e-3, opt="adamw", weight_decay=0.01, warmup_epochs=0.0, image_size=64,
                 threads=2, log_interval=1, progress=False, seed=3)
     return TrainConfig(**{**base, **kw})
+
+
+def random_teacher(path: Path, num_classes: int = 1000) -> Path:
+    """Save the weights of a seeded random resnet10t with `num_classes` outputs (a teacher with a local file)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", num_classes=num_classes).state_dict(), path)
+    return path

@@ -6,10 +6,14 @@ once) and only then imports the library code it calls.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json, print_json_line, shard
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, SHOW_MAX_CROPS
+
+if TYPE_CHECKING:
+    from fkd_dali.labels.repair import RepairOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +115,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _add_repair(lsub: argparse._SubParsersAction) -> None:
-    d = defaults_of(LabelGenConfig)
     p = lsub.add_parser(
         "repair", help="recompute the chunks `verify` finds damaged or missing (bit-identical to an undamaged store)",
         description="Find the chunks `labels verify` reports as damaged (unreadable, deleted chunk files, fill "
@@ -122,43 +125,15 @@ def _add_repair(lsub: argparse._SubParsersAction) -> None:
                     "--reference if the labels were generated with one, and the same --batch-size and "
                     "--crops-per-round for bit-identical probabilities. Stores imported from FKD files or merged "
                     "from other stores cannot be recomputed and are refused; so is damaged metadata.")
-    p.add_argument("store", help="store path or fsspec URL")
-    p.add_argument("--data", required=True, help="the dataset folder the store was generated for")
-    p.add_argument("--checkpoint", default=None, help="the teacher weights the store was generated with "
-                                                      "(required for plain timm names)")
+    _add_rerun_args(p)
     p.add_argument("--reference", default=None, help="the --reference store of the original generation, if any")
-    p.add_argument("--batch-size", "-b", type=_positive_int, default=None,
-                   help=f"as given to generate (default {d('batch_size')})")
-    p.add_argument("--crops-per-round", type=_positive_int, default=None,
-                   help=f"as given to generate (default {d('crops_per_round')})")
-    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
-    p.add_argument("--threads", "-j", type=_positive_int, default=None, help="DALI CPU threads")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_repair)
 
 
-def _repair(args: argparse.Namespace) -> int:
-    from fkd_dali.labels.repair import RepairOptions, repair_store
-
-    opts = RepairOptions(data=args.data, checkpoint=args.checkpoint, reference=args.reference,
-                         batch_size=args.batch_size, crops_per_round=args.crops_per_round, device=args.device,
-                         threads=args.threads, progress=not args.no_progress)
-    summary = repair_store(args.store, opts)
-    print_json_line({"store": args.store, **summary.as_dict()})
-    return 0
-
-
-def _add_add_gt_prob(lsub: argparse._SubParsersAction) -> None:
+def _add_rerun_args(p: argparse.ArgumentParser) -> None:
+    """The options of commands that rerun a store's teacher over its stored crops (repair, add-gt-prob):
+    what the store does not record about its generation."""
     d = defaults_of(LabelGenConfig)
-    p = lsub.add_parser(
-        "add-gt-prob", help="add the ground-truth probabilities (labels/gt_prob) to a store made without --gt-prob",
-        description="Run the store's teacher again over its stored crops and write only labels/gt_prob, each "
-                    "crop's teacher probability of its image's ground-truth class (what `train --calibrate` "
-                    "needs); every other array keeps its bytes. The folder classes must map to the teacher's "
-                    "classes as for `labels generate --gt-prob`. Give what the store does not record, as for "
-                    "`labels repair`: --data, --checkpoint for a plain timm teacher, and the --batch-size and "
-                    "--crops-per-round of the original generation for values bit-identical to --gt-prob. "
-                    "Resumable (rerun after a crash); one process at a time.")
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--data", required=True, help="the dataset folder the store was generated for")
     p.add_argument("--checkpoint", "--teacher-checkpoint", dest="checkpoint", default=None,
@@ -170,17 +145,42 @@ def _add_add_gt_prob(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     p.add_argument("--threads", "-j", type=_positive_int, default=None, help="DALI CPU threads")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _rerun_options(args: argparse.Namespace, **extra: object) -> RepairOptions:
+    from fkd_dali.labels.repair import RepairOptions
+
+    return RepairOptions(data=args.data, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                         crops_per_round=args.crops_per_round, device=args.device, threads=args.threads,
+                         progress=not args.no_progress, **extra)
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from fkd_dali.labels.repair import repair_store
+
+    summary = repair_store(args.store, _rerun_options(args, reference=args.reference))
+    print_json_line({"store": args.store, **summary.as_dict()})
+    return 0
+
+
+def _add_add_gt_prob(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser(
+        "add-gt-prob", help="add the ground-truth probabilities (labels/gt_prob) to a store made without --gt-prob",
+        description="Run the store's teacher again over its stored crops and write only labels/gt_prob, each "
+                    "crop's teacher probability of its image's ground-truth class (what `train --calibrate` "
+                    "needs); every other array keeps its bytes. The folder classes must map to the teacher's "
+                    "classes as for `labels generate --gt-prob`. Give what the store does not record, as for "
+                    "`labels repair`: --data, --checkpoint for a plain timm teacher, and the --batch-size and "
+                    "--crops-per-round of the original generation for values bit-identical to --gt-prob. "
+                    "Resumable (rerun after a crash); one process at a time.")
+    _add_rerun_args(p)
     p.set_defaults(handler=_add_gt_prob)
 
 
 def _add_gt_prob(args: argparse.Namespace) -> int:
     from fkd_dali.labels.add_gt_prob import add_gt_prob
-    from fkd_dali.labels.repair import RepairOptions
 
-    opts = RepairOptions(data=args.data, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                         crops_per_round=args.crops_per_round, device=args.device, threads=args.threads,
-                         progress=not args.no_progress)
-    summary = add_gt_prob(args.store, opts)
+    summary = add_gt_prob(args.store, _rerun_options(args))
     print_json_line({"store": args.store, **summary.as_dict()})
     return 0
 

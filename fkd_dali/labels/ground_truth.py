@@ -12,10 +12,31 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from fkd_dali.errors import ConfigError
 from fkd_dali.store.label_store import GroundTruthSpec
 
 IMAGENET_CLASSES = 1000
+
+
+def folder_class_map(class_names: Sequence[str], num_classes: int) -> tuple[str, np.ndarray] | None:
+    """(rule, model class of each folder class) for a model with `num_classes` ImageNet-or-own-dataset
+    outputs, or None when neither rule applies.
+
+    The rules: "imagenet_wnid" (WordNet-id folders, 1000 outputs, timm's ImageNet
+    metadata) and "folder_order" (as many outputs as folders, class i = i-th sorted folder).
+    Label generation (`--gt-prob`) and evaluation of distilled students share them.
+    """
+    from fkd_dali.data.sample_data import imagenet_index_of
+
+    if num_classes == IMAGENET_CLASSES:
+        wnid = imagenet_index_of(list(class_names))
+        if wnid is not None:
+            return "imagenet_wnid", wnid
+    if num_classes == len(class_names):
+        return "folder_order", np.arange(num_classes, dtype=np.int64)
+    return None
 
 
 def ground_truth_spec(class_names: Sequence[str], num_classes: int, what: str = "--gt-prob") -> GroundTruthSpec:
@@ -30,14 +51,9 @@ def ground_truth_spec(class_names: Sequence[str], num_classes: int, what: str = 
         ConfigError: neither WordNet-id folders with a 1000-class teacher nor as many
             teacher classes as folders (one line naming `what` and the two ways that work).
     """
-    from fkd_dali.data.sample_data import imagenet_index_of
-
-    if num_classes == IMAGENET_CLASSES:
-        wnid = imagenet_index_of(list(class_names))
-        if wnid is not None:
-            return GroundTruthSpec("imagenet_wnid", tuple(int(c) for c in wnid))
-    if num_classes == len(class_names):
-        return GroundTruthSpec("folder_order", tuple(range(num_classes)))
+    found = folder_class_map(class_names, num_classes)
+    if found is not None:
+        return GroundTruthSpec(found[0], tuple(int(c) for c in found[1]))
     raise ConfigError(
         f"{what}: cannot map the {len(class_names)} class folders to the teacher's {num_classes} classes: it needs "
         "ImageNet WordNet-id folders (n01440764, ...) with a 1000-class ImageNet teacher, or a teacher trained on "

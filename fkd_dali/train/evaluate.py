@@ -55,7 +55,7 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
     Raises:
         ConfigError: no consistent mapping exists.
     """
-    from fkd_dali.data.sample_data import imagenet_index_of
+    from fkd_dali.labels.ground_truth import folder_class_map
 
     if model_classes is not None:
         pos = {name: i for i, name in enumerate(model_classes)}
@@ -64,11 +64,9 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
             raise ConfigError(f"validation classes {unknown[:5]} are not among the {len(model_classes)} classes "
                               "the model was trained on; use a folder with the training class names")
         return np.array([pos[c] for c in folder_classes], dtype=np.int64)
-    imagenet = imagenet_index_of(list(folder_classes)) if num_classes == 1000 else None
-    if imagenet is not None:
-        return imagenet
-    if num_classes == len(folder_classes):
-        return np.arange(num_classes, dtype=np.int64)
+    found = folder_class_map(folder_classes, num_classes)
+    if found is not None:
+        return found[1]
     raise ConfigError(
         f"cannot map the {len(folder_classes)} validation class folders to the model's {num_classes} classes: "
         "name the folders by ImageNet WordNet ids (e.g. n01440764) for a 1000-class teacher, or use a folder with "

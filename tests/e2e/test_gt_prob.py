@@ -23,6 +23,8 @@ from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 from fkd_dali.labels.generate import generate_labels
 from fkd_dali.store.label_store import open_store, quantize_prob
 
+from ..conftest import random_teacher
+
 GEN = dict(crops_per_image=4, top_k=5, full=True, input_size=64, batch_size=32, crops_per_round=4,
            images_per_chunk=8, slots_per_chunk=2, threads=2, progress=False)
 CLI_GEN = ["-M", "4", "-K", "5", "--full", "--input-size", "64", "--batch-size", "32", "--crops-per-round", "4",
@@ -90,10 +92,7 @@ def test_gt_prob_array_is_chunked_like_the_labels_and_described_in_the_attribute
 @pytest.fixture(scope="module")
 def seven_class_ckpt(tmp_path_factory) -> Path:
     """A random resnet10t with one output per class folder of the photo dataset."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "resnet10t_7.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=7).state_dict(), path)
-    return path
+    return random_teacher(tmp_path_factory.mktemp("ckpt") / "resnet10t_7.pth", num_classes=7)
 
 
 def test_a_teacher_of_the_folder_classes_maps_them_in_folder_order(photo_root, photo_index, seven_class_ckpt,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 import zarr
 from PIL import Image
@@ -35,6 +34,8 @@ from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
 from fkd_dali.pipelines.crops import make_crop_pipeline
 from fkd_dali.store.label_store import ATTR_KEY, open_store
+
+from ..conftest import random_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -361,10 +362,7 @@ def test_two_concurrent_shards_equal_single_process(photo_root, tmp_path, uninte
 
 @pytest.fixture(scope="module")
 def resnet10t_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "resnet10t_random.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), path)
-    return path
+    return random_teacher(tmp_path_factory.mktemp("ckpt") / "resnet10t_random.pth")
 
 
 def test_reference_relabels_same_crops_with_new_teacher(photo_root, small_store, resnet10t_ckpt, tmp_path):

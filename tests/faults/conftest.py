@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import zarr
 
+from ..conftest import random_teacher
+
 REPO = Path(__file__).resolve().parents[2]
 CROP_ARRAYS = ("crops/box", "crops/flip", "labels/index", "labels/prob")
 STORE_ARRAYS = CROP_ARRAYS + ("progress/done", "images/path", "images/size", "images/nbytes", "images/class")
@@ -132,13 +134,7 @@ def store_copy(tmp_path):
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory) -> Path:
     """Random resnet10t weights (1000 classes), saved once."""
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "resnet10t_random.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), path)
-    return path
+    return random_teacher(tmp_path_factory.mktemp("teacher") / "resnet10t_random.pth")
 
 
 @pytest.fixture(scope="session")

@@ -349,6 +349,7 @@ class EvalConfig:
     threads: int = field(default_factory=default_threads)
     device: str = "auto"
     amp: str = "auto"
+    use_ema: bool = False  # evaluate the checkpoint's weight EMA (trained with --model-ema), timm's flag
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "batch_size", "threads")

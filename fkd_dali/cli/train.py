@@ -194,13 +194,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", "-j", type=int, default=d("threads"))
     p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     p.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
+    p.add_argument("--use-ema", action="store_true",
+                   help="evaluate the weight EMA the checkpoint holds (a run with --model-ema), not the model")
     p.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
-                     threads=args.threads, device=args.device, amp=args.amp)
+                     threads=args.threads, device=args.device, amp=args.amp, use_ema=args.use_ema)
     from fkd_dali.train.evaluate import evaluate_checkpoint
 
-    print_json_line({"checkpoint": args.checkpoint, **evaluate_checkpoint(cfg).as_dict()})
+    print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",
+                     **evaluate_checkpoint(cfg).as_dict()})
     return 0

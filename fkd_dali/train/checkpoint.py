@@ -172,12 +172,23 @@ def load_initial_weights(model: torch.nn.Module, path: str, what: str) -> None:
     load_weights(model, state, path, what)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
-    """The timm model of a checkpoint with its weights loaded (CPU)."""
+def model_from_checkpoint(ckpt: dict[str, Any], path: str, ema: bool = False) -> torch.nn.Module:
+    """The timm model of a checkpoint with its weights loaded (CPU): the trained weights, or with
+    `ema` the weight EMA a `--model-ema` run keeps beside them.
+
+    Raises:
+        CheckpointError: `ema` asked of a checkpoint without an EMA (names the flag to train with).
+    """
     import timm
 
+    weights = ckpt["model"]
+    if ema:
+        weights = ckpt.get("model_ema")
+        if weights is None:
+            raise CheckpointError(f"--use-ema: checkpoint {path} holds no weight EMA (it was trained without "
+                                  "--model-ema); evaluate it without --use-ema")
     model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=int(ckpt["num_classes"]))
-    load_weights(model, ckpt["model"], path, f"model {ckpt['arch']}")
+    load_weights(model, weights, path, f"{'the weight EMA of ' if ema else ''}model {ckpt['arch']}")
     return model
 
 

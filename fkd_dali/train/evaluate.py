@@ -196,7 +196,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     if cfg.labels:
         check_store_matches(ckpt, open_store(cfg.labels), cfg.checkpoint)
     with distributed(cfg.device) as (env, device):
-        model = model_from_checkpoint(ckpt, cfg.checkpoint).to(device)
+        model = model_from_checkpoint(ckpt, cfg.checkpoint, ema=cfg.use_ema).to(device)
         loader, cmap = validation_data(cfg.data, ckpt["data_config"], int(ckpt["num_classes"]),
                                        ckpt.get("model_classes"), cfg.batch_size, cfg.threads, device, env.rank,
                                        env.world)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fkd_dali.cli import main as cli_main
 from fkd_dali.errors import CheckpointError
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
@@ -136,13 +137,27 @@ def test_ema_follows_timms_update_rule(photo_root, small_store, tmp_path):
             assert torch.equal(ema, c2["model"][key]), key  # integer buffers are copied
 
 
-def test_ema_is_validated_each_pass(photo_root, small_store, tmp_path):
+def test_ema_is_validated_each_pass(photo_root, small_store, tmp_path, capsys):
     result = fit(cfg(photo_root, small_store, tmp_path, epochs=4, batch_size=16, model_ema=True,
                      val=str(photo_root)))
     assert result.val_ema is not None and result.val_ema["images"] == 21
     passes = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["kind"] == "pass"]
     assert {"val_top1", "val_top1_ema", "val_top5_ema"} <= set(passes[-1])
+    # `fkd-dali eval` on the final checkpoint: the model by default, its EMA with --use-ema (timm's flag)
+    for flags, key in (([], "val_top1"), (["--use-ema"], "val_top1_ema")):
+        assert cli_main(["eval", "--data", str(photo_root), "--checkpoint", result.checkpoint, "-b", "16", "-j", "2",
+                         *flags]) == 0
+        line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert line["weights"] == ("ema" if flags else "model") and line["images"] == 21
+        assert line["top1"] == pytest.approx(passes[-1][key], abs=1e-3)
+
+
+def test_eval_use_ema_without_an_ema_is_one_line(photo_root, small_store, tmp_path, capsys):
+    result = fit(cfg(photo_root, small_store, tmp_path, max_steps=1))
+    code = cli_main(["eval", "--data", str(photo_root), "--checkpoint", result.checkpoint, "--use-ema"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--use-ema" in err and "--model-ema" in err
 
 
 def test_initial_checkpoint_from_timm_and_from_fkd_dali(photo_root, small_store, tmp_path):

@@ -28,9 +28,12 @@ def bench_package() -> ModuleType:
     loaded = sys.modules.get(_PACKAGE)
     if loaded is not None:
         return loaded
-    source = Path(__file__).resolve().parents[2] / "bench" / "__init__.py"
+    checkout = Path(__file__).resolve().parents[2]
+    source = checkout / "bench" / "__init__.py"
+    if not ((checkout / "setup.cfg").is_file() and source.is_file()):  # installed: never someone else's `bench`
+        return importlib.import_module(_PACKAGE)
     spec = importlib.util.spec_from_file_location(_PACKAGE, source, submodule_search_locations=[str(source.parent)])
-    if not source.is_file() or spec is None or spec.loader is None:
+    if spec is None or spec.loader is None:
         return importlib.import_module(_PACKAGE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[_PACKAGE] = module

@@ -5,7 +5,9 @@ The teacher runs again over the store's own crops (its stored boxes and flips, a
 and only the ground-truth probabilities are written: every other array keeps its bytes.
 With the batch options of the original generation (`--batch-size`, `--crops-per-round`,
 the same device) the values are bit-identical to what `labels generate --gt-prob` writes;
-the recomputed top-K labels are compared with the stored ones to say so.
+the recomputed top-K labels are compared with the stored ones to say so. Either way the
+values written agree with the stored top-K (`consistent_gt_prob`), so `labels verify`
+never takes a store relabelled with other batch options for a damaged one.
 
 Resumable: each image chunk's gt_prob is written, then its flag in `progress/gt_done`;
 a rerun does only the chunks not flagged. The attribute section that declares gt_prob
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from fkd_dali.dist import dist_env, pick_device
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.labels.generate import build_spec, compute_chunk, make_labeller
-from fkd_dali.labels.ground_truth import ground_truth_spec
+from fkd_dali.labels.ground_truth import consistent_gt_prob, ground_truth_spec
 from fkd_dali.labels.repair import RepairOptions, refuse_unrecomputable, repair_config
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.store.label_store import (
@@ -86,6 +88,7 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
     gt = ground_truth_spec(index.class_names, teacher.num_classes, what=COMMAND)
     store.prepare_gt_arrays()
     todo = store.gt_missing_chunks()
+    gt_class = np.asarray(gt.teacher_class, np.int64)[store.read("images/class").astype(np.int64)]
     labeller = make_labeller(cfg, store.spec, teacher, pick_device(cfg.device, dist_env().local_rank))
     t0, same, crops = time.perf_counter(), 0, 0
     total = sum(b - a for a, b in map(store.chunk_range, todo)) * store.crops_per_image
@@ -95,7 +98,7 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
             labels = compute_chunk(store, index, chunk, labeller, store, bar, gt=gt)
             same += _reproduced(store, chunk, labels)
             crops += labels.flips.size
-            store.write_gt_chunk(chunk, labels.gt_prob)  # type: ignore[arg-type]
+            store.write_gt_chunk(chunk, _consistent(store, chunk, labels, gt_class))
     store.attach_gt(gt)
     reproduced = same / crops if crops else None
     if reproduced is not None and reproduced < 1.0:
@@ -105,6 +108,14 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
                      COMMAND, 100 * (1 - reproduced))
     return AddGtSummary(len(todo), store.n_chunks - len(todo), crops, time.perf_counter() - t0, gt.mapping,
                         reproduced)
+
+
+def _consistent(store: LabelStore, chunk: int, labels: CropLabels, gt_class: np.ndarray) -> np.ndarray:
+    """The chunk's recomputed gt_prob, made consistent with its stored top-K (`consistent_gt_prob`)."""
+    start, stop = store.chunk_range(chunk)
+    sel = (slice(start, stop), slice(None))
+    return consistent_gt_prob(quantize_prob(labels.gt_prob), store.read("labels/index", sel),  # type: ignore[arg-type]
+                              store.read("labels/prob", sel), gt_class[start:stop])
 
 
 def _reproduced(store: LabelStore, chunk: int, labels: CropLabels) -> int:

@@ -58,3 +58,24 @@ def ground_truth_spec(class_names: Sequence[str], num_classes: int, what: str = 
         f"{what}: cannot map the {len(class_names)} class folders to the teacher's {num_classes} classes: it needs "
         "ImageNet WordNet-id folders (n01440764, ...) with a 1000-class ImageNet teacher, or a teacher trained on "
         "this folder dataset (as many classes as folders, in sorted-folder order)")
+
+
+def consistent_gt_prob(gt_prob: np.ndarray, index: np.ndarray, prob: np.ndarray, gt_class: np.ndarray) -> np.ndarray:
+    """Recomputed ground-truth probabilities made consistent with a store's stored top-K.
+
+    Where the ground-truth class is among a crop's stored top-K, its stored probability
+    is the answer (the same softmax value, rounded alike); elsewhere the recomputed one,
+    capped at the K-th stored probability. With the original generation's batch options
+    the recomputation reproduces the top-K bit for bit and this changes nothing; with
+    others (another batch size, another GPU) the last bits of the teacher's output may
+    differ, and the store stays what `labels verify` expects instead of looking damaged.
+
+    Args:
+        gt_prob: (n, m) recomputed probabilities, already rounded as the store rounds them.
+        index, prob: (n, m, K) the stored top-K class ids and probabilities.
+        gt_class: (n,) ground-truth class of each image, in the teacher's classes.
+    """
+    hit = index.astype(np.int64) == np.asarray(gt_class, np.int64)[:, None, None]
+    stored = np.where(hit, prob.astype(np.float32), 0.0).sum(-1)
+    capped = np.minimum(np.asarray(gt_prob, np.float32), prob[..., -1].astype(np.float32))
+    return np.where(hit.any(-1), stored, capped).astype(np.float16)

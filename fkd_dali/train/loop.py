@@ -335,10 +335,7 @@ def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
     images, target, weight, counts = _step_inputs(run, batch, pass_idx, step)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
-    if weight is None:
-        loss = soft_cross_entropy(logits, target, run.temperature)
-    else:
-        loss = soft_cross_entropy(logits, target, run.temperature, weight=weight)
+    loss = soft_cross_entropy(logits, target, run.temperature, weight=weight)  # weight None: unweighted, exactly
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:

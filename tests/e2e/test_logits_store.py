@@ -130,9 +130,9 @@ def _record(monkeypatch) -> list:
             metas.append(batch.meta.clone())
             yield batch
 
-    def loss(logits, target, temperature=1.0, reduction="mean"):
+    def loss(logits, target, temperature=1.0, reduction="mean", weight=None):
         seen.append((metas[-1], target.detach().clone(), temperature, logits.shape))
-        return real_loss(logits, target, temperature, reduction)
+        return real_loss(logits, target, temperature, reduction, weight)
 
     monkeypatch.setattr(ReplayLoader, "pass_batches", batches)
     monkeypatch.setattr(loop, "soft_cross_entropy", loss)

@@ -88,7 +88,7 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
     gt = ground_truth_spec(index.class_names, teacher.num_classes, what=COMMAND)
     store.prepare_gt_arrays()
     todo = store.gt_missing_chunks()
-    gt_class = np.asarray(gt.teacher_class, np.int64)[store.read("images/class").astype(np.int64)]
+    gt_class = gt.of_images(store.read("images/class"))
     labeller = make_labeller(cfg, store.spec, teacher, pick_device(cfg.device, dist_env().local_rank))
     t0, same, crops = time.perf_counter(), 0, 0
     total = sum(b - a for a, b in map(store.chunk_range, todo)) * store.crops_per_image

@@ -227,7 +227,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
     gt_of_image = None
     if gt is not None:
         out["gt_prob"] = np.zeros((n, m), np.float16)
-        gt_of_image = np.asarray(gt.teacher_class, np.int64)[np.asarray(index.classes, np.int64)]
+        gt_of_image = gt.of_images(index.classes)
     feed = _feed_batches(index, start, stop, rois, flips, labeller.images_per_batch, per_round,
                          check=reference is not None)
     for crops, meta in labeller.crop_iter.epoch(feed):

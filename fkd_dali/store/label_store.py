@@ -132,6 +132,10 @@ class GroundTruthSpec:
         if self.mapping not in GT_MAPPINGS:
             raise ConfigError(f"ground-truth mapping must be one of {GT_MAPPINGS}, got {self.mapping!r}")
 
+    def of_images(self, folder_class: np.ndarray) -> np.ndarray:
+        """(n,) int64 teacher class of images whose folder classes are `folder_class`."""
+        return np.asarray(self.teacher_class, np.int64)[np.asarray(folder_class, np.int64)]
+
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -375,7 +379,7 @@ class LabelStore:
         """(N,) int64 ground-truth class of every image in the teacher's classes (stores with gt_prob)."""
         if self.spec.gt is None:
             raise LabelStoreError(self.no_gt_prob_message())
-        return np.asarray(self.spec.gt.teacher_class, np.int64)[self.read("images/class").astype(np.int64)]
+        return self.spec.gt.of_images(self.read("images/class"))
 
     def no_gt_prob_message(self) -> str:
         return (f"store {self.url} has no ground-truth probabilities (labels/gt_prob): add them with "

@@ -19,6 +19,7 @@ from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
+from fkd_dali.labels.ground_truth import consistent_gt_prob
 from fkd_dali.store.label_store import (
     PROB_QUANTUM,
     CropLabels,
@@ -406,9 +407,7 @@ def _check_gt_prob(labels: CropLabels, gt: np.ndarray, paths: list[str], found: 
     ground-truth class is among the top-K (both are the same softmax value, rounded alike), at most the
     K-th probability elsewhere."""
     gt_prob = labels.gt_prob.astype(np.float32)  # type: ignore[union-attr]
-    prob = labels.prob.astype(np.float32)
-    hit = labels.index.astype(np.int64) == gt[:, None, None]
-    at_gt = np.where(hit, prob, 0.0).sum(-1)
+    consistent = consistent_gt_prob(gt_prob, labels.index, labels.prob, gt).astype(np.float32)
     with np.errstate(invalid="ignore"):
         checks = [
             ("gt_prob_nonfinite", "ground-truth probability is NaN or infinite (unwritten or corrupt)",
@@ -416,7 +415,7 @@ def _check_gt_prob(labels: CropLabels, gt: np.ndarray, paths: list[str], found: 
             ("gt_prob_range", "ground-truth probability outside [0, 1]", (gt_prob < 0) | (gt_prob > 1)),
             ("gt_prob_topk", "ground-truth probability disagrees with the stored top-K (differs from the top-K "
                              "probability of that class, or exceeds the K-th where the class is not among them)",
-             np.isfinite(gt_prob) & np.where(hit.any(-1), gt_prob != at_gt, gt_prob > prob[..., -1])),
+             np.isfinite(gt_prob) & (gt_prob != consistent)),
         ]
     for kind, description, bad in checks:
         _add_crops(found, kind, description, bad, paths)

@@ -129,7 +129,7 @@ class Crops:
 def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_images: int, threads: int) -> Crops:
     """The teacher on every stored crop, cut by the replay graph at its own size and normalization."""
     from fkd_dali.crops.boxes import boxes_to_fractions
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
     from fkd_dali.store.label_store import open_store
 
@@ -160,7 +160,7 @@ def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_im
 
 def store_labels(crops: Crops, num_classes: int, smoothing: float) -> list[tuple[str, dict, torch.Tensor]]:
     """(row label, row fields, (N, C) label) of the stored top-K under each recovery kind."""
-    from fkd_dali.labels.recovery import recover_labels
+    from fkd_dali.targets.recovery import recover_labels
 
     k_stored = crops.index.shape[1]
     kinds = [("hard", None), ("smoothing", None)] + [("marginal_smoothing", k) for k in range(1, k_stored + 1)] \

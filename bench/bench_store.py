@@ -216,7 +216,7 @@ def evict(root: str | os.PathLike[str]) -> bool:
 
 def time_pass_tables(url: str, m: int, repeats: int, seed: int) -> dict:
     """Median seconds of `read_slots` and `read_pass_table` over passes 0..repeats-1, cold and warm."""
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.crops.plan import make_pass_plan, pass_slots
     from fkd_dali.store.label_store import open_store
 

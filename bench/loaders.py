@@ -395,7 +395,7 @@ class FkdDaliLoader:
 
     def batches_with_meta(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, targets, meta): meta (B, 2) is each crop's (image id, store slot)."""
-        from fkd_dali.labels.recovery import recover_labels
+        from fkd_dali.targets.recovery import recover_labels
 
         pass_idx = 0
         while self.replay is not None:

@@ -23,7 +23,7 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
-from fkd_dali.labels.ground_truth import ground_truth_spec
+from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.store.label_store import (
     CropLabels,

@@ -20,7 +20,7 @@ from typing import Any
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
-from fkd_dali.interop.fkd_store import IMPORT_ATTR_KEY
+from fkd_dali.store.label_store import IMPORT_ATTR_KEY
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.store.label_store import LabelStore, check_same_spec, index_for_store, open_store

@@ -23,7 +23,7 @@ from fkd_dali.crops.plan import pass_slots
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, INTERPOLATION
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.recovery import recover_labels, softmax_targets
+from fkd_dali.targets.recovery import recover_labels, softmax_targets
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
 
@@ -177,7 +177,7 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         device: "auto" (this rank's GPU if any, else the CPU), "cpu", "cuda" or a torch device;
             on a GPU, decoding and resizing run there too.
         recovery, recovery_k, smoothing: how stored top-K labels become dense targets
-            (see `fkd_dali.labels.recovery.recover_labels`).
+            (see `fkd_dali.targets.recovery.recover_labels`).
         mean, std, interpolation: the student's normalisation and resize filter.
         seed: the replay order seed (a pure function of (seed, pass), so resume is exact).
         threads: DALI CPU threads (default: the cores, at most 8).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fkd_dali.crops.boxes import CropDistribution, encode_boxes, roi_corners, sample_crops
-from fkd_dali.crops.pass_table import PassTable
+from fkd_dali.loaders.pass_table import PassTable
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB, INTERPOLATION
 from fkd_dali.loaders.replay import ReplayLoader

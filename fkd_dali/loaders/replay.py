@@ -4,7 +4,7 @@ A chain of stages, each a pure function of (seed, pass, rank, world):
 
 1. plan: `make_pass_plan` -> this rank's images (in order) and the pass's m slots;
 2. pass table: the store's boxes, flips and labels of those slots for those images,
-   read once per pass in a background thread (`fkd_dali.crops.pass_table`);
+   read once per pass in a background thread (`fkd_dali.loaders.pass_table`);
 3. feed: per step, the images' encoded bytes plus their m pixel boxes and flips (array
    slices of the table), and a meta row (image id, table row);
 4. crop pipeline: `fkd_dali.pipelines.crops.make_crop_pipeline` (the graph label generation
@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from fkd_dali.crops.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
+from fkd_dali.loaders.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
 from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import INTERPOLATION, default_threads

@@ -39,7 +39,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from fkd_dali import __version__
+from fkd_dali.version import __version__
 from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK

@@ -19,7 +19,7 @@ from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
-from fkd_dali.labels.ground_truth import consistent_gt_prob
+from fkd_dali.store.ground_truth import consistent_gt_prob
 from fkd_dali.store.label_store import (
     PROB_QUANTUM,
     CropLabels,

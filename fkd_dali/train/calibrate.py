@@ -51,7 +51,7 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.registry import Registry
 

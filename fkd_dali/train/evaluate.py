@@ -55,7 +55,7 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
     Raises:
         ConfigError: no consistent mapping exists.
     """
-    from fkd_dali.labels.ground_truth import folder_class_map
+    from fkd_dali.store.ground_truth import folder_class_map
 
     if model_classes is not None:
         pos = {name: i for i, name in enumerate(model_classes)}
@@ -162,7 +162,7 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     normalization (`model_data_config`). A folder path as `data` is checked against the
     store by `index_for_store` (no header reads).
     """
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
 
     if isinstance(data, (str, os.PathLike)):

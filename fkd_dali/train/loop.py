@@ -36,7 +36,7 @@ from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
-from fkd_dali.labels.loss import soft_cross_entropy
+from fkd_dali.targets.loss import soft_cross_entropy
 from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.store.label_store import LabelStore
@@ -60,7 +60,7 @@ from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
-from fkd_dali.train.targets import TargetFn, folder_targets, logit_targets, stored_targets
+from fkd_dali.targets.batch import TargetFn, folder_targets, logit_targets, stored_targets
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 

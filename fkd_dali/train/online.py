@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fkd_dali.config import LabelGenConfig, TrainConfig, check_recovery, field_default
 from fkd_dali.errors import TeacherError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.labels.teacher import Teacher, load_teacher, resolve_teacher_name
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.train.precision import amp_context

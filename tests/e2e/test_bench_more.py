@@ -26,7 +26,7 @@ from bench.labels import fkd_published_path, write_fkd_published
 from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpec, create_loader, load_pil_rgb
 from fkd_dali.crops.boxes import decode_boxes, sample_crops
 from fkd_dali.crops.plan import pass_slots
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.store.label_store import open_store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -240,7 +240,7 @@ def test_add_gt_prob_refuses_what_it_cannot_recompute(photo_root, plain_store, t
 # -- reading: pass table, replay loader, create_loader ---------------------------------------------
 
 def test_pass_table_reads_gt_prob_of_the_pass_slots_only_when_asked(gt_store, plain_store, photo_index):
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import LabelStoreError
 
     store = open_store(str(gt_store))
@@ -300,7 +300,7 @@ def test_damaged_gt_prob_is_found_by_verify_refused_by_readers_and_repaired_bit_
                                                                                       photo_index, tmp_path, capsys):
     import json
 
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import StoreDamageError
     from fkd_dali.loaders.fkd_loader import open_replay_data
     from fkd_dali.store.tools import verify_store

@@ -12,7 +12,7 @@ import torch
 
 import fkd_dali
 from fkd_dali.errors import ConfigError, CropPlanError, StoreMismatchError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import pytest
 import zarr
 
 from fkd_dali.cli import main
-from fkd_dali.crops.pass_table import read_pass_table
+from fkd_dali.loaders.pass_table import read_pass_table
 from fkd_dali.errors import LabelStoreError, StoreDamageError
 from fkd_dali.store.label_store import open_store
 from fkd_dali.store.tools import verify_store

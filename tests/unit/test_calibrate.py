@@ -10,7 +10,7 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.loss import soft_cross_entropy
+from fkd_dali.targets.loss import soft_cross_entropy
 from fkd_dali.loaders.replay import ReplayBatch
 from fkd_dali.train.calibrate import (
     FerKDCalibration,

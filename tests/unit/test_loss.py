@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.labels.loss against dense references."""
+"""Tests of fkd_dali.targets.loss against dense references."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.loss import SoftTargetLoss, soft_cross_entropy
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.loss import SoftTargetLoss, soft_cross_entropy
+from fkd_dali.targets.recovery import recover_labels
 
 
 def _batch(seed: int = 0, b: int = 5, c: int = 7) -> tuple[torch.Tensor, torch.Tensor]:

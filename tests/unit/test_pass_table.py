@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.crops.pass_table: one read per pass, rows and labels equal the store's, prefetching."""
+"""Tests of fkd_dali.loaders.pass_table: one read per pass, rows and labels equal the store's, prefetching."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
-from fkd_dali.crops.pass_table import PassTablePrefetcher, plan_table, read_pass_table
+from fkd_dali.loaders.pass_table import PassTablePrefetcher, plan_table, read_pass_table
 from fkd_dali.crops.plan import make_pass_plan
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.store.label_store import (

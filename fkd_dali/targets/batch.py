@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fkd_dali.labels.recovery import recover_labels, softmax_targets
+from fkd_dali.targets.recovery import recover_labels, softmax_targets
 from fkd_dali.loaders.replay import ReplayBatch
 
 #: batch -> (B, C) float32 targets on the batch's device

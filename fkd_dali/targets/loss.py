@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fkd_dali.config import check_recovery
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 
 _REDUCTIONS = ("mean", "sum", "none")
 

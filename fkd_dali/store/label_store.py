@@ -44,7 +44,7 @@ from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError, StoreMismatchError, StoreSchemaError
-from fkd_dali.store.creation import (
+from fkd_dali.store.claim import (
     CREATE_WAIT_S,
     CREATING_KEY,
     check_out_location,
@@ -859,7 +859,7 @@ def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
     """Create a new, empty store. The attributes are written last: they mark creation complete.
 
     The group is created with a `fkd_dali_creating` attribute naming this process and
-    the schema attributes replace it in one final write (`fkd_dali.store.creation`).
+    the schema attributes replace it in one final write (`fkd_dali.store.claim`).
 
     Raises:
         LabelStoreError: `url` is a file, a non-empty folder without a store, or not

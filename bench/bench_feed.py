@@ -141,7 +141,7 @@ class StageLoader:
     """
 
     def __init__(self, cfg: FeedConfig, index: DatasetIndex, store_url: str, stage: str, threads: int) -> None:
-        from fkd_dali.store.label_store import open_store
+        from fkd_dali.store.opening import open_store
 
         if stage not in dict(STAGES):
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(dict(STAGES))}")

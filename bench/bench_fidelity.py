@@ -131,7 +131,7 @@ def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_im
     from fkd_dali.crops.boxes import boxes_to_fractions
     from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
     m, n = store.crops_per_image, len(index)

@@ -43,6 +43,7 @@ from fkd_dali.errors import ConfigError
 from fkd_dali.interop.fkd_files import read_fkd_file
 from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
 from fkd_dali.registry import Registry
+from fkd_dali.store.checks import check_dataset
 
 if TYPE_CHECKING:
     from nvidia.dali.pipeline import Pipeline
@@ -374,12 +375,12 @@ class FkdDaliLoader:
 
     def __init__(self, spec: LoaderSpec, with_labels: bool = True, recovery: str = "marginal_smoothing") -> None:
         from fkd_dali.loaders.replay import ReplayLoader
-        from fkd_dali.store.label_store import open_store
+        from fkd_dali.store.opening import open_store
 
         if not spec.store:
             raise ConfigError("the fkd-dali loader needs a soft-label store (LoaderSpec.store)")
         store = open_store(spec.store)
-        store.check_dataset(spec.index)
+        check_dataset(store, spec.index)
         store.check_complete()
         self.num_classes = store.spec.label.num_classes
         self.with_labels, self.recovery = with_labels, recovery

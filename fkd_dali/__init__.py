@@ -27,7 +27,7 @@ _PUBLIC = {
     "FkdBatch": "fkd_dali.loaders.fkd_loader",
     "SoftTargetCrossEntropy": "fkd_dali.targets.loss",
     "recover_labels": "fkd_dali.targets.recovery",
-    "open_store": "fkd_dali.store.label_store",
+    "open_store": "fkd_dali.store.opening",
     "LabelStore": "fkd_dali.store.label_store",
     "FkdError": "fkd_dali.errors",
 }

@@ -21,17 +21,10 @@ from fkd_dali.data.index import build_index
 from fkd_dali.defaults import FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, INTERPOLATION
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.interop.fkd_files import FKD_SUFFIX, FkdLabels, fkd_file_paths, read_fkd_file, write_fkd_file
-from fkd_dali.store.label_store import (
-    IMPORT_ATTR_KEY,
-    CropLabels,
-    LabelSpec,
-    LabelStore,
-    StoreLayout,
-    StoreSpec,
-    TeacherSpec,
-    open_or_create_store,
-    open_store,
-)
+from fkd_dali.store.checks import check_chunk_files, read_written
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_or_create_store, open_store
+from fkd_dali.store.schema import IMPORT_ATTR_KEY, CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 
 def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
@@ -54,14 +47,14 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
         raise LabelStoreError(f"export-fkd: store {url} holds a self-supervised teacher's raw outputs (kind logits); "
                               "FKD's label files hold class probabilities, so there is nothing to export them as")
     store.check_complete()
-    store.check_chunk_files()
+    check_chunk_files(store)
     index = store.load_index()
     _prepare_out_dir(Path(out_dir))
     targets = fkd_file_paths(out_dir, index.paths)
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
-        labels = store.read_images(start, stop, check=True)
+        labels = read_written(store, start, stop)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
         for row in range(stop - start):
             target = targets[start + row]

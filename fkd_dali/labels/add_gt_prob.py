@@ -27,17 +27,14 @@ from tqdm import tqdm
 from fkd_dali.dist import dist_env, pick_device
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.labels.generate import build_spec, compute_chunk, make_labeller
+from fkd_dali.store.checks import check_chunk_files
 from fkd_dali.store.ground_truth import consistent_gt_prob, ground_truth_spec
 from fkd_dali.labels.repair import RepairOptions, refuse_unrecomputable, repair_config
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.store.label_store import (
-    CropLabels,
-    LabelStore,
-    check_same_spec,
-    index_for_store,
-    open_store,
-    quantize_prob,
-)
+from fkd_dali.store.checks import check_same_spec, index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import CropLabels, quantize_prob
 
 COMMAND = "labels add-gt-prob"
 _log = logging.getLogger(__name__)
@@ -80,7 +77,7 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
         raise LabelStoreError(f"store {url} holds a self-supervised teacher's raw outputs (kind logits), which are "
                               "no classes: it can have no ground-truth probabilities")
     store.check_complete()
-    store.check_chunk_files()
+    check_chunk_files(store)
     index = index_for_store(store, opts.data)
     cfg = repair_config(store, opts)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)

@@ -23,20 +23,13 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
+from fkd_dali.store.checks import check_chunk_files, check_written
 from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, load_teacher
-from fkd_dali.store.label_store import (
-    CropLabels,
-    GroundTruthSpec,
-    LabelSpec,
-    LabelStore,
-    StoreLayout,
-    StoreSpec,
-    TeacherSpec,
-    index_for_store,
-    open_or_create_store,
-    open_store,
-)
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_or_create_store, open_store
+from fkd_dali.store.schema import CropLabels, GroundTruthSpec, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 if TYPE_CHECKING:
     from fkd_dali.loaders.feed import CropIterator
@@ -110,7 +103,7 @@ def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
     if reference is not None:  # only its crops are needed: damaged labels there do not matter
         sel = (slice(start, stop), slice(None))
         boxes, flips = reference.read("crops/box", sel), reference.read("crops/flip", sel)
-        reference.check_written({"crops/box": boxes}, start, range(reference.crops_per_image))
+        check_written(reference, {"crops/box": boxes}, start, range(reference.crops_per_image))
         return boxes, flips
     slots = np.arange(store.crops_per_image)
     boxes, flips = sample_crops(index.sizes[start:stop], np.arange(start, stop), slots, store.spec.crop)
@@ -275,7 +268,7 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     except StoreMismatchError as e:
         raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
     reference.check_complete()
-    reference.check_chunk_files(("crops/box", "crops/flip"))  # only its crops are used
+    check_chunk_files(reference, ("crops/box", "crops/flip"))  # only its crops are used
     return index
 
 

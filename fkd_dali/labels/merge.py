@@ -16,15 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.store.label_store import (
-    ENSEMBLE_TIMM_NAME,
-    CropLabels,
-    LabelSpec,
-    LabelStore,
-    TeacherSpec,
-    open_or_create_store,
-    open_store,
-)
+from fkd_dali.store.checks import check_chunk_files, read_written
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_or_create_store, open_store
+from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, CropLabels, LabelSpec, TeacherSpec
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -85,7 +80,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
             raise ConfigError(f"merge: store {s.url} holds a self-supervised teacher's raw outputs (kind logits), "
                               "whose dimensions are no shared classes to average; merge stores of class probabilities")
         s.check_complete()
-        s.check_chunk_files()
+        check_chunk_files(s)
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
     if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
@@ -107,7 +102,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     merged = open_or_create_store(out, index, spec)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
-        parts = [s.read_images(a, b, check=True) for s in stores]
+        parts = [read_written(s, a, b) for s in stores]
         idx, prob = merge_topk([p.index for p in parts], [p.prob for p in parts], w, k)
         merged.write_chunk(c, CropLabels(boxes=parts[0].boxes, flips=parts[0].flips, index=idx, prob=prob))
     return merged

@@ -20,10 +20,12 @@ from typing import Any
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
-from fkd_dali.store.label_store import IMPORT_ATTR_KEY
+from fkd_dali.store.schema import IMPORT_ATTR_KEY
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.store.label_store import LabelStore, check_same_spec, index_for_store, open_store
+from fkd_dali.store.checks import check_same_spec, index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 _MAX_FLAG_RESETS = 1000  # unreadable done flags cleared one by one before giving up

@@ -23,9 +23,12 @@ from fkd_dali.crops.plan import pass_slots
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, INTERPOLATION
 from fkd_dali.errors import ConfigError, LabelStoreError
+from fkd_dali.store.checks import check_chunk_files
 from fkd_dali.targets.recovery import recover_labels, softmax_targets
 from fkd_dali.loaders.replay import ReplayLoader
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN/STD, the usual student normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +55,7 @@ def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recove
         raise LabelStoreError(store.no_gt_prob_message())
     index = index_for_store(store, data)
     store.check_complete()
-    store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
+    check_chunk_files(store)  # deleted chunk files; each pass table is checked again as it is read
     pass_slots(0, num_crops, store.crops_per_image)  # num_crops <= M, with an explanation
     if store.spec.label.kind == "logits":
         check_logits_recovery(store, recovery, temperature)

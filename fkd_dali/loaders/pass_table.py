@@ -23,6 +23,7 @@ import torch
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.crops.plan import PassPlan
 from fkd_dali.errors import LabelStoreError
+from fkd_dali.store.checks import check_written
 from fkd_dali.store.label_store import LabelStore
 
 
@@ -171,7 +172,7 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
     if with_gt_prob and not store.has_gt_prob:
         raise LabelStoreError(store.no_gt_prob_message())
     block = store.read_slots(slots.tolist(), with_full=with_full, with_gt_prob=with_gt_prob)
-    store.check_written(block, 0, slots)  # every image, so all DDP ranks refuse the same pass
+    check_written(store, block, 0, slots)  # every image, so all DDP ranks refuse the same pass
     gt_prob = gt_class = None
     if with_gt_prob:
         gt_prob, gt_class = np.ascontiguousarray(block.gt_prob[images]), store.gt_classes()[images]

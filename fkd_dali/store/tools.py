@@ -19,16 +19,12 @@ from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
+from fkd_dali.store.checks import missing_chunk_files, read_written
 from fkd_dali.store.ground_truth import consistent_gt_prob
-from fkd_dali.store.label_store import (
-    PROB_QUANTUM,
-    CropLabels,
-    LabelStore,
-    array_defs,
-    array_mismatches,
-    index_for_store,
-    open_store,
-)
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, array_defs, array_mismatches
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -261,7 +257,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     damaged = set()
     skip = set(missing)
     gt_classes = store.gt_classes() if store.has_gt_prob else None
-    for name, chunk in store.missing_chunk_files(done=[c for c in range(store.n_chunks) if c not in skip]):
+    for name, chunk in missing_chunk_files(store, done=[c for c in range(store.n_chunks) if c not in skip]):
         found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
                                         "lost: it reads back as fill values)", [(name, -1)], 1)
         damaged.add(chunk)
@@ -494,7 +490,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
     logits = store.spec.label.kind == "logits"
-    labels = store.read_images(i, i + 1, check=True, with_full=logits)
+    labels = read_written(store, i, i + 1, with_full=logits)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
     name = (lambda c: f"dim {int(c)}") if logits else class_namer(store.spec.label.num_classes, store.class_names)

@@ -21,7 +21,10 @@ from fkd_dali.config import EvalConfig
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
 from fkd_dali.train.precision import amp_context, resolve_amp
 
@@ -169,7 +172,7 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
         index = index_for_store(store, data)  # checks the folder without reading image headers
     else:
         index = data
-        store.check_dataset(index)
+        check_dataset(store, index)
     dc = model_data_config(model, size, interpolation, mean, std)
     ids = np.arange(len(index)) if images is None else np.asarray(images, dtype=np.int64)
     loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images, size=dc["size"],

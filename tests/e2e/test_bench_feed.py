@@ -22,7 +22,7 @@ from bench.corpus import CorpusConfig, build_corpus, build_linked_corpus
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.data.index import build_index
 from fkd_dali.loaders.feed import flipped_rois
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -27,7 +27,7 @@ from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpe
 from fkd_dali.crops.boxes import decode_boxes, sample_crops
 from fkd_dali.crops.plan import pass_slots
 from fkd_dali.targets.recovery import recover_labels
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

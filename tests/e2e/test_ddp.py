@@ -26,7 +26,7 @@ def _replay_rank(rank: int, init_file: str, store_path: str, root: str, out: str
 
     from fkd_dali.data.index import build_index
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)

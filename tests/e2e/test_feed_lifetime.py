@@ -16,7 +16,7 @@ import torch
 from fkd_dali.loaders import feed
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.pipelines.crops import zero_copy_ok
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -102,7 +102,7 @@ def _record_meta(monkeypatch) -> list:
 
 
 def test_calibration_counts_the_bands_of_a_pass_from_the_store(photo_root, gt_store, tmp_path, monkeypatch, capsys):
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     metas = _record_meta(monkeypatch)
     base = dict(data=str(photo_root), labels=str(gt_store), arch="resnet10t", output=str(tmp_path), epochs=4,

@@ -21,7 +21,9 @@ from fkd_dali.cli import main as cli_main
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 from fkd_dali.labels.generate import generate_labels
-from fkd_dali.store.label_store import open_store, quantize_prob
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import quantize_prob
 
 from ..conftest import random_teacher
 
@@ -67,7 +69,7 @@ def test_gt_prob_is_the_teachers_softmax_at_the_images_imagenet_class(gt_store, 
     assert list(store.spec.gt.teacher_class) == [wnid_index[c] for c in photo_index.class_names]
     np.testing.assert_array_equal(store.gt_classes(), [wnid_index[photo_index.class_names[c]]
                                                        for c in photo_index.classes])
-    labels = store.read_images(0, store.n_images, with_gt_prob=True, check=True)
+    labels = read_written(store, 0, store.n_images, with_gt_prob=True)
     np.testing.assert_array_equal(bits(labels.gt_prob), bits(expected_gt_prob(store)))
     # where the ground truth is among the top-K, gt_prob is that stored probability exactly; else at most the K-th
     gt = store.gt_classes()[:, None, None]
@@ -134,7 +136,7 @@ def test_resuming_a_store_made_without_it_points_to_add_gt_prob(photo_root, plai
 def test_a_store_without_gt_prob_opens_and_reads_as_before(plain_store):
     store = open_store(str(plain_store))
     assert not store.has_gt_prob and store.spec.gt is None and "gt_prob" not in store.meta
-    labels = store.read_images(0, store.n_images, with_gt_prob=True, check=True)
+    labels = read_written(store, 0, store.n_images, with_gt_prob=True)
     assert labels.gt_prob is None
     with pytest.raises(Exception, match="add-gt-prob"):
         store.gt_classes()
@@ -172,7 +174,7 @@ def test_add_gt_prob_writes_what_generate_writes_and_changes_no_other_byte(photo
     assert summary["labels_reproduced"] == 1.0  # the teacher recomputed every stored top-K bit for bit
 
     store, want = open_store(str(url)), open_store(str(gt_store))
-    got = store.read_images(0, store.n_images, with_gt_prob=True, check=True).gt_prob
+    got = read_written(store, 0, store.n_images, with_gt_prob=True).gt_prob
     np.testing.assert_array_equal(bits(got), bits(want.read_images(0, want.n_images, with_gt_prob=True).gt_prob))
     after = store_files(url)
     changed = sorted(name for name in before if after[name] != before[name])
@@ -211,7 +213,7 @@ def test_add_gt_prob_resumes_after_a_failure_and_is_invisible_until_complete(pho
 
     summary = add_gt(capsys, url, photo_root)
     assert (summary["chunks_written"], summary["chunks_skipped"]) == (2, 1)
-    got = open_store(str(url)).read_images(0, 21, with_gt_prob=True, check=True).gt_prob
+    got = read_written(open_store(str(url)), 0, 21, with_gt_prob=True).gt_prob
     np.testing.assert_array_equal(bits(got), bits(open_store(str(gt_store)).read_images(0, 21, with_gt_prob=True)
                                                   .gt_prob))
 

@@ -19,7 +19,8 @@ import zarr
 from fkd_dali.cli import main as cli_main
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
 
@@ -71,7 +72,7 @@ def test_a_logits_store_holds_the_teachers_raw_outputs(logits_store, photo_root,
     arr = g["labels/logits"]
     assert arr.shape == (21, 8, D) and arr.dtype == np.float16 and arr.chunks == (8, 4, D)
     assert np.isnan(arr.fill_value) and "labels/full" not in g
-    labels = store.read_images(0, store.n_images, with_full=True, check=True)
+    labels = read_written(store, 0, store.n_images, with_full=True)
     assert labels.full is None and labels.logits.shape == (21, 8, D)
 
     # the same teacher, same crops, as a --full store at temperature 1: its softmax is the softmax of the

@@ -15,7 +15,7 @@ from fkd_dali.errors import CheckpointError, ConfigError, TeacherError
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.loaders.online import FreshCropLoader
 from fkd_dali.loaders.replay import ReplayLoader
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
 from fkd_dali.train.online import OnlineTeacher

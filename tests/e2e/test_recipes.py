@@ -89,7 +89,7 @@ def test_color_jitter_in_the_replay_graph_follows_the_counter_based_factors(phot
     """Jittered crops = DALI's colour twist, with `jitter_factors`, of the same un-jittered uint8 crops."""
     from fkd_dali.crops.jitter import jitter_factors
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.25, 0.2, 0.3])
     store = open_store(str(small_store))

@@ -23,7 +23,8 @@ from fkd_dali.cli import main
 from fkd_dali.data.index import build_index
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.store.claim import CREATING_KEY, creator_marker
-from fkd_dali.store.label_store import (
+from fkd_dali.store.opening import create_store, open_or_create_store, open_store
+from fkd_dali.store.schema import (
     ATTR_KEY,
     CHECKSUM_KEY,
     LabelSpec,
@@ -33,9 +34,6 @@ from fkd_dali.store.label_store import (
     array_defs,
     array_mismatches,
     attrs_checksum,
-    create_store,
-    open_or_create_store,
-    open_store,
 )
 from fkd_dali.store.tools import verify_store
 

@@ -19,7 +19,8 @@ import zarr
 from fkd_dali.cli import main
 from fkd_dali.loaders.pass_table import read_pass_table
 from fkd_dali.errors import LabelStoreError, StoreDamageError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.checks import check_chunk_files
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 from .conftest import assert_user_error, gen_args, run_cli, run_main
@@ -239,4 +240,4 @@ def test_eval_refuses_an_unreadable_store(clean_store, store_copy, photo_root, t
 def test_store_errors_are_label_store_errors(deleted_prob):
     """Library callers catch one family: `StoreDamageError` is a `LabelStoreError`."""
     with pytest.raises(LabelStoreError, match="labels/prob/c/1/0/0"):
-        open_store(str(deleted_prob)).check_chunk_files()
+        check_chunk_files(open_store(str(deleted_prob)))

@@ -11,18 +11,17 @@ from zarr.storage import LocalStore, WrapperStore
 from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreMismatchError, StoreSchemaError
-from fkd_dali.store.label_store import (
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import create_store, open_or_create_store, open_store
+from fkd_dali.store.schema import (
     ATTR_KEY,
     SCHEMA_VERSION,
     CropLabels,
     LabelSpec,
-    LabelStore,
     StoreLayout,
     StoreSpec,
     TeacherSpec,
-    create_store,
-    open_or_create_store,
-    open_store,
     quantize_prob,
     spec_from_attrs,
 )
@@ -247,10 +246,10 @@ def _classes(idx: DatasetIndex) -> DatasetIndex:
 ])
 def test_check_dataset_names_the_difference(full_store, change, expect):
     index = make_index()
-    full_store.check_dataset(index)  # same dataset: fine
+    check_dataset(full_store, index)  # same dataset: fine
     other = change(index)
     with pytest.raises(StoreMismatchError) as e:
-        full_store.check_dataset(other)
+        check_dataset(full_store, other)
     msg = str(e.value)
     assert "fingerprint" in msg and index.fingerprint[:12] in msg and other.fingerprint[:12] in msg
     for part in expect(index):

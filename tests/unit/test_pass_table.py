@@ -9,15 +9,8 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.loaders.pass_table import PassTablePrefetcher, plan_table, read_pass_table
 from fkd_dali.crops.plan import make_pass_plan
 from fkd_dali.errors import LabelStoreError
-from fkd_dali.store.label_store import (
-    CropLabels,
-    LabelSpec,
-    StoreLayout,
-    StoreSpec,
-    TeacherSpec,
-    create_store,
-    open_store,
-)
+from fkd_dali.store.opening import create_store, open_store
+from fkd_dali.store.schema import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 M, K, C = 6, 3, 50
 

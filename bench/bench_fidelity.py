@@ -131,23 +131,24 @@ def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_im
     from fkd_dali.crops.boxes import boxes_to_fractions
     from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.loaders.sources import StoreCrops
     from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
     m, n = store.crops_per_image, len(index)
     table = read_pass_table(store, index.sizes, np.arange(m), np.arange(n))
     fractions = torch.from_numpy(boxes_to_fractions(table.boxes, index.sizes))  # (n, m, 4)
-    loader = ReplayLoader(store, index, m=m, batch_size=m * batch_images, size=teacher.input_size[-1],
-                          mean=teacher.mean, std=teacher.std, interpolation=teacher.interpolation, threads=threads,
-                          device=device, half=False, prefetch_tables=False)
+    loader = ReplayLoader(StoreCrops(store, index.sizes, prefetch=False), index, m=m, batch_size=m * batch_images,
+                          size=teacher.input_size[-1], mean=teacher.mean, std=teacher.std,
+                          interpolation=teacher.interpolation, threads=threads, device=device, half=False)
     model = teacher.model.to(device, memory_format=torch.channels_last).eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("oracle", "index", "prob", "image", "slot")}
     try:
         for batch in loader.table_batches(table):
             logits = model(batch.images.float().contiguous(memory_format=torch.channels_last))
             parts["oracle"].append(torch.softmax(logits.float(), dim=1).cpu())
-            parts["index"].append(batch.index.cpu())
-            parts["prob"].append(batch.prob.cpu())
+            parts["index"].append(batch.field("index").cpu())
+            parts["prob"].append(batch.field("prob").cpu())
             parts["image"].append(batch.meta[:, 0])
             parts["slot"].append(batch.meta[:, 1])
     finally:

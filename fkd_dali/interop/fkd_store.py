@@ -24,7 +24,15 @@ from fkd_dali.interop.fkd_files import FKD_SUFFIX, FkdLabels, fkd_file_paths, re
 from fkd_dali.store.checks import check_chunk_files, read_written
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_or_create_store, open_store
-from fkd_dali.store.schema import IMPORT_ATTR_KEY, CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
+from fkd_dali.store.schema import (
+    IMPORT_ATTR_KEY,
+    TOPK_ONLY,
+    CropLabels,
+    LabelSpec,
+    StoreLayout,
+    StoreSpec,
+    TeacherSpec,
+)
 
 
 def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
@@ -54,7 +62,7 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
-        labels = read_written(store, start, stop)
+        labels = read_written(store, start, stop, TOPK_ONLY)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
         for row in range(stop - start):
             target = targets[start + row]

@@ -19,7 +19,7 @@ from fkd_dali.errors import ConfigError, StoreMismatchError
 from fkd_dali.store.checks import check_chunk_files, read_written
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_or_create_store, open_store
-from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, CropLabels, LabelSpec, TeacherSpec
+from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, TOPK_ONLY, CropLabels, LabelSpec, TeacherSpec
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -102,7 +102,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     merged = open_or_create_store(out, index, spec)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
-        parts = [read_written(s, a, b) for s in stores]
+        parts = [read_written(s, a, b, TOPK_ONLY) for s in stores]
         idx, prob = merge_topk([p.index for p in parts], [p.prob for p in parts], w, k)
         merged.write_chunk(c, CropLabels(boxes=parts[0].boxes, flips=parts[0].flips, index=idx, prob=prob))
     return merged

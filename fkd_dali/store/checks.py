@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from fkd_dali.store.damage import (
     repair_hint,
 )
 from fkd_dali.store.label_store import LabelStore
-from fkd_dali.store.schema import CropLabels, StoreSpec, json_ready
+from fkd_dali.store.schema import CropField, CropLabels, StoreSpec, json_ready
 
 def describe_crops(store: LabelStore, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:
     """"images 8-15 slots 0-3, ..." for the distinct (image chunk, slot chunk) pairs of the crops given."""
@@ -84,11 +84,10 @@ def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarra
             key, None, store.chunk_range(int(images[0]) // store.spec.layout.images_per_chunk))
 
 
-def read_written(store: LabelStore, start: int, stop: int, with_full: bool = False,
-                 with_gt_prob: bool = False) -> CropLabels:
-    """`store.read_images(start, stop, ...)`, refused by `check_written` when it holds fill values:
+def read_written(store: LabelStore, start: int, stop: int, fields: Iterable[CropField] | None = None) -> CropLabels:
+    """`store.read_images(start, stop, fields)`, refused by `check_written` when it holds fill values:
     for data that must be complete (export, merge, show)."""
-    labels = store.read_images(start, stop, with_full=with_full, with_gt_prob=with_gt_prob)
+    labels = store.read_images(start, stop, fields)
     check_written(store, labels, start, range(store.crops_per_image))
     return labels
 

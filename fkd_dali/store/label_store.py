@@ -10,7 +10,7 @@ and opening a store in `fkd_dali.store.opening`.
 from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
@@ -37,8 +37,11 @@ from fkd_dali.store.schema import (
     GT_ATTR,
     IMPORT_ATTR_KEY,
     READABLE_SCHEMA_VERSIONS,
+    TOPK_ONLY,
+    CropField,
     CropLabels,
     GroundTruthSpec,
+    LabelKind,
     array_defs,
     array_mismatches,
     attrs_checksum,
@@ -274,21 +277,38 @@ class LabelStore:
         self.meta, self.spec = meta, parse_attrs(meta, self.url)
 
     # -- reading ------------------------------------------------------------
-    def read_images(self, start: int, stop: int, with_full: bool = False, with_gt_prob: bool = False) -> CropLabels:
+    def fields(self) -> frozenset[CropField]:
+        """Every per-crop field this store can deliver (`CropField`)."""
+        have = {CropField.TOPK, CropField.BOX}
+        if self.spec.label.kind is not LabelKind.TOPK:
+            have.add(CropField.DENSE)
+        if self.spec.gt is not None:
+            have.add(CropField.GT_PROB)
+        return frozenset(have)
+
+    def check_fields(self, fields: Iterable[CropField]) -> None:
+        """Refuse, in one line saying how to get it, a field this store does not hold."""
+        missing = set(fields) - self.fields()
+        if CropField.GT_PROB in missing:
+            raise LabelStoreError(self.no_gt_prob_message())
+        if CropField.DENSE in missing:
+            raise LabelStoreError(f"store {self.url} holds top-{self.spec.label.k} labels only, no dense ones "
+                                  "(labels/full): pick another --recovery, or regenerate it with --full")
+
+    def read_images(self, start: int, stop: int, fields: Iterable[CropField] | None = None) -> CropLabels:
         """All slots of images [start, stop) (for tools and interop, not the training hot path).
 
-        `with_full` also reads the dense values (labels/full or labels/logits, as the
-        label kind has them), `with_gt_prob` labels/gt_prob where the store has it.
-        Unwritten rows read back as fill values; `fkd_dali.store.checks.read_written`
+        `fields`: what to read besides boxes and flips (default: every field the store
+        has). Unwritten rows read back as fill values; `fkd_dali.store.checks.read_written`
         refuses them where the data must be complete.
         """
-        return self._read((slice(start, stop), slice(None)), with_full, with_gt_prob)
+        return self._read((slice(start, stop), slice(None)), self.fields() if fields is None else fields)
 
-    def read_slots(self, slots: Sequence[int], with_full: bool = False, with_gt_prob: bool = False) -> CropLabels:
+    def read_slots(self, slots: Sequence[int], fields: Iterable[CropField] = TOPK_ONLY) -> CropLabels:
         """The given slots of every image: the pass table read, one sequential read per run of slots."""
         slots = [int(s) for s in slots]
-        runs = _contiguous_runs(slots)
-        parts = [self._read((slice(None), slice(a, b)), with_full, with_gt_prob) for a, b in runs]
+        fields = frozenset(fields)
+        parts = [self._read((slice(None), slice(a, b)), fields) for a, b in _contiguous_runs(slots)]
         if len(parts) == 1:
             return parts[0]
 
@@ -298,14 +318,18 @@ class LabelStore:
 
         return CropLabels(*(cat(f.name) for f in dataclass_fields(CropLabels)))  # type: ignore[arg-type]
 
-    def _read(self, sel: tuple[slice, slice], with_full: bool, with_gt_prob: bool = False) -> CropLabels:
+    def _read(self, sel: tuple[slice, slice], fields: Iterable[CropField]) -> CropLabels:
+        fields = frozenset(fields)
+        self.check_fields(fields)
         kind = self.spec.label.kind
-        dense = self.read(f"labels/{kind}", sel) if with_full and kind in ("full", "logits") else None
-        gt_prob = self.read("labels/gt_prob", sel) if with_gt_prob and self.spec.gt is not None else None
+        dense = self.read(kind.dense_array, sel) if CropField.DENSE in fields else None
+        topk = CropField.TOPK in fields
         return CropLabels(boxes=self.read("crops/box", sel), flips=self.read("crops/flip", sel),
-                          index=self.read("labels/index", sel), prob=self.read("labels/prob", sel),
-                          full=dense if kind == "full" else None, logits=dense if kind == "logits" else None,
-                          gt_prob=gt_prob)
+                          index=self.read("labels/index", sel) if topk else None,
+                          prob=self.read("labels/prob", sel) if topk else None,
+                          full=dense if kind is LabelKind.FULL else None,
+                          logits=dense if kind is LabelKind.LOGITS else None,
+                          gt_prob=self.read("labels/gt_prob", sel) if CropField.GT_PROB in fields else None)
 
     def array(self, key: str) -> zarr.Array:
         """The zarr array `key`; a missing array or unreadable metadata is a `LabelStoreError` naming it."""

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreSchemaError
-from fkd_dali.store.checks import check_dataset, check_same_spec
+from fkd_dali.store.checks import check_chunk_files, check_dataset, check_same_spec, index_for_store
 from fkd_dali.store.claim import (
     CREATE_WAIT_S,
     CREATING_KEY,
@@ -35,7 +36,17 @@ from fkd_dali.store.claim import (
 )
 from fkd_dali.store.damage import open_failure
 from fkd_dali.store.label_store import LabelStore, not_a_store_message
-from fkd_dali.store.schema import ATTR_KEY, CHECKSUM_KEY, StoreSpec, array_defs, attrs_checksum, create_array, spec_to_attrs
+from fkd_dali.store.schema import (
+    ATTR_KEY,
+    CHECKSUM_KEY,
+    CropField,
+    LabelKind,
+    StoreSpec,
+    array_defs,
+    attrs_checksum,
+    create_array,
+    spec_to_attrs,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -193,3 +204,49 @@ def _creating_marker(url: str, storage_options: dict[str, Any] | None) -> dict[s
     if ATTR_KEY in attrs:
         return None
     return marker if isinstance(marker, dict) else claim_marker(url)
+
+
+@dataclass(frozen=True)
+class StoreNeeds:
+    """What a command needs of a store before it reads it; `open_checked_store` refuses what does not hold.
+
+    complete: every chunk written (else: "rerun the command that writes it").
+    intact: no chunk file of a done chunk missing (one listing per array, no chunk read).
+    fields: per-crop fields the command reads (`CropField`); gt_prob refusals name add-gt-prob.
+    no_logits: why the command cannot use a "logits" store (None: it can).
+    mode: "r", or "r+" for commands that write into the store.
+    """
+
+    complete: bool = True
+    intact: bool = True
+    fields: frozenset[CropField] = frozenset()
+    no_logits: str | None = None
+    mode: str = "r"
+
+
+def open_checked_store(labels: str | LabelStore, need: StoreNeeds = StoreNeeds(), data: str | None = None,
+                       storage_options: dict[str, Any] | None = None) -> tuple[LabelStore, DatasetIndex | None]:
+    """Open `labels` (or take an opened store) and check it as `need` says; with `data`, also the folder.
+
+    The one opening sequence of every command that reads a store (train, create_loader,
+    eval, export, merge, add-gt-prob), so each refuses the same damage with the same one line.
+
+    Returns:
+        (store, index): the index of `data` with the store's image sizes (None without `data`).
+
+    Raises:
+        LabelStoreError, StoreSchemaError: not a store, another schema, damaged attributes
+            or array metadata, incomplete, chunk files missing, a field it lacks.
+        StoreMismatchError: `data` holds another dataset (the message names the difference).
+    """
+    store = labels if isinstance(labels, LabelStore) else open_store(labels, need.mode, storage_options)
+    if need.no_logits is not None and store.spec.label.kind is LabelKind.LOGITS:
+        raise LabelStoreError(f"store {store.url} holds a self-supervised teacher's raw outputs (kind logits); "
+                              f"{need.no_logits}")
+    store.check_fields(need.fields)
+    index = index_for_store(store, data) if data is not None else None
+    if need.complete:
+        store.check_complete()
+    if need.intact:
+        check_chunk_files(store)
+    return store, index

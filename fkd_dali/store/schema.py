@@ -176,14 +176,42 @@ class StoreSpec:
         return 2 if self.label.kind == "logits" else 1
 
 
+class CropField(str, enum.Enum):
+    """A per-crop value a reader can ask of a store besides the boxes and flips every read has.
+
+    A run declares the set it needs once (e.g. ``{TOPK, GT_PROB}`` for FerKD) and that one
+    value travels through the store read, the pass table, the device gather and the batch.
+    TOPK: `labels/index` + `labels/prob` (every store). DENSE: `labels/full` or
+    `labels/logits` (stores of those kinds). GT_PROB: `labels/gt_prob` and each image's
+    ground-truth class in the teacher's classes (stores made `--gt-prob`). BOX: the crops'
+    stored boxes and flips on the training device, for targets that depend on where a
+    crop lies (ReLabel's label maps).
+    """
+
+    TOPK = "topk"
+    DENSE = "dense"
+    GT_PROB = "gt_prob"
+    BOX = "box"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+#: what a reader asks for when it names nothing: the labels every store has
+TOPK_ONLY: frozenset[CropField] = frozenset({CropField.TOPK})
+
+
 @dataclass
 class CropLabels:
-    """Stored fields for a block of images x slots (numpy, as the store keeps them)."""
+    """Stored fields for a block of images x slots (numpy, as the store keeps them); None where not read."""
 
     boxes: np.ndarray  # (n, s, 4) uint16 fractions of (H, W, H, W)
     flips: np.ndarray  # (n, s) bool
-    index: np.ndarray  # (n, s, K) int16, most probable first
-    prob: np.ndarray  # (n, s, K) float16
+    index: np.ndarray | None = None  # (n, s, K) int16, most probable first
+    prob: np.ndarray | None = None  # (n, s, K) float16
     full: np.ndarray | None = None  # (n, s, C) float16, kind "full" only
     logits: np.ndarray | None = None  # (n, s, D) float16 raw teacher outputs, kind "logits" only
     gt_prob: np.ndarray | None = None  # (n, s) float16 probability of the ground-truth class (`StoreSpec.gt`)

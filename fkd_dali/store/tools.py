@@ -264,7 +264,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
-            labels = store.read_images(start, stop, with_full=True, with_gt_prob=True)
+            labels = store.read_images(start, stop)
         except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
             found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
                                     "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
@@ -490,7 +490,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
     logits = store.spec.label.kind == "logits"
-    labels = read_written(store, i, i + 1, with_full=logits)
+    labels = read_written(store, i, i + 1)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
     name = (lambda c: f"dim {int(c)}") if logits else class_namer(store.spec.label.num_classes, store.class_names)

@@ -167,6 +167,7 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     """
     from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.loaders.sources import StoreCrops
 
     if isinstance(data, (str, os.PathLike)):
         index = index_for_store(store, data)  # checks the folder without reading image headers
@@ -175,9 +176,9 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
         check_dataset(store, index)
     dc = model_data_config(model, size, interpolation, mean, std)
     ids = np.arange(len(index)) if images is None else np.asarray(images, dtype=np.int64)
-    loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images, size=dc["size"],
-                          mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"], device=device,
-                          threads=threads, prefetch_tables=False)
+    loader = ReplayLoader(StoreCrops(store, index.sizes, prefetch=False), index, m=len(slots),
+                          batch_size=len(slots) * batch_images, size=dc["size"], mean=dc["mean"], std=dc["std"],
+                          interpolation=dc["interpolation"], device=device, threads=threads)
     table = read_pass_table(store, index.sizes, np.asarray(slots), ids)
     was_training = model.training
     model.eval()
@@ -185,7 +186,7 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     try:
         for batch in loader.table_batches(table):
             pred = model(batch.images.float()).argmax(dim=1)
-            agree += int((pred == batch.index[:, 0]).sum())
+            agree += int((pred == batch.field("index")[:, 0]).sum())
             total += int(pred.numel())
     finally:
         model.train(was_training)

@@ -62,7 +62,7 @@ def test_fkd_dali_targets_are_the_recovered_store_labels(photo_index, small_stor
     store = open_store(str(small_store))
     stored = store.read_images(0, store.n_images)
     loader = FkdDaliLoader(spec(photo_index, small_store))
-    steps = loader.replay.steps_per_pass
+    steps = loader.loader.steps_per_pass
     stream = loader.batches_with_meta()
     seen: dict[int, set[int]] = {}
     for step in range(steps + 3):  # into pass 1

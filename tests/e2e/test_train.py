@@ -59,7 +59,7 @@ def _record_batches(monkeypatch) -> list:
 
     def recording(self, pass_idx, start_step=0):
         for step, batch in enumerate(real(self, pass_idx, start_step), start=start_step):
-            seen.append((pass_idx, step, batch.meta.clone(), batch.index.clone(), batch.images.clone()))
+            seen.append((pass_idx, step, batch.meta.clone(), batch.field("index").clone(), batch.images.clone()))
             yield batch
 
     monkeypatch.setattr(ReplayLoader, "pass_batches", recording)

@@ -111,7 +111,7 @@ def test_pass_table_refuses_fill_values_of_every_field(clean_store, store_copy, 
     opened = open_store(str(store))
     sizes = opened.load_index().sizes
     table = read_pass_table(opened, sizes, np.arange(4), np.arange(21))  # slots 0-3: clean
-    assert table.index.min() >= 0
+    assert table.crop_values["index"].min() >= 0
     with pytest.raises(StoreDamageError) as e:
         read_pass_table(opened, sizes, np.array([4, 5, 6, 7]), np.arange(21))
     assert e.value.array == key and e.value.images == (10, 15)

@@ -17,6 +17,7 @@ from fkd_dali.store.opening import create_store, open_or_create_store, open_stor
 from fkd_dali.store.schema import (
     ATTR_KEY,
     SCHEMA_VERSION,
+    CropField,
     CropLabels,
     LabelSpec,
     StoreLayout,
@@ -145,7 +146,7 @@ def test_full_label_kind(store_url):
         store.write_chunk(0, lab)
     lab.full = np.random.default_rng(0).random((IPC, M, 50)).astype(np.float16)
     store.write_chunk(0, lab)
-    got = open_store(store_url).read_slots([1, 2], with_full=True)
+    got = open_store(store_url).read_slots([1, 2], {CropField.TOPK, CropField.DENSE})
     np.testing.assert_array_equal(got.full[:IPC], lab.full[:, 1:3])
     assert np.isnan(got.full[IPC:]).all()
 

@@ -29,7 +29,7 @@ from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_or_create_store, open_store
-from fkd_dali.store.schema import CropLabels, GroundTruthSpec, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
+from fkd_dali.store.schema import CropLabels, GroundTruthSpec, LabelKind, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 if TYPE_CHECKING:
     from fkd_dali.loaders.feed import CropIterator
@@ -86,7 +86,7 @@ def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | No
         crops_per_image = cfg.crops_per_image
         crop = CropDistribution(scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), flip_prob=cfg.flip_prob,
                                 seed=cfg.seed)
-    kind = "logits" if cfg.logits else "full" if cfg.full else "topk"
+    kind = LabelKind.LOGITS if cfg.logits else LabelKind.FULL if cfg.full else LabelKind.TOPK
     if cfg.logits and cfg.top_k > teacher.num_classes:
         raise ConfigError(f"--top-k {cfg.top_k} exceeds the teacher's {teacher.num_classes} outputs; a --logits "
                           "store keeps all of them anyway, the top-K is only a preview: lower --top-k")
@@ -164,9 +164,9 @@ class _TeacherRunner:
         probs = torch.softmax(logits.float() / (self.spec.temperature or 1.0), dim=1)
         top_p, top_i = probs.topk(self.spec.k, dim=1)
         out = {"index": top_i.to(torch.int16).cpu(), "prob": top_p.half().cpu()}
-        if self.spec.kind == "full":
+        if self.spec.kind is LabelKind.FULL:
             out["full"] = probs.half().cpu()
-        if self.spec.kind == "logits":
+        if self.spec.kind is LabelKind.LOGITS:
             out["logits"] = logits.float().half().cpu()
         if gt is not None:
             out["gt_prob"] = probs.gather(1, gt.to(self.device, torch.int64)[:, None])[:, 0].half().cpu()
@@ -215,7 +215,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
     n, m, label = stop - start, store.crops_per_image, store.spec.label
     per_round = labeller.per_round
     out = {"index": np.full((n, m, label.k), -1, np.int16), "prob": np.zeros((n, m, label.k), np.float16)}
-    if label.kind in ("full", "logits"):
+    if label.kind is not LabelKind.TOPK:
         out[label.kind] = np.zeros((n, m, label.num_classes), np.float16)
     gt_of_image = None
     if gt is not None:

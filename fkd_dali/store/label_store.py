@@ -134,8 +134,7 @@ class LabelStore:
     def crop_keys(self) -> tuple[str, ...]:
         """The per-crop arrays this store has (`CROP_KEYS` less those its label kind and gt_prob leave out)."""
         kind = self.spec.label.kind
-        skip = {"labels/full"} if kind != "full" else set()
-        skip |= {"labels/logits"} if kind != "logits" else set()
+        skip = {"labels/full", "labels/logits"} - {kind.dense_array}
         skip |= {"labels/gt_prob"} if self.spec.gt is None else set()
         return tuple(k for k in CROP_KEYS if k not in skip)
 
@@ -194,8 +193,8 @@ class LabelStore:
         _check_shape("labels/index", labels.index, (n, m, k))
         _check_shape("labels/prob", labels.prob, (n, m, k))
         kind, width = self.spec.label.kind, self.spec.label.num_classes
-        dense = {"full": labels.full, "logits": labels.logits}.get(kind)
-        if kind in ("full", "logits"):
+        dense = {LabelKind.FULL: labels.full, LabelKind.LOGITS: labels.logits}.get(kind)
+        if kind is not LabelKind.TOPK:
             if dense is None:
                 raise LabelStoreError(f"a store of label kind {kind!r} needs its dense values (labels/{kind})")
             _check_shape(f"labels/{kind}", dense, (n, m, width))

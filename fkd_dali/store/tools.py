@@ -24,7 +24,7 @@ from fkd_dali.store.ground_truth import consistent_gt_prob
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
-from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, array_defs, array_mismatches
+from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, LabelKind, array_defs, array_mismatches
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -54,7 +54,7 @@ def store_info(url: str) -> dict[str, Any]:
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
-                  **({"width": spec.label.num_classes} if spec.label.kind == "logits" else {})},
+                  **({"width": spec.label.num_classes} if spec.label.kind is LabelKind.LOGITS else {})},
         "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
@@ -489,7 +489,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    logits = store.spec.label.kind == "logits"
+    logits = store.spec.label.kind is LabelKind.LOGITS
     labels = read_written(store, i, i + 1)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]

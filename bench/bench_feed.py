@@ -34,6 +34,7 @@ import torch
 from .harness import Entry, RoundResult, load_average, load_notes, machine_description, run_rounds
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
+from fkd_dali.defaults import IMAGENET_MEAN, IMAGENET_STD
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.replay import ReplayLoader
 
@@ -44,7 +45,6 @@ GPU_IMAGES_PER_S = 5_000.0
 #: Cumulative stages, in chain order: (stage, what it adds).
 STAGES = (("table", "pass plan + pass table"), ("files", "file read"), ("feed", "feed assembly"),
           ("external source", "external source"), ("labels", "label gather"))
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,17 @@ class StageLoader:
     """
 
     def __init__(self, cfg: FeedConfig, index: DatasetIndex, store_url: str, stage: str, threads: int) -> None:
-        from fkd_dali.store.label_store import open_store
+        from fkd_dali.loaders.sources import StoreCrops
+        from fkd_dali.store.schema import TOPK_ONLY
+        from fkd_dali.store.opening import open_store
 
         if stage not in dict(STAGES):
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(dict(STAGES))}")
         self.stage = stage
+        fields = TOPK_ONLY if stage == "labels" else frozenset()
         self.replay: ReplayLoader | None = PassThroughReplay(
-            open_store(store_url), index, m=cfg.m, batch_size=cfg.batch_size, size=224, mean=_MEAN, std=_STD,
-            seed=cfg.seed, threads=threads, with_labels=stage == "labels", prefetch_tables=False)
+            StoreCrops(open_store(store_url), index.sizes, fields, prefetch=False), index, m=cfg.m,
+            batch_size=cfg.batch_size, size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=cfg.seed, threads=threads)
         self._unit = torch.empty(cfg.images_per_step)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, None]]:

@@ -129,25 +129,26 @@ class Crops:
 def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_images: int, threads: int) -> Crops:
     """The teacher on every stored crop, cut by the replay graph at its own size and normalization."""
     from fkd_dali.crops.boxes import boxes_to_fractions
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.loaders.sources import StoreCrops
+    from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
     m, n = store.crops_per_image, len(index)
     table = read_pass_table(store, index.sizes, np.arange(m), np.arange(n))
     fractions = torch.from_numpy(boxes_to_fractions(table.boxes, index.sizes))  # (n, m, 4)
-    loader = ReplayLoader(store, index, m=m, batch_size=m * batch_images, size=teacher.input_size[-1],
-                          mean=teacher.mean, std=teacher.std, interpolation=teacher.interpolation, threads=threads,
-                          device=device, half=False, prefetch_tables=False)
+    loader = ReplayLoader(StoreCrops(store, index.sizes, prefetch=False), index, m=m, batch_size=m * batch_images,
+                          size=teacher.input_size[-1], mean=teacher.mean, std=teacher.std,
+                          interpolation=teacher.interpolation, threads=threads, device=device, half=False)
     model = teacher.model.to(device, memory_format=torch.channels_last).eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("oracle", "index", "prob", "image", "slot")}
     try:
         for batch in loader.table_batches(table):
             logits = model(batch.images.float().contiguous(memory_format=torch.channels_last))
             parts["oracle"].append(torch.softmax(logits.float(), dim=1).cpu())
-            parts["index"].append(batch.index.cpu())
-            parts["prob"].append(batch.prob.cpu())
+            parts["index"].append(batch.field("index").cpu())
+            parts["prob"].append(batch.field("prob").cpu())
             parts["image"].append(batch.meta[:, 0])
             parts["slot"].append(batch.meta[:, 1])
     finally:
@@ -160,7 +161,7 @@ def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_im
 
 def store_labels(crops: Crops, num_classes: int, smoothing: float) -> list[tuple[str, dict, torch.Tensor]]:
     """(row label, row fields, (N, C) label) of the stored top-K under each recovery kind."""
-    from fkd_dali.labels.recovery import recover_labels
+    from fkd_dali.targets.recovery import recover_labels
 
     k_stored = crops.index.shape[1]
     kinds = [("hard", None), ("smoothing", None)] + [("marginal_smoothing", k) for k in range(1, k_stored + 1)] \

@@ -119,10 +119,10 @@ def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Cal
 
 def fkd_dali_stages(cfg: StagesConfig, index, store: str) -> dict[str, float]:
     from .loaders import FkdDaliLoader, LoaderSpec
-    from fkd_dali.crops.pass_table import plan_table
+    from fkd_dali.loaders.pass_table import plan_table
     from fkd_dali.crops.plan import make_pass_plan
     from fkd_dali.loaders.feed import flipped_rois, read_encoded
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     st = open_store(store)
     table = plan_table(st, index.sizes, make_pass_plan(cfg.seed, 0, cfg.m, st.crops_per_image, len(index)))

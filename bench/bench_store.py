@@ -105,7 +105,8 @@ def folder_bytes(root: str | os.PathLike[str], suffix: str | None = None) -> tup
 
 def store_sizes(url: str) -> dict:
     """Bytes of a store's crop fields and of its per-image index, per image and per crop."""
-    from fkd_dali.store.label_store import ARRAY_KEYS, open_store
+    from fkd_dali.store.opening import open_store
+    from fkd_dali.store.schema import ARRAY_KEYS
 
     store = open_store(url)
     per_array = {k: int(store.group[k].nbytes_stored()) for k in ARRAY_KEYS if k in store.group}
@@ -216,9 +217,9 @@ def evict(root: str | os.PathLike[str]) -> bool:
 
 def time_pass_tables(url: str, m: int, repeats: int, seed: int) -> dict:
     """Median seconds of `read_slots` and `read_pass_table` over passes 0..repeats-1, cold and warm."""
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.crops.plan import make_pass_plan, pass_slots
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     store = open_store(url)
     sizes = np.asarray(store.group["images/size"][:])

@@ -84,7 +84,7 @@ def teacher_sha256(name: str, checkpoint: str | None) -> str:
 
 def store_identity(url: str) -> str:
     """A short hash of a store's attributes (dataset, teacher, crops, creation time)."""
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     meta = open_store(url).meta
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,7 +114,7 @@ def write_store_labels(index: DatasetIndex, out_root: str | os.PathLike[str], te
     """
     from fkd_dali.config import LabelGenConfig
     from fkd_dali.labels.generate import generate_labels
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     url = str(Path(out_root) / STORE_NAME)
     want = LabelAssetInfo("store", index.fingerprint, teacher, teacher_sha256(teacher, checkpoint), top_k, 0,
@@ -141,7 +141,7 @@ def export_store_fkd(store_url: str, out_root: str | os.PathLike[str]) -> LabelA
     The manifest records the store's identity, so a regenerated store is exported again.
     """
     from fkd_dali.interop.fkd_store import export_fkd
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
     info = LabelAssetInfo("fkd", store.fingerprint, store.spec.teacher.name, store.spec.teacher.checkpoint_sha256,
@@ -184,7 +184,8 @@ def write_synthetic_labels(url: str, index: DatasetIndex, m: int, k: int, seed: 
     running a teacher, for benchmarks that time reading and replaying a store, not its labels.
     """
     from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
-    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.store.opening import create_store
+    from fkd_dali.store.schema import CropLabels, LabelSpec, StoreSpec, TeacherSpec
 
     spec = StoreSpec(crops_per_image=m, crop=CropDistribution(seed=seed), label=LabelSpec(k=k),
                      teacher=TeacherSpec("synthetic", "none", "", (3, 224, 224), "bicubic",
@@ -246,7 +247,7 @@ def write_fkd_published(store_url: str, out_root: str | os.PathLike[str],
         crops_per_image: M of the files (FKD publishes 500).
     """
     from fkd_dali.atomic import save_torch
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
     k, num_classes = store.spec.label.k, store.spec.label.num_classes

@@ -39,10 +39,12 @@ from torchvision.datasets import ImageFolder
 
 from .labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
 from fkd_dali.data.index import DatasetIndex
+from fkd_dali.defaults import RECOVERY
 from fkd_dali.errors import ConfigError
 from fkd_dali.interop.fkd_files import read_fkd_file
 from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
 from fkd_dali.registry import Registry
+from fkd_dali.store.checks import check_dataset
 
 if TYPE_CHECKING:
     from nvidia.dali.pipeline import Pipeline
@@ -362,49 +364,47 @@ class DaliVanillaLoader:
 # --- fkd-dali ----------------------------------------------------------------------------
 
 class FkdDaliLoader:
-    """fkd-dali's replay loader over passes 0, 1, 2, ... back to back, as training draws them.
+    """fkd-dali's replay over passes 0, 1, 2, ... back to back, as training draws them: the loader
+    `fkd-dali train` and `create_loader` build (`fkd_dali.loaders.fkd_loader.replay_loader`).
 
     DALI decodes each image once and cuts its m stored crops of the pass (the pass
     table, read in a background thread during the previous pass, gives boxes and
     flips); the crops' stored top-K labels are gathered by image id and recovered to
     dense targets (`marginal_smoothing`, FKD's label) on the spec's device. Without
-    labels, the targets are the images' folder classes (one index op), which isolates
-    the cost of attaching soft labels.
+    labels, no label field is read or gathered and the targets are the images' folder
+    classes (one index op), which isolates the cost of attaching soft labels.
     """
 
-    def __init__(self, spec: LoaderSpec, with_labels: bool = True, recovery: str = "marginal_smoothing") -> None:
+    def __init__(self, spec: LoaderSpec, with_labels: bool = True, recovery: str = RECOVERY) -> None:
+        from fkd_dali.loaders.fkd_loader import FkdLoader, replay_loader
         from fkd_dali.loaders.replay import ReplayLoader
-        from fkd_dali.store.label_store import open_store
+        from fkd_dali.loaders.sources import StoreCrops
+        from fkd_dali.store.opening import open_checked_store
+        from fkd_dali.targets.recovery import Recovery
 
         if not spec.store:
             raise ConfigError("the fkd-dali loader needs a soft-label store (LoaderSpec.store)")
-        store = open_store(spec.store)
-        store.check_dataset(spec.index)
-        store.check_complete()
-        self.num_classes = store.spec.label.num_classes
-        self.with_labels, self.recovery = with_labels, recovery
-        self.device = torch.device(spec.device)
-        self.classes = torch.from_numpy(np.asarray(spec.index.classes, dtype=np.int64))
-        self.replay: ReplayLoader | None = ReplayLoader(
-            store, spec.index, m=spec.m, batch_size=spec.batch_size, size=spec.image_size, mean=spec.mean,
-            std=spec.std, interpolation="bilinear", seed=spec.seed, device=self.device,
-            threads=max(1, spec.workers), with_labels=with_labels)
-        if self.replay.steps_per_pass < 1:
-            raise ConfigError(f"{len(spec.index)} images do not fill one batch of {spec.batch_size // spec.m} "
-                              "images: lower the batch size or use more images")
+        store, _ = open_checked_store(spec.store)  # complete, no chunk file missing
+        check_dataset(store, spec.index)
+        device = torch.device(spec.device)
+        pixels = dict(mean=spec.mean, std=spec.std, interpolation="bilinear", seed=spec.seed,
+                      threads=max(1, spec.workers))
+        if with_labels:
+            self.loader: FkdLoader | None = replay_loader(spec.index, store, spec.m, spec.batch_size,
+                                                          spec.image_size, device, Recovery(recovery), **pixels)
+        else:
+            classes = torch.from_numpy(np.asarray(spec.index.classes, dtype=np.int64))
+            replay = ReplayLoader(StoreCrops(store, spec.index.sizes, fields=frozenset()), spec.index, spec.m,
+                                  spec.batch_size, spec.image_size, device=device, **pixels)
+            self.loader = FkdLoader(replay, lambda b: classes[b.meta[:, 0]].to(device, non_blocking=True),
+                                    store.spec.label.num_classes)
 
     def batches_with_meta(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images, targets, meta): meta (B, 2) is each crop's (image id, store slot)."""
-        from fkd_dali.labels.recovery import recover_labels
-
         pass_idx = 0
-        while self.replay is not None:
-            for batch in self.replay.pass_batches(pass_idx):
-                if self.with_labels:
-                    targets = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery)
-                else:
-                    targets = self.classes[batch.meta[:, 0]].to(self.device, non_blocking=True)
-                yield batch.images, targets, batch.meta
+        while self.loader is not None:
+            for batch in self.loader.pass_batches(pass_idx):
+                yield batch.images, batch.target, batch.meta
             pass_idx += 1
 
     def batches(self) -> Iterator[Batch]:
@@ -412,9 +412,9 @@ class FkdDaliLoader:
             yield images, targets
 
     def close(self) -> None:
-        if self.replay is not None:
-            self.replay.close()
-            self.replay = None
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
 
 
 LOADERS.add("torchvision", LoaderInfo(_torchvision, description="ImageFolder + RandomResizedCrop + flip, "

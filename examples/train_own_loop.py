@@ -36,14 +36,13 @@ def main() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     loader = fkd_dali.create_loader(data=args.data, labels=args.labels, num_crops=args.num_crops,
                                     batch_size=args.batch_size, image_size=args.image_size, device=args.device)
-    device = loader.replay.device
-    store = fkd_dali.open_store(args.labels)
-    model = timm.create_model(args.arch, num_classes=store.spec.label.num_classes).to(device)
+    device = loader.device  # this rank's GPU (or the CPU), where batches arrive
+    model = timm.create_model(args.arch, num_classes=loader.num_classes).to(device)
     if distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.passes * len(loader))
-    loss_fn = fkd_dali.SoftTargetCrossEntropy(temperature=store.spec.label.temperature)
+    loss_fn = fkd_dali.SoftTargetCrossEntropy(temperature=loader.temperature)  # the store's label temperature
 
     for _ in range(args.passes):
         pass_idx = loader.position[0]

@@ -19,15 +19,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from fkd_dali.version import __version__
 
 _PUBLIC = {
     "create_loader": "fkd_dali.loaders.fkd_loader",
     "FkdLoader": "fkd_dali.loaders.fkd_loader",
     "FkdBatch": "fkd_dali.loaders.fkd_loader",
-    "SoftTargetCrossEntropy": "fkd_dali.labels.loss",
-    "recover_labels": "fkd_dali.labels.recovery",
-    "open_store": "fkd_dali.store.label_store",
+    "SoftTargetCrossEntropy": "fkd_dali.targets.loss",
+    "recover_labels": "fkd_dali.targets.recovery",
+    "open_store": "fkd_dali.store.opening",
     "LabelStore": "fkd_dali.store.label_store",
     "FkdError": "fkd_dali.errors",
 }

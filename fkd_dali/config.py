@@ -26,9 +26,11 @@ from fkd_dali.defaults import (
     FERKD_NEGATIVE_MODES,
     FLIP_PROB,
     IMAGES_PER_CHUNK,
+    RECOVERY,
     RECOVERY_KINDS,
     SCHEDULE_NAMES,
     SLOTS_PER_CHUNK,
+    SMOOTHING,
     WARMUP_EPOCHS,
     default_threads,
 )
@@ -216,9 +218,9 @@ class TrainConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     crop_pct: float | None = None
-    recovery: str = "marginal_smoothing"
+    recovery: str = RECOVERY
     recovery_k: int | None = None  # default: the store's K
-    smoothing: float = 0.1
+    smoothing: float = SMOOTHING
     temperature: float | None = None  # default: the store's label temperature
     scale: tuple[float, float] = CROP_SCALE  # vanilla random-resized-crop
     ratio: tuple[float, float] = CROP_RATIO
@@ -250,7 +252,7 @@ class TrainConfig:
     ferkd_negative: float = 0.1  # gt_prob < this: hard negative (the crop shows mostly context)
     ferkd_negatives: str = "soft-gt"  # hard negatives get: soft-gt (smoothed ground truth), drop, or weight
     ferkd_negative_weight: float = 0.5  # their loss weight with --ferkd-negatives weight
-    ferkd_smoothing: float = 0.1  # label smoothing of the soft ground truth (--ferkd-negatives soft-gt)
+    ferkd_smoothing: float = SMOOTHING  # label smoothing of the soft ground truth (--ferkd-negatives soft-gt)
     selfmix: float = 0.0  # SelfMix: CutMix between crops of the same image, lam ~ Beta(alpha, alpha); 0 = off
     selfmix_prob: float = 1.0  # probability that a step is self-mixed (when selfmix > 0)
     # online KD (--labels online): the teacher runs on every training crop

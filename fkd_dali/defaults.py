@@ -12,7 +12,7 @@ CROP_SCALE: tuple[float, float] = (0.08, 1.0)
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 FLIP_PROB = 0.5
 
-# -- store chunk layout, chosen for sequential pass reads (DESIGN.md, "the soft-label store") --
+# -- store chunk layout, chosen for sequential pass reads (docs/design.md, "the soft-label store") --
 IMAGES_PER_CHUNK = 4096
 SLOTS_PER_CHUNK = 8
 
@@ -36,6 +36,13 @@ def default_threads() -> int:
 
 
 # -- training --
+#: timm's IMAGENET_DEFAULT_MEAN/STD: the usual student normalisation (fractions of 255)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: FKD's recommended label: the stored top-k kept, the rest of the mass spread evenly
+RECOVERY = "marginal_smoothing"
+#: eps of the `smoothing` recovery (and of FerKD's soft ground truth)
+SMOOTHING = 0.1
 WARMUP_EPOCHS = 5.0  # FKD's recipe ("w/ warmup"); in FKD epochs (one pass = m epochs)
 
 # -- named choices: the heavy modules register their implementations under these names --

@@ -62,7 +62,7 @@ def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int) -> d
 
 def _student_agreement(model: torch.nn.Module, val_store: Path, val: Path, cfg: DemoConfig,
                        device: torch.device) -> float:
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
     from fkd_dali.train.evaluate import teacher_agreement
 
     store = open_store(str(val_store))

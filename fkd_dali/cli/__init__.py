@@ -15,7 +15,7 @@ import sys
 import warnings
 from typing import NoReturn, Sequence
 
-from fkd_dali import __version__
+from fkd_dali.version import __version__
 from fkd_dali.errors import FkdError
 
 

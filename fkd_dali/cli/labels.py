@@ -232,7 +232,7 @@ def _add_import(lsub: argparse._SubParsersAction) -> None:
 
 def _import(args: argparse.Namespace) -> int:
     from fkd_dali.interop.fkd_store import import_fkd
-    from fkd_dali.store.label_store import StoreLayout
+    from fkd_dali.store.schema import StoreLayout
 
     store = import_fkd(args.fkd_dir, args.data, args.out, teacher_name=args.teacher_name,
                        num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk))

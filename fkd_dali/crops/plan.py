@@ -14,8 +14,8 @@ import numpy as np
 from fkd_dali.errors import CropPlanError
 
 
-def _check_slots(m: int, M: int) -> None:
-    if m < 1 or m > M:
+def _check_slots(m: int, M: int | None) -> None:
+    if m < 1 or (M is not None and m > M):
         raise CropPlanError(
             f"crops per pass m={m} must be between 1 and the crops stored per image M={M}: "
             "lower --num-crops or regenerate labels with more crops per image"
@@ -27,7 +27,7 @@ def _check_non_negative(name: str, value: int) -> None:
         raise CropPlanError(f"{name} must be >= 0, got {value}")
 
 
-def pass_slots(pass_idx: int, m: int, M: int) -> np.ndarray:
+def pass_slots(pass_idx: int, m: int, M: int | None) -> np.ndarray:
     """Returns the crop slots every image uses in pass ``pass_idx``.
 
     Slots run as one cyclic stream ``(p*m + j) mod M``: each stored crop is used once
@@ -37,7 +37,8 @@ def pass_slots(pass_idx: int, m: int, M: int) -> np.ndarray:
     Args:
         pass_idx: p >= 0, the pass number (pass p covers epochs p*m .. p*m + m - 1).
         m: crops of each image per pass (num_crops), 1 <= m <= M.
-        M: crops stored per image.
+        M: crops stored per image; None for crops drawn afresh each pass (online KD,
+            ReLabel), whose slots ``p*m + j`` never wrap, so every pass gets new crops.
 
     Returns:
         (m,) int64 slot indices, all distinct.
@@ -47,7 +48,8 @@ def pass_slots(pass_idx: int, m: int, M: int) -> np.ndarray:
     """
     _check_slots(m, M)
     _check_non_negative("pass_idx", pass_idx)
-    return (pass_idx * m + np.arange(m, dtype=np.int64)) % M
+    slots = pass_idx * m + np.arange(m, dtype=np.int64)
+    return slots if M is None else slots % M
 
 
 def passes_per_cycle(m: int, M: int) -> int:
@@ -134,7 +136,7 @@ class PassPlan:
     seed: int
     pass_idx: int
     m: int
-    M: int
+    M: int | None  # crops per image; None: drawn afresh, unbounded
     rank: int
     world: int
     images: np.ndarray
@@ -181,7 +183,7 @@ def make_pass_plan(
     seed: int,
     pass_idx: int,
     m: int,
-    M: int,
+    M: int | None,
     n_images: int,
     rank: int = 0,
     world: int = 1,

@@ -7,7 +7,7 @@ Image sizes come from file headers (no decode), in stored orientation: EXIF rota
 is ignored everywhere in fkd-dali so that a box means the same pixels in every
 pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
 tell whether it was made for the folder it is used with (`scan_folder` lists what that
-check needs without opening an image; `fkd_dali.store.label_store.index_for_store` does it).
+check needs without opening an image; `fkd_dali.store.checks.index_for_store` does it).
 """
 from __future__ import annotations
 

@@ -21,16 +21,18 @@ from fkd_dali.data.index import build_index
 from fkd_dali.defaults import FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, INTERPOLATION
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.interop.fkd_files import FKD_SUFFIX, FkdLabels, fkd_file_paths, read_fkd_file, write_fkd_file
-from fkd_dali.store.label_store import (
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_or_create_store
+from fkd_dali.store.schema import (
     IMPORT_ATTR_KEY,
+    TOPK_ONLY,
     CropLabels,
+    LabelKind,
     LabelSpec,
-    LabelStore,
     StoreLayout,
     StoreSpec,
     TeacherSpec,
-    open_or_create_store,
-    open_store,
 )
 
 
@@ -49,19 +51,15 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
         LabelStoreError: the store is missing, incomplete or damaged (`StoreDamageError`), or
             holds logits (kind "logits": no class probabilities to export).
     """
-    store = open_store(url)
-    if store.spec.label.kind == "logits":
-        raise LabelStoreError(f"export-fkd: store {url} holds a self-supervised teacher's raw outputs (kind logits); "
-                              "FKD's label files hold class probabilities, so there is nothing to export them as")
-    store.check_complete()
-    store.check_chunk_files()
+    store, _ = open_checked_store(url, StoreNeeds(no_logits="export-fkd: FKD's label files hold class "
+                                                  "probabilities, so there is nothing to export them as"))
     index = store.load_index()
     _prepare_out_dir(Path(out_dir))
     targets = fkd_file_paths(out_dir, index.paths)
     written = 0
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_range(chunk)
-        labels = store.read_images(start, stop, check=True)
+        labels = read_written(store, start, stop, TOPK_ONLY)
         coords = boxes_to_fractions(labels.boxes, index.sizes[start:stop])
         for row in range(stop - start):
             target = targets[start + row]
@@ -125,7 +123,7 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
     m, k = first.coords.shape[0], first.index.shape[1]
     spec = StoreSpec(
         crops_per_image=m, crop=CropDistribution(seed=0),
-        label=LabelSpec(kind="topk", k=k, num_classes=num_classes, temperature=temperature),
+        label=LabelSpec(kind=LabelKind.TOPK, k=k, num_classes=num_classes, temperature=temperature),
         teacher=TeacherSpec(name=teacher_name, timm_name=timm_name, checkpoint_sha256=checkpoint_sha256,
                             input_size=tuple(input_size), interpolation=interpolation,  # type: ignore[arg-type]
                             mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]

@@ -25,19 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from fkd_dali.dist import dist_env, pick_device
-from fkd_dali.errors import LabelStoreError
 from fkd_dali.labels.generate import build_spec, compute_chunk, make_labeller
-from fkd_dali.labels.ground_truth import consistent_gt_prob, ground_truth_spec
+from fkd_dali.store.ground_truth import consistent_gt_prob, ground_truth_spec
 from fkd_dali.labels.repair import RepairOptions, refuse_unrecomputable, repair_config
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.store.label_store import (
-    CropLabels,
-    LabelStore,
-    check_same_spec,
-    index_for_store,
-    open_store,
-    quantize_prob,
-)
+from fkd_dali.store.checks import check_same_spec
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_store
+from fkd_dali.store.schema import CropLabels, quantize_prob
 
 COMMAND = "labels add-gt-prob"
 _log = logging.getLogger(__name__)
@@ -76,12 +71,8 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
     if store.has_gt_prob:
         return AddGtSummary(0, store.n_chunks, 0, 0.0, store.spec.gt.mapping, None)  # type: ignore[union-attr]
     refuse_unrecomputable(store, COMMAND)
-    if store.spec.label.kind == "logits":
-        raise LabelStoreError(f"store {url} holds a self-supervised teacher's raw outputs (kind logits), which are "
-                              "no classes: it can have no ground-truth probabilities")
-    store.check_complete()
-    store.check_chunk_files()
-    index = index_for_store(store, opts.data)
+    _, index = open_checked_store(store, StoreNeeds(no_logits="they are no classes: it can have no ground-truth "
+                                                    "probabilities"), data=opts.data)
     cfg = repair_config(store, opts)
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     check_same_spec(store, build_spec(cfg, teacher, None, index.class_names))  # the recorded teacher and weights

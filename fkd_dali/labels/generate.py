@@ -23,20 +23,13 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
-from fkd_dali.labels.ground_truth import ground_truth_spec
+from fkd_dali.store.checks import check_chunk_files, check_written
+from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, load_teacher
-from fkd_dali.store.label_store import (
-    CropLabels,
-    GroundTruthSpec,
-    LabelSpec,
-    LabelStore,
-    StoreLayout,
-    StoreSpec,
-    TeacherSpec,
-    index_for_store,
-    open_or_create_store,
-    open_store,
-)
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_or_create_store, open_store
+from fkd_dali.store.schema import CropLabels, GroundTruthSpec, LabelKind, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 if TYPE_CHECKING:
     from fkd_dali.loaders.feed import CropIterator
@@ -93,7 +86,7 @@ def build_spec(cfg: LabelGenConfig, teacher: Teacher, reference: LabelStore | No
         crops_per_image = cfg.crops_per_image
         crop = CropDistribution(scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), flip_prob=cfg.flip_prob,
                                 seed=cfg.seed)
-    kind = "logits" if cfg.logits else "full" if cfg.full else "topk"
+    kind = LabelKind.LOGITS if cfg.logits else LabelKind.FULL if cfg.full else LabelKind.TOPK
     if cfg.logits and cfg.top_k > teacher.num_classes:
         raise ConfigError(f"--top-k {cfg.top_k} exceeds the teacher's {teacher.num_classes} outputs; a --logits "
                           "store keeps all of them anyway, the top-K is only a preview: lower --top-k")
@@ -110,7 +103,7 @@ def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
     if reference is not None:  # only its crops are needed: damaged labels there do not matter
         sel = (slice(start, stop), slice(None))
         boxes, flips = reference.read("crops/box", sel), reference.read("crops/flip", sel)
-        reference.check_written({"crops/box": boxes}, start, range(reference.crops_per_image))
+        check_written(reference, {"crops/box": boxes}, start, range(reference.crops_per_image))
         return boxes, flips
     slots = np.arange(store.crops_per_image)
     boxes, flips = sample_crops(index.sizes[start:stop], np.arange(start, stop), slots, store.spec.crop)
@@ -171,9 +164,9 @@ class _TeacherRunner:
         probs = torch.softmax(logits.float() / (self.spec.temperature or 1.0), dim=1)
         top_p, top_i = probs.topk(self.spec.k, dim=1)
         out = {"index": top_i.to(torch.int16).cpu(), "prob": top_p.half().cpu()}
-        if self.spec.kind == "full":
+        if self.spec.kind is LabelKind.FULL:
             out["full"] = probs.half().cpu()
-        if self.spec.kind == "logits":
+        if self.spec.kind is LabelKind.LOGITS:
             out["logits"] = logits.float().half().cpu()
         if gt is not None:
             out["gt_prob"] = probs.gather(1, gt.to(self.device, torch.int64)[:, None])[:, 0].half().cpu()
@@ -222,7 +215,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
     n, m, label = stop - start, store.crops_per_image, store.spec.label
     per_round = labeller.per_round
     out = {"index": np.full((n, m, label.k), -1, np.int16), "prob": np.zeros((n, m, label.k), np.float16)}
-    if label.kind in ("full", "logits"):
+    if label.kind is not LabelKind.TOPK:
         out[label.kind] = np.zeros((n, m, label.num_classes), np.float16)
     gt_of_image = None
     if gt is not None:
@@ -275,7 +268,7 @@ def _reference_index(reference: LabelStore, cfg: LabelGenConfig) -> DatasetIndex
     except StoreMismatchError as e:
         raise StoreMismatchError(f"--reference {cfg.reference}: {e}") from e
     reference.check_complete()
-    reference.check_chunk_files(("crops/box", "crops/flip"))  # only its crops are used
+    check_chunk_files(reference, ("crops/box", "crops/flip"))  # only its crops are used
     return index
 
 

@@ -16,15 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from fkd_dali.errors import ConfigError, StoreMismatchError
-from fkd_dali.store.label_store import (
-    ENSEMBLE_TIMM_NAME,
-    CropLabels,
-    LabelSpec,
-    LabelStore,
-    TeacherSpec,
-    open_or_create_store,
-    open_store,
-)
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_or_create_store
+from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -79,13 +74,9 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     """Write the weighted ensemble of stores `urls` (same crops) to `out`."""
     if len(urls) < 2:
         raise ConfigError("merge needs at least two stores")
-    stores = [open_store(u) for u in urls]
-    for s in stores:
-        if s.spec.label.kind == "logits":
-            raise ConfigError(f"merge: store {s.url} holds a self-supervised teacher's raw outputs (kind logits), "
-                              "whose dimensions are no shared classes to average; merge stores of class probabilities")
-        s.check_complete()
-        s.check_chunk_files()
+    need = StoreNeeds(no_logits="merge: their dimensions are no shared classes to average; merge stores of "
+                                "class probabilities")
+    stores = [open_checked_store(u, need)[0] for u in urls]
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
     if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
@@ -96,7 +87,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     k = k or max(s.spec.label.k for s in stores)
     names = "+".join(s.spec.teacher.name for s in stores)
     spec = dataclasses.replace(
-        first.spec, label=LabelSpec(kind="topk", k=k, num_classes=first.spec.label.num_classes,
+        first.spec, label=LabelSpec(kind=LabelKind.TOPK, k=k, num_classes=first.spec.label.num_classes,
                                     temperature=first.spec.label.temperature),
         teacher=TeacherSpec(name=f"ensemble({names})", timm_name=ENSEMBLE_TIMM_NAME,
                             checkpoint_sha256=",".join(s.spec.teacher.checkpoint_sha256[:12] for s in stores),
@@ -107,7 +98,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
     merged = open_or_create_store(out, index, spec)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
-        parts = [s.read_images(a, b, check=True) for s in stores]
+        parts = [read_written(s, a, b, TOPK_ONLY) for s in stores]
         idx, prob = merge_topk([p.index for p in parts], [p.prob for p in parts], w, k)
         merged.write_chunk(c, CropLabels(boxes=parts[0].boxes, flips=parts[0].flips, index=idx, prob=prob))
     return merged

@@ -20,10 +20,12 @@ from typing import Any
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
-from fkd_dali.interop.fkd_store import IMPORT_ATTR_KEY
+from fkd_dali.store.schema import IMPORT_ATTR_KEY, LabelKind
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.store.label_store import LabelStore, check_same_spec, index_for_store, open_store
+from fkd_dali.store.checks import check_same_spec, index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 _MAX_FLAG_RESETS = 1000  # unreadable done flags cleared one by one before giving up
@@ -71,7 +73,7 @@ def repair_config(store: LabelStore, opts: RepairOptions) -> LabelGenConfig:
     return LabelGenConfig(
         data=opts.data, out=store.url, teacher=t.name, checkpoint=opts.checkpoint,
         num_classes=spec.label.num_classes, crops_per_image=spec.crops_per_image, top_k=spec.label.k,
-        full=spec.label.kind == "full", logits=spec.label.kind == "logits", gt_prob=spec.gt is not None,
+        full=spec.label.kind is LabelKind.FULL, logits=spec.label.kind is LabelKind.LOGITS, gt_prob=spec.gt is not None,
         temperature=spec.label.temperature or 1.0, seed=spec.crop.seed,
         scale=spec.crop.scale, ratio=spec.crop.ratio, flip_prob=spec.crop.flip_prob,
         images_per_chunk=spec.layout.images_per_chunk, slots_per_chunk=spec.layout.slots_per_chunk,

@@ -1,11 +1,13 @@
-"""The public loader for your own training loop: `create_loader(...)` yields (images, soft targets).
+"""The one loader of training crops with targets: `create_loader(...)` for your own loop, `FkdLoader` for every mode.
 
-What `fkd-dali train` uses, without its CLI, the way `timm.data.create_loader` or DALI's
-`DALIGenericIterator` are used: every check a store must pass before training
-(`open_replay_data`), the replay loader of this process's share (rank and world taken
-from `torch.distributed` when it is initialised), and label recovery on the device, so
-each batch carries dense (B, C) targets ready for a soft cross-entropy
-(`fkd_dali.SoftTargetCrossEntropy`).
+`fkd-dali train` and `create_loader` build the replay of a store the same way
+(`open_replay_data`, then `replay_loader`): every check a store must pass before
+training, the replay loader of this process's share (rank and world taken from
+`torch.distributed` when it is initialised), and label recovery on the device, so each
+batch carries dense (B, C) targets ready for a soft cross-entropy
+(`fkd_dali.SoftTargetCrossEntropy`). The other training modes (vanilla, online KD,
+ReLabel, synthetic) are the same `FkdLoader` around another batch loader and target
+function.
 
 One iteration over the loader is one pass: every image's m stored crops of that pass
 (m FKD epochs). The loader moves on to the next pass by itself after a complete
@@ -13,90 +15,137 @@ iteration; `set_pass(p, step)` jumps anywhere (resume), and `position` says wher
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from fkd_dali.config import check_recovery
 from fkd_dali.crops.plan import pass_slots
 from fkd_dali.data.index import DatasetIndex
-from fkd_dali.defaults import DEVICE_CHOICES, INTERPOLATION
-from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.recovery import recover_labels, softmax_targets
+from fkd_dali.defaults import DEVICE_CHOICES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION, RECOVERY, SMOOTHING
+from fkd_dali.errors import ConfigError
+from fkd_dali.loaders.batch import BatchLoader, CropBatch, FkdBatch
 from fkd_dali.loaders.replay import ReplayLoader
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
+from fkd_dali.loaders.sources import StoreCrops
+from fkd_dali.loaders.targets import TargetFn, store_targets
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import StoreNeeds, open_checked_store
+from fkd_dali.store.schema import CropField, LabelKind
+from fkd_dali.targets.recovery import Recovery
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN/STD, the usual student normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, recovery: str = "marginal_smoothing",
-                     recovery_k: int | None = None, smoothing: float = 0.1,
-                     with_gt_prob: bool = False, temperature: float | None = None) -> tuple[DatasetIndex, LabelStore]:
+def open_replay_data(data: str, labels: str | LabelStore, num_crops: int,
+                     with_gt_prob: bool = False) -> tuple[DatasetIndex, LabelStore]:
     """(index, store) for replaying `labels` over the folder `data`, after every check a training run needs.
 
     `with_gt_prob`: the run needs the ground-truth probabilities (e.g. calibration); the
-    store must have them. `temperature`: the softmax temperature the run applies, which
-    a "logits" store (raw outputs of a self-supervised teacher) needs.
+    store must have them. What the chosen recovery needs is checked by `store_targets`.
 
     Raises:
         StoreMismatchError: the store was made for another folder (the message names the difference).
-        LabelStoreError: the store is missing, damaged or incomplete.
+        LabelStoreError: the store is missing, damaged or incomplete, or lacks labels/gt_prob.
         CropPlanError: `num_crops` exceeds the crops stored per image.
-        ConfigError: the recovery choice does not fit the store (k above its K, `full` without dense labels,
-            anything but `full` or no temperature on a logits store).
     """
-    store = labels if isinstance(labels, LabelStore) else open_store(labels)
-    if with_gt_prob and not store.has_gt_prob:
-        raise LabelStoreError(store.no_gt_prob_message())
-    index = index_for_store(store, data)
-    store.check_complete()
-    store.check_chunk_files()  # deleted chunk files; each pass table is checked again as it is read
+    need = StoreNeeds(fields=frozenset({CropField.GT_PROB}) if with_gt_prob else frozenset())
+    store, index = open_checked_store(labels, need, data=data)
     pass_slots(0, num_crops, store.crops_per_image)  # num_crops <= M, with an explanation
-    if store.spec.label.kind == "logits":
-        check_logits_recovery(store, recovery, temperature)
-        return index, store
-    check_recovery(recovery, recovery_k, stored_k=store.spec.label.k, smoothing=smoothing)
-    if recovery == "full" and store.spec.label.kind != "full":
-        raise ConfigError(f"--recovery full needs a store with dense labels; {store.url} holds top-"
-                          f"{store.spec.label.k} only: pick another --recovery or regenerate with --full")
-    return index, store
+    return index, store  # type: ignore[return-value]
 
 
-def check_logits_recovery(store: LabelStore, recovery: str, temperature: float | None) -> None:
-    """A "logits" store trains only on softmax(stored outputs / T): `--recovery full` with a `--temperature`."""
-    width = store.spec.label.num_classes
-    if recovery != "full":
-        raise ConfigError(f"--recovery {recovery}: store {store.url} holds a self-supervised teacher's {width} raw "
-                          "outputs per crop (kind logits), whose only target is their softmax: use --recovery full "
-                          "with --temperature T")
-    if temperature is None:
-        raise ConfigError(f"store {store.url} holds raw teacher outputs (kind logits) with no temperature applied: "
-                          "choose one with --temperature T (create_loader: temperature=T); the targets are "
-                          "softmax(outputs / T)")
+class FkdLoader:
+    """Training crops with dense soft targets, pass by pass; see `create_loader`.
 
-
-@dataclass(frozen=True)
-class FkdBatch:
-    """One step of one process; unpacks as ``images, target = batch``.
-
-    images: (B, 3, S, S) on the loader's device (float16 on a GPU, float32 on the CPU),
-        crops of one image adjacent (B = images per step x m).
-    target: (B, C) float32 soft targets, rows summing to 1.
-    meta: (B, 2) int64 CPU tensor: per crop (dataset image id, store slot).
-    gt_prob: (B,) float32 teacher probability of each crop's ground-truth class, and
-    gt_class: (B,) int64 that class (in the teacher's classes); only with `with_gt_prob`.
+    Args:
+        batches: the batch loader (`ReplayLoader` of a store's or fresh crops, `VanillaLoader`,
+            `SyntheticLoader`).
+        targets: batch -> (B, C) targets on the device.
+        num_classes: C, the width of the targets (the student's outputs).
+        temperature: the soft cross-entropy's temperature that goes with these targets.
     """
 
-    images: torch.Tensor
-    target: torch.Tensor
-    meta: torch.Tensor
-    gt_prob: torch.Tensor | None = None
-    gt_class: torch.Tensor | None = None
+    def __init__(self, batches: BatchLoader, targets: TargetFn, num_classes: int, temperature: float = 1.0) -> None:
+        self.batches = batches
+        self.targets = targets
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.pass_idx, self.step = 0, 0
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.images, self.target))
+    @property
+    def device(self) -> torch.device:
+        """Where images and targets are delivered (and, on a GPU, decoded)."""
+        return self.batches.device
+
+    @property
+    def steps_per_pass(self) -> int:
+        return self.batches.steps_per_pass
+
+    def __len__(self) -> int:
+        """Steps in one pass (the same on every rank)."""
+        return self.batches.steps_per_pass
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(pass, steps of it done): save this with your checkpoint and give it to `set_pass` to resume."""
+        return self.pass_idx, self.step
+
+    def set_pass(self, pass_idx: int, step: int = 0) -> None:
+        """Make the next iteration run pass `pass_idx` from step `step` (earlier steps are not decoded)."""
+        if pass_idx < 0 or not 0 <= step <= len(self):
+            raise ConfigError(f"set_pass({pass_idx}, {step}): need pass >= 0 and 0 <= step <= {len(self)}")
+        self.pass_idx, self.step = pass_idx, step
+
+    def batch(self, crops: CropBatch) -> FkdBatch:
+        """The targets of one batch of crops."""
+        fields = crops.fields
+        return FkdBatch(crops.images, self.targets(crops), crops.meta, fields.get("gt_prob"), fields.get("gt_class"))
+
+    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[FkdBatch]:
+        """The batches of pass `pass_idx` from step `start_step`, independent of `position` (the training loop's view)."""
+        for crops in self.batches.pass_batches(pass_idx, start_step):
+            yield self.batch(crops)
+
+    def __iter__(self) -> Iterator[FkdBatch]:
+        if self.step >= len(self):
+            self.pass_idx, self.step = self.pass_idx + 1, 0
+        for crops in self.batches.pass_batches(self.pass_idx, self.step):
+            self.step += 1
+            yield self.batch(crops)
+        self.pass_idx, self.step = self.pass_idx + 1, 0
+
+    def close(self) -> None:
+        self.batches.close()
+
+    def __enter__(self) -> FkdLoader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def replay_loader(index: DatasetIndex, store: LabelStore, num_crops: int, batch_size: int, image_size: int,
+                  device: torch.device, recovery: Recovery, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD, interpolation: str = INTERPOLATION, seed: int = 0,
+                  rank: int = 0, world: int = 1, threads: int | None = None, with_gt_prob: bool = False,
+                  temperature: float | None = None, color_jitter: float = 0.0, read_threads: int = 1,
+                  prefetch_tables: bool = True) -> FkdLoader:
+    """The replay of an opened, checked store (`open_replay_data`) for one process: what `fkd-dali train`
+    and `create_loader` both run. Arguments as `create_loader`; `batch_size` is this process's crops per step."""
+    plan = store_targets(store, recovery, temperature, with_gt_prob)
+    source = StoreCrops(store, index.sizes, plan.fields, prefetch=prefetch_tables)
+    replay = ReplayLoader(source, index, num_crops, batch_size, image_size, mean, std, interpolation, seed=seed,
+                          rank=rank, world=world, device=device, threads=threads, color_jitter=color_jitter,
+                          read_threads=read_threads)
+    check_fills_a_step(replay, len(index), world)
+    return FkdLoader(replay, plan.targets, store.spec.label.num_classes, plan.temperature)
+
+
+def check_fills_a_step(loader: BatchLoader, n_images: int, world: int) -> None:
+    """Refuse (closing `loader`) a dataset too small for one step of every process."""
+    if loader.steps_per_pass >= 1:
+        return
+    loader.close()
+    per_step = getattr(loader, "images_per_step", None) or getattr(loader, "batch_size", 0)
+    raise ConfigError(f"{n_images} images over {world} process(es) do not fill one step of {per_step} images "
+                      "per process: lower the batch size (--batch-size; batch_size of create_loader)")
 
 
 def _process_place(rank: int | None, world: int | None) -> tuple[int, int]:
@@ -110,58 +159,9 @@ def _process_place(rank: int | None, world: int | None) -> tuple[int, int]:
     return 0, 1
 
 
-class FkdLoader:
-    """Replayed crops with dense soft targets; see `create_loader`."""
-
-    def __init__(self, replay: ReplayLoader, num_classes: int, recovery: str, recovery_k: int | None,
-                 smoothing: float, logits_temperature: float | None = None) -> None:
-        self.replay = replay
-        self.num_classes = num_classes
-        self.recovery, self.recovery_k, self.smoothing = recovery, recovery_k, smoothing
-        self.logits_temperature = logits_temperature  # set for a "logits" store: targets = softmax(full / T)
-        self.pass_idx, self.step = 0, 0
-
-    def __len__(self) -> int:
-        """Steps in one pass (the same on every rank)."""
-        return self.replay.steps_per_pass
-
-    @property
-    def position(self) -> tuple[int, int]:
-        """(pass, steps of it done): save this with your checkpoint and give it to `set_pass` to resume."""
-        return self.pass_idx, self.step
-
-    def set_pass(self, pass_idx: int, step: int = 0) -> None:
-        """Make the next iteration run pass `pass_idx` from step `step` (earlier steps are not decoded)."""
-        if pass_idx < 0 or not 0 <= step <= len(self):
-            raise ConfigError(f"set_pass({pass_idx}, {step}): need pass >= 0 and 0 <= step <= {len(self)}")
-        self.pass_idx, self.step = pass_idx, step
-
-    def __iter__(self) -> Iterator[FkdBatch]:
-        if self.step >= len(self):
-            self.pass_idx, self.step = self.pass_idx + 1, 0
-        for batch in self.replay.pass_batches(self.pass_idx, self.step):
-            if self.logits_temperature is not None:
-                target = softmax_targets(batch.full, self.logits_temperature)  # type: ignore[arg-type]
-            else:
-                target = recover_labels(batch.index, batch.prob, self.num_classes, self.recovery, self.recovery_k,
-                                        self.smoothing, batch.full)
-            self.step += 1
-            yield FkdBatch(batch.images, target, batch.meta, batch.gt_prob, batch.gt_class)
-        self.pass_idx, self.step = self.pass_idx + 1, 0
-
-    def close(self) -> None:
-        self.replay.close()
-
-    def __enter__(self) -> FkdLoader:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
 def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch_size: int = 256,
                   image_size: int = 224, device: torch.device | str = "auto",
-                  recovery: str = "marginal_smoothing", recovery_k: int | None = None, smoothing: float = 0.1,
+                  recovery: str = RECOVERY, recovery_k: int | None = None, smoothing: float = SMOOTHING,
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   interpolation: str = INTERPOLATION, seed: int = 0, threads: int | None = None,
                   rank: int | None = None, world: int | None = None, with_gt_prob: bool = False,
@@ -177,7 +177,7 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         device: "auto" (this rank's GPU if any, else the CPU), "cpu", "cuda" or a torch device;
             on a GPU, decoding and resizing run there too.
         recovery, recovery_k, smoothing: how stored top-K labels become dense targets
-            (see `fkd_dali.labels.recovery.recover_labels`).
+            (see `fkd_dali.targets.recovery.recover_labels`).
         mean, std, interpolation: the student's normalisation and resize filter.
         seed: the replay order seed (a pure function of (seed, pass), so resume is exact).
         threads: DALI CPU threads (default: the cores, at most 8).
@@ -188,27 +188,24 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
             and required there: the targets are softmax(outputs / temperature). Pass the
             same T to `SoftTargetCrossEntropy(temperature=T)` to soften the student alike.
 
+    Returns:
+        An `FkdLoader`; `loader.device`, `loader.num_classes` (the student's outputs) and
+        `loader.temperature` (for `SoftTargetCrossEntropy`) say what the loop needs.
+
     Raises:
-        FkdError subclasses, as `open_replay_data`, and `ConfigError` for a batch that is not
-        a multiple of m or does not fit the images of one rank.
+        FkdError subclasses, as `open_replay_data` and `store_targets`, and `ConfigError` for
+        a batch that is not a multiple of m or does not fit the images of one rank.
     """
     from fkd_dali.dist import dist_env, pick_device
 
-    index, store = open_replay_data(data, labels, num_crops, recovery, recovery_k, smoothing, with_gt_prob,
-                                    temperature)
-    if temperature is not None and store.spec.label.kind != "logits":
+    index, store = open_replay_data(data, labels, num_crops, with_gt_prob)
+    if temperature is not None and store.spec.label.kind is not LabelKind.LOGITS:
         raise ConfigError(f"temperature={temperature}: store {store.url} holds probabilities already softened at "
                           f"its temperature {store.spec.label.temperature}; the argument applies to logits stores "
                           "only (soften the student with SoftTargetCrossEntropy(temperature=...))")
     rank, world = _process_place(rank, world)
     if isinstance(device, str) and device in DEVICE_CHOICES:
         device = pick_device(device, dist_env().local_rank)
-    replay = ReplayLoader(store, index, num_crops, batch_size, image_size, mean, std, interpolation, seed=seed,
-                          rank=rank, world=world, device=device, threads=threads,
-                          with_full=recovery == "full", with_gt_prob=with_gt_prob)
-    if replay.steps_per_pass < 1:
-        replay.close()
-        raise ConfigError(f"{len(index)} images over {world} process(es) do not fill one step of "
-                          f"{batch_size // num_crops} images: lower batch_size")
-    return FkdLoader(replay, store.spec.label.num_classes, recovery, recovery_k, smoothing,
-                     temperature if store.spec.label.kind == "logits" else None)
+    return replay_loader(index, store, num_crops, batch_size, image_size, torch.device(device),
+                         Recovery(recovery, recovery_k, smoothing), mean, std, interpolation, seed=seed, rank=rank,
+                         world=world, threads=threads, with_gt_prob=with_gt_prob, temperature=temperature)

@@ -1,60 +1,36 @@
-"""The FKD replay loader: stored crops and their stored soft labels, batch by batch, on the device.
+"""The replay loader: a crop source's crops, batch by batch, cut by the DALI crop graph, fields on the device.
 
 A chain of stages, each a pure function of (seed, pass, rank, world):
 
 1. plan: `make_pass_plan` -> this rank's images (in order) and the pass's m slots;
-2. pass table: the store's boxes, flips and labels of those slots for those images,
-   read once per pass in a background thread (`fkd_dali.crops.pass_table`);
+2. pass table: the source's boxes, flips and declared fields of those slots for those
+   images (`fkd_dali.loaders.sources`: a store's crops, read once per pass in a background
+   thread, or crops drawn afresh);
 3. feed: per step, the images' encoded bytes plus their m pixel boxes and flips (array
    slices of the table), and a meta row (image id, table row);
 4. crop pipeline: `fkd_dali.pipelines.crops.make_crop_pipeline` (the graph label generation
    uses, so the student sees the pixels the teacher saw), decode once, m crops;
-5. labels: each crop's top-K gathered from the table on the device, by image id.
+5. fields: each crop's declared fields gathered from the table on the device, by image id.
 
-Batches are `ReplayBatch(images, index, prob, meta)` with crops of one image adjacent in
-slot order. `start_step` skips steps without reading or decoding them (resume).
+Batches are `CropBatch`es with crops of one image adjacent in slot order. `start_step`
+skips steps without reading or decoding them (resume).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from fkd_dali.crops.pass_table import DeviceLabels, PassTable, PassTablePrefetcher, read_pass_table
 from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import INTERPOLATION, default_threads
 from fkd_dali.dist import dali_device_id
-from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.store.label_store import LabelStore
-
-
-@dataclass(frozen=True)
-class ReplayBatch:
-    """One training step of one rank; unpacks as ``images, index, prob, meta = batch``.
-
-    images: (B, 3, S, S) float (float16 on GPU) on the device, B = images_per_step * m.
-    index: (B, K) int64 stored top-K class ids per crop (None without labels; for hard
-        labels, (B,) class ids).
-    prob: (B, K) float32 probabilities (None without labels or for hard labels).
-    meta: (B, 2) int64 CPU tensor, per crop (image id, store slot); -1 slots for vanilla.
-    full: (B, C) float32 dense values, only read `with_full`: probabilities of a "full"
-        store, the teacher's raw outputs (logits, no temperature) of a "logits" store.
-    gt_prob, gt_class: only from a loader created `with_gt_prob`.
-    """
-
-    images: torch.Tensor
-    index: torch.Tensor | None
-    prob: torch.Tensor | None
-    meta: torch.Tensor
-    full: torch.Tensor | None = None
-    gt_prob: torch.Tensor | None = None  # (B,) float32 teacher probability of the crop's ground-truth class (stores with labels/gt_prob)
-    gt_class: torch.Tensor | None = None  # (B,) int64 ground-truth class of the crop's image in the store's (teacher's) classes
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.images, self.index, self.prob, self.meta))
+from fkd_dali.errors import ConfigError
+from fkd_dali.loaders.batch import CropBatch
+from fkd_dali.loaders.feed import FeedBatch, FileReader
+from fkd_dali.loaders.pass_table import DeviceFields, PassTable
+from fkd_dali.loaders.sources import CropSource
 
 
 class _Feeder:
@@ -66,8 +42,6 @@ class _Feeder:
     """
 
     def __init__(self, index: DatasetIndex, read_threads: int = 1) -> None:
-        from fkd_dali.loaders.feed import FileReader
-
         self.reader = FileReader(index, read_threads, dali_tensors=True)
 
     def files(self, images: np.ndarray, row_blocks: Sequence[slice]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
@@ -75,10 +49,8 @@ class _Feeder:
         return self.reader.steps(images, row_blocks)
 
     def batches(self, table: PassTable, row_blocks: Sequence[slice],
-                jitter: np.ndarray | None = None) -> Iterator:
+                jitter: np.ndarray | None = None) -> Iterator[FeedBatch]:
         """The feed of `row_blocks`; `jitter` (rows, m, 3) adds each image's colour-jitter factors."""
-        from fkd_dali.loaders.feed import FeedBatch
-
         meta = np.stack([table.images, np.arange(len(table.images), dtype=np.int64)], axis=1)
         for rows, (paths, data) in zip(row_blocks, self.files(table.images, row_blocks)):
             yield FeedBatch(encoded=data, rois=table.rois[rows], flips=table.flips[rows], meta=meta[rows],
@@ -89,10 +61,11 @@ class _Feeder:
 
 
 class ReplayLoader:
-    """Replays a store's crops for one rank: `pass_batches(p)` yields the `ReplayBatch`es of pass p.
+    """Cuts a crop source's crops for one rank: `pass_batches(p)` yields the `CropBatch`es of pass p.
 
     Args:
-        store: an opened, complete store made for `index` (the caller checks that).
+        source: where the crops come from (`StoreCrops` for FKD replay, `FreshCrops` for
+            online KD and ReLabel); its tables carry the fields the run declared.
         index: the dataset index (paths relative to its root).
         m: crops of each image per pass (num_crops).
         batch_size: crops per step on this rank; a multiple of m (images per step = batch_size / m).
@@ -105,42 +78,30 @@ class ReplayLoader:
         threads: DALI CPU threads.
         read_threads: threads reading files ahead of the feed. One reads ~40,000 cached
             files/s, so more only adds GIL contention; raise it for high-latency (network) storage.
-        with_labels: gather stored labels (False: index and prob are None).
         half: float16 crops (default: on GPU only).
-        prefetch_tables: read the next pass's table in the background.
-        with_full: also deliver the dense values of a store of label kind "full" or "logits".
-        with_gt_prob: also deliver each crop's ground-truth probability and class
-            (`ReplayBatch.gt_prob`, `gt_class`; stores with labels/gt_prob only).
         color_jitter: strength S of per-crop colour jitter after the crop (0 = off; see
             `fkd_dali.crops.jitter`); labels are those of the un-jittered crops.
     """
 
-    def __init__(self, store: LabelStore, index: DatasetIndex, m: int, batch_size: int, size: int,
+    def __init__(self, source: CropSource, index: DatasetIndex, m: int, batch_size: int, size: int,
                  mean: Sequence[float], std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                 threads: int | None = None, with_labels: bool = True, half: bool | None = None,
-                 prefetch_tables: bool = True, with_full: bool = False, read_threads: int = 1,
-                 color_jitter: float = 0.0, with_gt_prob: bool = False) -> None:
+                 threads: int | None = None, half: bool | None = None, read_threads: int = 1,
+                 color_jitter: float = 0.0) -> None:
         if batch_size < 1 or batch_size % m:
-            raise ConfigError(f"batch of {batch_size} crops per rank is not a multiple of --num-crops {m}")
-        self.store, self.index = store, index
-        self.m, self.M = m, store.crops_per_image
+            raise ConfigError(f"a batch of {batch_size} crops per process is not a positive multiple of the "
+                              f"{m} crops per image (--num-crops): use a multiple of {m}")
+        self.source, self.index = source, index
+        self.m, self.M = m, source.crops_per_image
         self.batch_size = batch_size
         self.images_per_step = batch_size // m
         self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
         self.seed, self.rank, self.world = seed, rank, world
         self.device = torch.device(device)
         self.threads = threads or default_threads()
-        self.with_labels = with_labels
-        self.with_full = with_full and with_labels
-        self.with_gt_prob = with_gt_prob and with_labels
-        if self.with_gt_prob and not store.has_gt_prob:
-            raise LabelStoreError(store.no_gt_prob_message())
         self.half = half
         self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
-        self.tables = (PassTablePrefetcher(store, index.sizes, self.plan, with_full=self.with_full,
-                                           with_gt_prob=self.with_gt_prob) if prefetch_tables else None)
         self._feeder = _Feeder(index, read_threads)
         self._iter = None
         self._dirty = False
@@ -155,11 +116,7 @@ class ReplayLoader:
 
     # -- stage 2: pass table ---------------------------------------------------
     def table(self, pass_idx: int) -> PassTable:
-        if self.tables is not None:
-            return self.tables.get(pass_idx)
-        plan = self.plan(pass_idx)
-        return read_pass_table(self.store, self.index.sizes, plan.slots, plan.images, pass_idx, self.with_full,
-                               self.with_gt_prob)
+        return self.source.table(self.plan(pass_idx))
 
     # -- stage 3: feed ------------------------------------------------------------
     def _pass_blocks(self, table: PassTable, start_step: int) -> list[slice]:
@@ -171,7 +128,7 @@ class ReplayLoader:
         table = self.table(pass_idx)
         return self._feeder.files(table.images, self._pass_blocks(table, start_step))
 
-    def feed(self, pass_idx: int, start_step: int = 0) -> Iterator:
+    def feed(self, pass_idx: int, start_step: int = 0) -> Iterator[FeedBatch]:
         """The feed of pass `pass_idx` alone (what the crop pipeline's external source gets), no DALI."""
         table = self.table(pass_idx)
         return self._feeder.batches(table, self._pass_blocks(table, start_step))
@@ -195,12 +152,12 @@ class ReplayLoader:
         return self._iter
 
     # -- the chain ---------------------------------------------------------------
-    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
+    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[CropBatch]:
         """The batches of pass `pass_idx`, from step `start_step` (earlier steps are not decoded)."""
         table = self.table(pass_idx)
         yield from self._run(table, self._pass_blocks(table, start_step))
 
-    def table_batches(self, table: PassTable, images_per_batch: int | None = None) -> Iterator[ReplayBatch]:
+    def table_batches(self, table: PassTable, images_per_batch: int | None = None) -> Iterator[CropBatch]:
         """Every row of an ad-hoc table (e.g. held-out slots), the last batch possibly smaller."""
         if table.m != self.m:
             raise ConfigError(f"table has {table.m} slots per image; this loader cuts m={self.m}")
@@ -210,16 +167,16 @@ class ReplayLoader:
         n = len(table.images)
         yield from self._run(table, [slice(a, min(a + ipb, n)) for a in range(0, n, ipb)])
 
-    def _run(self, table: PassTable, blocks: list[slice]) -> Iterator[ReplayBatch]:
+    def _run(self, table: PassTable, blocks: list[slice]) -> Iterator[CropBatch]:
         if not blocks:
             return
-        labels: DeviceLabels | None = table.to_device(self.device) if self.with_labels else None
+        fields = table.to_device(self.device)
         slots = torch.from_numpy(np.array(table.slots))
         crop_iter = self._crop_iterator()
         jitter = self._jitter_factors(table) if self.color_jitter else None
         self._dirty = True  # until the epoch is drained, the pipeline may hold prefetched batches
         for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks, jitter)):
-            yield self._assemble(crops, meta, labels, slots)
+            yield self._assemble(crops, meta, fields, slots)
         self._dirty = False
 
     def _jitter_factors(self, table: PassTable) -> np.ndarray:
@@ -228,24 +185,17 @@ class ReplayLoader:
 
         return jitter_factors(self.color_jitter, self.seed, table.pass_idx, table.images, table.slots)
 
-    def _assemble(self, crops: torch.Tensor, meta: torch.Tensor, labels: DeviceLabels | None,
-                  slots: torch.Tensor) -> ReplayBatch:
+    def _assemble(self, crops: torch.Tensor, meta: torch.Tensor, fields: DeviceFields,
+                  slots: torch.Tensor) -> CropBatch:
         b = crops.shape[0]
         images = crops.reshape(b * self.m, *crops.shape[2:])
         if images.device != self.device:
             images = images.to(self.device, non_blocking=True)
         ids = meta[:, 0].to(torch.int64).cpu()
         crop_meta = torch.stack([ids.repeat_interleave(self.m), slots.repeat(b)], dim=1)
-        index = prob = full = gt_prob = gt_class = None
-        if labels is not None:
-            dev_ids = ids.to(self.device, non_blocking=True)
-            index, prob = labels.gather(dev_ids)
-            full = labels.gather_full(dev_ids)
-            gt_prob, gt_class = labels.gather_gt(dev_ids)
-        return ReplayBatch(images, index, prob, crop_meta, full, gt_prob, gt_class)
+        return CropBatch(images, crop_meta, fields.gather(ids.to(self.device, non_blocking=True)))
 
     def close(self) -> None:
-        if self.tables is not None:
-            self.tables.close()
+        self.source.close()
         self._feeder.close()
         self._iter = None

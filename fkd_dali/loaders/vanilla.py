@@ -17,7 +17,7 @@ from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB, VANILLA_INTERPO
 from fkd_dali.dist import dali_device_id
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.feed import EpochRunner, image_feed
-from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.loaders.batch import CropBatch
 from fkd_dali.pipelines.vanilla import make_vanilla_pipeline
 
 
@@ -26,7 +26,7 @@ class VanillaLoader:
 
     Args: as `fkd_dali.loaders.replay.ReplayLoader` (batch_size = crops = images per step on this
     rank), plus the random-resized-crop `scale`, `ratio` and `flip_prob`.
-    Batches are `ReplayBatch(images, classes (B,), None, meta)` with meta (image id, -1).
+    Batches are `CropBatch`es whose one field is "folder_class" (B,), meta (image id, -1).
     """
 
     def __init__(self, index: DatasetIndex, batch_size: int, size: int, mean: Sequence[float],
@@ -53,7 +53,7 @@ class VanillaLoader:
     def steps_per_pass(self) -> int:
         return self.plan(0).steps(self.batch_size)
 
-    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[ReplayBatch]:
+    def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[CropBatch]:
         plan = self.plan(pass_idx)
         steps = plan.steps(self.batch_size)
         if start_step >= steps:
@@ -62,8 +62,8 @@ class VanillaLoader:
         for images, meta in self._runner.epoch(image_feed(self.index, ids, self.batch_size)):
             meta = meta.to(torch.int64).cpu()
             crop_meta = torch.stack([meta[:, 0], torch.full_like(meta[:, 0], -1)], dim=1)
-            yield ReplayBatch(images.to(self.device, non_blocking=True),
-                              meta[:, 1].to(self.device, non_blocking=True), None, crop_meta)
+            yield CropBatch(images.to(self.device, non_blocking=True), crop_meta,
+                            {"folder_class": meta[:, 1].to(self.device, non_blocking=True)})
 
     def close(self) -> None:
         pass

@@ -19,16 +19,12 @@ from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
-from fkd_dali.labels.ground_truth import consistent_gt_prob
-from fkd_dali.store.label_store import (
-    PROB_QUANTUM,
-    CropLabels,
-    LabelStore,
-    array_defs,
-    array_mismatches,
-    index_for_store,
-    open_store,
-)
+from fkd_dali.store.checks import missing_chunk_files, read_written
+from fkd_dali.store.ground_truth import consistent_gt_prob
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, LabelKind, array_defs, array_mismatches
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -58,7 +54,7 @@ def store_info(url: str) -> dict[str, Any]:
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
-                  **({"width": spec.label.num_classes} if spec.label.kind == "logits" else {})},
+                  **({"width": spec.label.num_classes} if spec.label.kind is LabelKind.LOGITS else {})},
         "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
@@ -261,14 +257,14 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     damaged = set()
     skip = set(missing)
     gt_classes = store.gt_classes() if store.has_gt_prob else None
-    for name, chunk in store.missing_chunk_files(done=[c for c in range(store.n_chunks) if c not in skip]):
+    for name, chunk in missing_chunk_files(store, done=[c for c in range(store.n_chunks) if c not in skip]):
         found.add("chunk_file_missing", "a chunk file of a chunk flagged done is not in the store (deleted or "
                                         "lost: it reads back as fill values)", [(name, -1)], 1)
         damaged.add(chunk)
     for chunk in (c for c in range(store.n_chunks) if c not in skip):
         start, stop = store.chunk_range(chunk)
         try:
-            labels = store.read_images(start, stop, with_full=True, with_gt_prob=True)
+            labels = store.read_images(start, stop)
         except StoreDamageError as e:  # checksum / codec errors; `e.chunk` names the file
             found.add("unreadable", "chunk data cannot be read (checksum mismatch or undecodable: the file is "
                                     "damaged)", [(str(e.chunk or f"images {start}-{stop - 1}"), -1)], 1)
@@ -493,8 +489,8 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if pil.size != (width, height):
         raise DatasetIndexError(f"{path} is {pil.size[0]}x{pil.size[1]} but the store recorded {width}x{height}: "
                                 "it is not the file the labels were made for")
-    logits = store.spec.label.kind == "logits"
-    labels = store.read_images(i, i + 1, check=True, with_full=logits)
+    logits = store.spec.label.kind is LabelKind.LOGITS
+    labels = read_written(store, i, i + 1)
     n = min(max_crops, store.crops_per_image)
     boxes = decode_boxes(labels.boxes[:, :n], index.sizes[i:i + 1])[0]
     name = (lambda c: f"dim {int(c)}") if logits else class_namer(store.spec.label.num_classes, store.class_names)

@@ -7,7 +7,7 @@ hard positives and hard negatives (crops that show only context or background), 
 that FKD trusts the teacher's soft label equally on all of them; it calibrates the
 less-confident crops "to be the context using softened hard groundtruth labels". The
 store holds, per crop, the teacher's probability of the image's ground-truth class
-(`labels/gt_prob`; `ReplayBatch.gt_prob` and `.gt_class`), and this module sorts the
+(`labels/gt_prob`; `FkdBatch.gt_prob` and `.gt_class`), and this module sorts the
 crops of a batch into three bands by two thresholds, T_e = `--ferkd-easy` and
 T_n = `--ferkd-negative` (T_n <= T_e):
 
@@ -51,8 +51,8 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.recovery import recover_labels
-from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.targets.recovery import recover_labels
+from fkd_dali.loaders.batch import FkdBatch
 from fkd_dali.registry import Registry
 
 BANDS = ("easy", "hard", "negative")  # the band ids 0, 1, 2, in this order
@@ -171,12 +171,12 @@ def calibrate_ferkd(targets: torch.Tensor, gt_prob: torch.Tensor, gt_class: torc
 
 
 class FerKDCalibration:
-    """`--calibrate ferkd` on a `ReplayBatch`: `calibrate_ferkd` with the batch's gt_prob and gt_class."""
+    """`--calibrate ferkd` on an `FkdBatch`: `calibrate_ferkd` with the batch's gt_prob and gt_class."""
 
     def __init__(self, spec: FerKDSpec) -> None:
         self.spec = spec
 
-    def __call__(self, batch: ReplayBatch, targets: torch.Tensor) -> Calibrated:
+    def __call__(self, batch: FkdBatch, targets: torch.Tensor) -> Calibrated:
         if batch.gt_prob is None or batch.gt_class is None:
             raise LabelStoreError(
                 "--calibrate ferkd needs the teacher's per-crop ground-truth probabilities (labels/gt_prob), and "

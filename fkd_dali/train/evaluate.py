@@ -21,7 +21,10 @@ from fkd_dali.config import EvalConfig
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import LabelStore, index_for_store, open_store
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint
 from fkd_dali.train.precision import amp_context, resolve_amp
 
@@ -55,7 +58,7 @@ def resolve_class_map(folder_classes: Sequence[str], num_classes: int,
     Raises:
         ConfigError: no consistent mapping exists.
     """
-    from fkd_dali.labels.ground_truth import folder_class_map
+    from fkd_dali.store.ground_truth import folder_class_map
 
     if model_classes is not None:
         pos = {name: i for i, name in enumerate(model_classes)}
@@ -162,19 +165,20 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     normalization (`model_data_config`). A folder path as `data` is checked against the
     store by `index_for_store` (no header reads).
     """
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.loaders.sources import StoreCrops
 
     if isinstance(data, (str, os.PathLike)):
         index = index_for_store(store, data)  # checks the folder without reading image headers
     else:
         index = data
-        store.check_dataset(index)
+        check_dataset(store, index)
     dc = model_data_config(model, size, interpolation, mean, std)
     ids = np.arange(len(index)) if images is None else np.asarray(images, dtype=np.int64)
-    loader = ReplayLoader(store, index, m=len(slots), batch_size=len(slots) * batch_images, size=dc["size"],
-                          mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"], device=device,
-                          threads=threads, prefetch_tables=False)
+    loader = ReplayLoader(StoreCrops(store, index.sizes, prefetch=False), index, m=len(slots),
+                          batch_size=len(slots) * batch_images, size=dc["size"], mean=dc["mean"], std=dc["std"],
+                          interpolation=dc["interpolation"], device=device, threads=threads)
     table = read_pass_table(store, index.sizes, np.asarray(slots), ids)
     was_training = model.training
     model.eval()
@@ -182,7 +186,7 @@ def teacher_agreement(model: torch.nn.Module, store: LabelStore, data: DatasetIn
     try:
         for batch in loader.table_batches(table):
             pred = model(batch.images.float()).argmax(dim=1)
-            agree += int((pred == batch.index[:, 0]).sum())
+            agree += int((pred == batch.field("index")[:, 0]).sum())
             total += int(pred.numel())
     finally:
         model.train(was_training)

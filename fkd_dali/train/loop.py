@@ -36,9 +36,10 @@ from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
-from fkd_dali.labels.loss import soft_cross_entropy
+from fkd_dali.targets.loss import SoftTargetCrossEntropy
 from fkd_dali.labels.teacher import Teacher
-from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.loaders.batch import FkdBatch
+from fkd_dali.loaders.fkd_loader import FkdLoader
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.train.calibrate import BANDS, FerKDCalibration, describe_bands, make_calibration
 from fkd_dali.train.checkpoint import (
@@ -60,7 +61,6 @@ from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
-from fkd_dali.train.targets import TargetFn, folder_targets, logit_targets, stored_targets
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
 
@@ -106,9 +106,8 @@ class TrainRun:
     optimizer: torch.optim.Optimizer
     schedule: LrSchedule
     scaler: Any
-    targets: TargetFn  # batch -> dense (B, C) targets on the device
-    temperature: float  # of the soft cross-entropy
-    loader: Any
+    loss: SoftTargetCrossEntropy  # at the temperature that goes with the loader's targets
+    loader: FkdLoader
     amp_dtype: torch.dtype | None
     m: int
     passes: int
@@ -131,21 +130,6 @@ class TrainRun:
     @property
     def crops_per_step(self) -> int:
         return self.cfg.batch_size  # global
-
-
-def _make_targets(cfg: TrainConfig, store: LabelStore | None, num_classes: int, teacher: Teacher | None,
-                  dc: dict[str, Any], device: torch.device, amp_dtype: torch.dtype | None) -> tuple[TargetFn, float]:
-    """The batch -> targets function and the loss temperature of the run's mode."""
-    if teacher is not None:
-        temperature = cfg.temperature or 1.0
-        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
-                             temperature), temperature
-    if store is None:
-        return folder_targets(num_classes), 1.0
-    if store.spec.label.kind == "logits":  # T softens the stored outputs here and the student's in the loss
-        return logit_targets(cfg.temperature), cfg.temperature  # type: ignore[arg-type]  # checked when opened
-    return (stored_targets(num_classes, cfg.recovery, cfg.recovery_k, cfg.smoothing),
-            cfg.temperature or store.spec.label.temperature)
 
 
 def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher | None) -> int:
@@ -191,14 +175,15 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
                                         momentum=cfg.momentum)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"--opt {cfg.opt!r}: {e}") from e
-    loader = make_train_loader(cfg, env, device, index, store, dc, num_classes)
+    teacher_targets = (OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
+                                     cfg.temperature or 1.0) if teacher is not None else None)
+    loader = make_train_loader(cfg, env, device, index, store, dc, num_classes, teacher_targets)
     passes = cfg.epochs if cfg.vanilla else epochs_to_passes(cfg.epochs, cfg.m)
     spec = ScheduleSpec(cfg.sched, passes, loader.steps_per_pass, cfg.m, cfg.warmup_epochs, cfg.warmup_lr,
                         cfg.min_lr, cfg.decay_epochs, cfg.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    targets, temperature = _make_targets(cfg, store, num_classes, teacher, dc, device, amp_dtype)
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
-                   targets, temperature, loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
+                   SoftTargetCrossEntropy(loader.temperature), loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
                    num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher, calibration=make_calibration(cfg))
     try:
         if cfg.resume:
@@ -305,14 +290,14 @@ def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
     return stop.agreed(run.device)
 
 
-def _step_inputs(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
+def _step_inputs(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(images, targets, loss weights or None, band counts or None) of a step: recovery, then
     calibration (--calibrate) of each crop's target, then batch mixing (of calibrated targets)."""
     images = batch.images
     if run.amp_dtype is None and images.dtype != torch.float32:
         images = images.float()
-    target, weight, counts = run.targets(batch), None, None
+    target, weight, counts = batch.target, None, None
     if run.calibration is not None:
         calibrated = run.calibration(batch, target)
         target, weight, counts = calibrated.targets, calibrated.weight, calibrated.counts
@@ -326,7 +311,7 @@ def _step_inputs(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
     return images, target, weight, counts
 
 
-def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
+def _train_step(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws).
 
@@ -335,7 +320,7 @@ def _train_step(run: TrainRun, batch: ReplayBatch, pass_idx: int, step: int
     images, target, weight, counts = _step_inputs(run, batch, pass_idx, step)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
-    loss = soft_cross_entropy(logits, target, run.temperature, weight=weight)  # weight None: unweighted, exactly
+    loss = run.loss(logits, target, weight)  # weight None: unweighted, exactly
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:

@@ -1,7 +1,7 @@
 """Online KD (`fkd-dali train --labels online --teacher NAME`): the teacher labels every training crop in the loop.
 
 The "oracle" KD that FKD replaces, kept as a baseline to measure FKD against: same
-student, same crops machinery (`fkd_dali.loaders.online.FreshCropLoader`), same label
+student, same crops machinery (`fkd_dali.loaders.sources.FreshCrops` cut by the replay loader), same label
 recovery and loss; only the labels come from the teacher now instead of the store.
 The teacher's output is treated exactly like a stored label: softmax at the loss
 temperature, top-K (K = `--recovery-k`, else label generation's default K), then
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from fkd_dali.config import LabelGenConfig, TrainConfig, check_recovery, field_default
 from fkd_dali.errors import TeacherError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.labels.teacher import Teacher, load_teacher, resolve_teacher_name
-from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.loaders.batch import CropBatch
 from fkd_dali.train.precision import amp_context
 
 _TORCH_MODES = {"bicubic": "bicubic", "cubic": "bicubic", "bilinear": "bilinear", "linear": "bilinear",
@@ -81,7 +81,7 @@ class OnlineTeacher:
             logits = self.model(self.teacher_pixels(images))
         return torch.softmax(logits.float() / self.temperature, dim=1)
 
-    def __call__(self, batch: ReplayBatch) -> torch.Tensor:
+    def __call__(self, batch: CropBatch) -> torch.Tensor:
         probs = self.probabilities(batch.images)
         if self.kind == "full":
             return probs

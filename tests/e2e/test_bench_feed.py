@@ -18,11 +18,12 @@ import pytest
 from PIL import Image
 
 from bench.bench_feed import STAGES, FeedConfig, PassThroughReplay
+from fkd_dali.loaders.sources import StoreCrops
 from bench.corpus import CorpusConfig, build_corpus, build_linked_corpus
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.data.index import build_index
 from fkd_dali.loaders.feed import flipped_rois
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_the_feed_hands_dali_each_crops_stored_box_and_flip(photo_index, small_store, threads):
     store = open_store(str(small_store))
     stored = store.read_images(0, store.n_images)
-    replay = PassThroughReplay(store, photo_index, m=4, batch_size=8, size=32, mean=MEAN, std=STD, seed=3,
-                               threads=threads, read_threads=threads)
+    replay = PassThroughReplay(StoreCrops(store, photo_index.sizes), photo_index, m=4, batch_size=8, size=32, mean=MEAN,
+                               std=STD, seed=3, threads=threads, read_threads=threads)
     try:
         for pass_idx in (0, 1):
             seen = []
@@ -44,7 +45,7 @@ def test_the_feed_hands_dali_each_crops_stored_box_and_flip(photo_index, small_s
                 boxes = decode_boxes(stored.boxes[ids, slots], photo_index.sizes[ids])
                 expected = flipped_rois(roi_corners(boxes), stored.flips[ids, slots])
                 np.testing.assert_allclose(batch.images.numpy(), expected, rtol=0, atol=1e-4)
-                np.testing.assert_array_equal(batch.index.numpy(), stored.index[ids, slots])
+                np.testing.assert_array_equal(batch.field("index").numpy(), stored.index[ids, slots])
                 seen += ids[::4].tolist()
             assert seen == replay.plan(pass_idx).images[:len(seen)].tolist() and len(seen) == 20
     finally:

@@ -26,8 +26,8 @@ from bench.labels import fkd_published_path, write_fkd_published
 from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpec, create_loader, load_pil_rgb
 from fkd_dali.crops.boxes import decode_boxes, sample_crops
 from fkd_dali.crops.plan import pass_slots
-from fkd_dali.labels.recovery import recover_labels
-from fkd_dali.store.label_store import open_store
+from fkd_dali.targets.recovery import recover_labels
+from fkd_dali.store.opening import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -62,7 +62,7 @@ def test_fkd_dali_targets_are_the_recovered_store_labels(photo_index, small_stor
     store = open_store(str(small_store))
     stored = store.read_images(0, store.n_images)
     loader = FkdDaliLoader(spec(photo_index, small_store))
-    steps = loader.replay.steps_per_pass
+    steps = loader.loader.steps_per_pass
     stream = loader.batches_with_meta()
     seen: dict[int, set[int]] = {}
     for step in range(steps + 3):  # into pass 1

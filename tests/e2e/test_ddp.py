@@ -26,13 +26,14 @@ def _replay_rank(rank: int, init_file: str, store_path: str, root: str, out: str
 
     from fkd_dali.data.index import build_index
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.loaders.sources import StoreCrops
+    from fkd_dali.store.opening import open_store
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     store, index = open_store(store_path), build_index(root)
-    loader = ReplayLoader(store, index, m=4, batch_size=8, size=32, mean=(0.5,) * 3, std=(0.5,) * 3, seed=5,
-                          rank=rank, world=WORLD, threads=1)
+    loader = ReplayLoader(StoreCrops(store, index.sizes), index, m=4, batch_size=8, size=32, mean=(0.5,) * 3,
+                          std=(0.5,) * 3, seed=5, rank=rank, world=WORLD, threads=1)
     passes = []
     for p in range(2):
         steps = [b.meta.tolist() for b in loader.pass_batches(p)]

@@ -15,8 +15,9 @@ import torch
 
 from fkd_dali.loaders import feed
 from fkd_dali.loaders.replay import ReplayLoader
+from fkd_dali.loaders.sources import StoreCrops
 from fkd_dali.pipelines.crops import zero_copy_ok
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -44,8 +45,8 @@ class _CountingArena(feed._Arena):
 
 
 def _replay(store, index, passes: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = ReplayLoader(store, index, m=4, batch_size=12, size=48, mean=MEAN, std=STD, interpolation="bilinear",
-                          seed=5, threads=2, with_labels=False)
+    loader = ReplayLoader(StoreCrops(store, index.sizes, fields=frozenset()), index, m=4, batch_size=12, size=48,
+                          mean=MEAN, std=STD, interpolation="bilinear", seed=5, threads=2)
     try:
         return [(b.images.clone(), b.meta.clone()) for p in range(passes) for b in loader.pass_batches(p)]
     finally:

@@ -5,7 +5,7 @@ import numpy as np
 
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.labels.generate import generate_labels
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 

@@ -17,7 +17,7 @@ from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.labels.generate import generate_labels
 from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
 from fkd_dali.pipelines.crops import make_crop_pipeline
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 pytestmark = pytest.mark.gpu
 

@@ -21,7 +21,9 @@ from fkd_dali.cli import main as cli_main
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 from fkd_dali.labels.generate import generate_labels
-from fkd_dali.store.label_store import open_store, quantize_prob
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import CropField, quantize_prob
 
 from ..conftest import random_teacher
 
@@ -33,10 +35,21 @@ CLI_GEN = ["-M", "4", "-K", "5", "--full", "--input-size", "64", "--batch-size",
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _generate_on_one_thread(cfg: LabelGenConfig) -> None:
+    """Module fixtures are made before the tests' `one_torch_thread`: make them on one torch thread too, as
+    the tests' reruns are, since a CPU convolution's rounding may depend on how many threads split it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generate_labels(cfg)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def gt_store(photo_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gt") / "gt.zarr"
-    generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), gt_prob=True, **GEN))
+    _generate_on_one_thread(LabelGenConfig(data=str(photo_root), out=str(out), gt_prob=True, **GEN))
     return out
 
 
@@ -44,13 +57,13 @@ def gt_store(photo_root, tmp_path_factory) -> Path:
 def plain_store(photo_root, tmp_path_factory) -> Path:
     """The same store as `gt_store`, made without --gt-prob."""
     out = tmp_path_factory.mktemp("plain") / "plain.zarr"
-    generate_labels(LabelGenConfig(data=str(photo_root), out=str(out), **GEN))
+    _generate_on_one_thread(LabelGenConfig(data=str(photo_root), out=str(out), **GEN))
     return out
 
 
 def expected_gt_prob(store) -> np.ndarray:
     """The stored softmax (kind "full") at each image's ground-truth class, rounded as the store rounds."""
-    labels = store.read_images(0, store.n_images, with_full=True)
+    labels = store.read_images(0, store.n_images)
     gt = store.gt_classes()
     at_gt = np.take_along_axis(labels.full, np.broadcast_to(gt[:, None, None], labels.full.shape[:2] + (1,)), 2)
     return quantize_prob(at_gt[..., 0])
@@ -67,7 +80,7 @@ def test_gt_prob_is_the_teachers_softmax_at_the_images_imagenet_class(gt_store, 
     assert list(store.spec.gt.teacher_class) == [wnid_index[c] for c in photo_index.class_names]
     np.testing.assert_array_equal(store.gt_classes(), [wnid_index[photo_index.class_names[c]]
                                                        for c in photo_index.classes])
-    labels = store.read_images(0, store.n_images, with_gt_prob=True, check=True)
+    labels = read_written(store, 0, store.n_images)
     np.testing.assert_array_equal(bits(labels.gt_prob), bits(expected_gt_prob(store)))
     # where the ground truth is among the top-K, gt_prob is that stored probability exactly; else at most the K-th
     gt = store.gt_classes()[:, None, None]
@@ -104,7 +117,7 @@ def test_a_teacher_of_the_folder_classes_maps_them_in_folder_order(photo_root, p
     store = open_store(str(out))
     assert store.spec.gt.mapping == "folder_order" and store.spec.gt.teacher_class == tuple(range(7))
     np.testing.assert_array_equal(store.gt_classes(), photo_index.classes)
-    got = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob
+    got = store.read_images(0, store.n_images).gt_prob
     np.testing.assert_array_equal(bits(got), bits(expected_gt_prob(store)))
 
 
@@ -134,7 +147,7 @@ def test_resuming_a_store_made_without_it_points_to_add_gt_prob(photo_root, plai
 def test_a_store_without_gt_prob_opens_and_reads_as_before(plain_store):
     store = open_store(str(plain_store))
     assert not store.has_gt_prob and store.spec.gt is None and "gt_prob" not in store.meta
-    labels = store.read_images(0, store.n_images, with_gt_prob=True, check=True)
+    labels = read_written(store, 0, store.n_images)
     assert labels.gt_prob is None
     with pytest.raises(Exception, match="add-gt-prob"):
         store.gt_classes()
@@ -172,8 +185,8 @@ def test_add_gt_prob_writes_what_generate_writes_and_changes_no_other_byte(photo
     assert summary["labels_reproduced"] == 1.0  # the teacher recomputed every stored top-K bit for bit
 
     store, want = open_store(str(url)), open_store(str(gt_store))
-    got = store.read_images(0, store.n_images, with_gt_prob=True, check=True).gt_prob
-    np.testing.assert_array_equal(bits(got), bits(want.read_images(0, want.n_images, with_gt_prob=True).gt_prob))
+    got = read_written(store, 0, store.n_images).gt_prob
+    np.testing.assert_array_equal(bits(got), bits(want.read_images(0, want.n_images).gt_prob))
     after = store_files(url)
     changed = sorted(name for name in before if after[name] != before[name])
     assert changed == ["zarr.json"]  # the attributes; every chunk and array metadata keeps its bytes
@@ -211,8 +224,8 @@ def test_add_gt_prob_resumes_after_a_failure_and_is_invisible_until_complete(pho
 
     summary = add_gt(capsys, url, photo_root)
     assert (summary["chunks_written"], summary["chunks_skipped"]) == (2, 1)
-    got = open_store(str(url)).read_images(0, 21, with_gt_prob=True, check=True).gt_prob
-    np.testing.assert_array_equal(bits(got), bits(open_store(str(gt_store)).read_images(0, 21, with_gt_prob=True)
+    got = read_written(open_store(str(url)), 0, 21).gt_prob
+    np.testing.assert_array_equal(bits(got), bits(open_store(str(gt_store)).read_images(0, 21)
                                                   .gt_prob))
 
 
@@ -240,37 +253,39 @@ def test_add_gt_prob_refuses_what_it_cannot_recompute(photo_root, plain_store, t
 # -- reading: pass table, replay loader, create_loader ---------------------------------------------
 
 def test_pass_table_reads_gt_prob_of_the_pass_slots_only_when_asked(gt_store, plain_store, photo_index):
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import LabelStoreError
 
     store = open_store(str(gt_store))
     images, slots = np.array([5, 0, 20, 9]), np.array([3, 0])  # two runs of slots, images out of order
-    table = read_pass_table(store, photo_index.sizes, slots, images, with_gt_prob=True)
-    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob
-    np.testing.assert_array_equal(bits(table.gt_prob), bits(stored[images][:, slots]))
-    np.testing.assert_array_equal(table.gt_class, store.gt_classes()[images])
-    assert read_pass_table(store, photo_index.sizes, slots, images).gt_prob is None
+    table = read_pass_table(store, photo_index.sizes, slots, images, fields={CropField.GT_PROB})
+    stored = store.read_images(0, store.n_images).gt_prob
+    np.testing.assert_array_equal(bits(table.crop_values["gt_prob"]), bits(stored[images][:, slots]))
+    np.testing.assert_array_equal(table.image_values["gt_class"], store.gt_classes()[images])
+    assert "gt_prob" not in read_pass_table(store, photo_index.sizes, slots, images).crop_values
     with pytest.raises(LabelStoreError, match="add-gt-prob"):
-        read_pass_table(open_store(str(plain_store)), photo_index.sizes, slots, images, with_gt_prob=True)
+        read_pass_table(open_store(str(plain_store)), photo_index.sizes, slots, images, fields={CropField.GT_PROB})
 
 
 def test_replay_batches_carry_each_crops_gt_prob_and_class_by_image_and_slot(gt_store, photo_index):
     from fkd_dali.loaders.replay import ReplayLoader
+    from fkd_dali.loaders.sources import StoreCrops
 
     store = open_store(str(gt_store))
-    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob.astype(np.float32)
+    stored = store.read_images(0, store.n_images).gt_prob.astype(np.float32)
     classes = store.gt_classes()
-    loader = ReplayLoader(store, photo_index, m=2, batch_size=8, size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
-                          threads=1, with_gt_prob=True)
+    loader = ReplayLoader(StoreCrops(store, photo_index.sizes, {CropField.GT_PROB}), photo_index, m=2, batch_size=8,
+                          size=32, mean=(0.5,) * 3, std=(0.5,) * 3, threads=1)
     seen = 0
     try:
         for pass_idx in (0, 1):
             for batch in loader.pass_batches(pass_idx):
                 ids, slots = batch.meta[:, 0].numpy(), batch.meta[:, 1].numpy()
-                assert batch.gt_prob.dtype == torch.float32 and batch.gt_class.dtype == torch.int64
-                assert batch.gt_prob.shape == batch.gt_class.shape == (8,)
-                np.testing.assert_array_equal(batch.gt_prob.numpy(), stored[ids, slots])
-                np.testing.assert_array_equal(batch.gt_class.numpy(), classes[ids])
+                gt_prob, gt_class = batch.field("gt_prob"), batch.field("gt_class")
+                assert gt_prob.dtype == torch.float32 and gt_class.dtype == torch.int64
+                assert gt_prob.shape == gt_class.shape == (8,)
+                np.testing.assert_array_equal(gt_prob.numpy(), stored[ids, slots])
+                np.testing.assert_array_equal(gt_class.numpy(), classes[ids])
                 seen += len(ids)
     finally:
         loader.close()
@@ -282,7 +297,7 @@ def test_create_loader_gives_gt_prob_with_the_soft_targets(gt_store, plain_store
     from fkd_dali.errors import LabelStoreError
 
     store = open_store(str(gt_store))
-    stored = store.read_images(0, store.n_images, with_gt_prob=True).gt_prob.astype(np.float32)
+    stored = store.read_images(0, store.n_images).gt_prob.astype(np.float32)
     with fkd_dali.create_loader(str(photo_root), str(gt_store), num_crops=2, batch_size=8, image_size=32,
                                 device="cpu", threads=1, with_gt_prob=True) as loader:
         batch = next(iter(loader))
@@ -300,7 +315,7 @@ def test_damaged_gt_prob_is_found_by_verify_refused_by_readers_and_repaired_bit_
                                                                                       photo_index, tmp_path, capsys):
     import json
 
-    from fkd_dali.crops.pass_table import read_pass_table
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import StoreDamageError
     from fkd_dali.loaders.fkd_loader import open_replay_data
     from fkd_dali.store.tools import verify_store
@@ -322,14 +337,14 @@ def test_damaged_gt_prob_is_found_by_verify_refused_by_readers_and_repaired_bit_
     with pytest.raises(StoreDamageError, match="labels/gt_prob"):
         open_replay_data(str(photo_root), str(url), 2)
     with pytest.raises(StoreDamageError, match="labels/gt_prob"):  # the pass table checks the values it reads
-        read_pass_table(open_store(str(url)), photo_index.sizes, [0, 1], np.arange(16), with_gt_prob=True)
+        read_pass_table(open_store(str(url)), photo_index.sizes, [0, 1], np.arange(16), fields={CropField.GT_PROB})
 
     code = cli_main(["labels", "repair", str(url), "--data", str(photo_root), *ADD_OPTS])
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["damaged_chunks"] == [0, 1, 2]
     assert verify_store(str(url)).ok
     want, got = open_store(str(gt_store)), open_store(str(url))
-    a, b = (s.read_images(0, 21, with_full=True, with_gt_prob=True) for s in (want, got))
+    a, b = (s.read_images(0, 21) for s in (want, got))
     for name in ("boxes", "flips", "index", "prob", "full", "gt_prob"):
         np.testing.assert_array_equal(np.asarray(getattr(b, name)).view(np.uint8),
                                       np.asarray(getattr(a, name)).view(np.uint8), err_msg=name)

@@ -12,7 +12,8 @@ from fkd_dali.cli import main
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.interop.fkd_files import fkd_file_path, read_fkd_file, write_fkd_file
 from fkd_dali.interop.fkd_store import export_fkd, import_fkd
-from fkd_dali.store.label_store import StoreLayout, open_store
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import StoreLayout
 from fkd_dali.store.tools import store_info, verify_store
 
 FIELDS = ("boxes", "flips", "index", "prob")

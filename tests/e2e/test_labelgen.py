@@ -33,7 +33,9 @@ from fkd_dali.labels.generate import generate_labels
 from fkd_dali.labels.teacher import Teacher, load_teacher
 from fkd_dali.loaders.feed import BatchSource, CropIterator, FeedBatch, read_encoded
 from fkd_dali.pipelines.crops import make_crop_pipeline
-from fkd_dali.store.label_store import ATTR_KEY, open_store
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import ATTR_KEY
 
 from ..conftest import random_teacher
 
@@ -179,7 +181,7 @@ def test_exif_orientation_is_ignored(tmp_path):
 
 
 def _spec_like_lite0():
-    from fkd_dali.store.label_store import TeacherSpec
+    from fkd_dali.store.schema import TeacherSpec
 
     return TeacherSpec(name="x", timm_name="x", checkpoint_sha256="0" * 64, input_size=(3, 224, 224),
                        interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -263,7 +265,7 @@ def test_real_teacher_recognises_the_photos(store_contents, photo_index, imagene
 def test_small_store_is_complete_and_consistent(store_contents, photo_index):
     store, labels, boxes = store_contents
     store.check_complete()
-    store.check_dataset(photo_index)
+    check_dataset(store, photo_index)
     assert store.meta["dataset"]["skipped"] == []
     assert (labels.index >= 0).all() and np.isfinite(labels.prob.astype(np.float32)).all()
     assert (boxes[..., 2:] >= 1).all()

@@ -19,7 +19,8 @@ import zarr
 from fkd_dali.cli import main as cli_main
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.checks import read_written
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
 
@@ -71,7 +72,7 @@ def test_a_logits_store_holds_the_teachers_raw_outputs(logits_store, photo_root,
     arr = g["labels/logits"]
     assert arr.shape == (21, 8, D) and arr.dtype == np.float16 and arr.chunks == (8, 4, D)
     assert np.isnan(arr.fill_value) and "labels/full" not in g
-    labels = store.read_images(0, store.n_images, with_full=True, check=True)
+    labels = read_written(store, 0, store.n_images)
     assert labels.full is None and labels.logits.shape == (21, 8, D)
 
     # the same teacher, same crops, as a --full store at temperature 1: its softmax is the softmax of the
@@ -80,7 +81,7 @@ def test_a_logits_store_holds_the_teachers_raw_outputs(logits_store, photo_root,
     full_url = tmp_path / "full.zarr"
     assert cli_main(["labels", "generate", "--data", str(photo_root), "--out", str(full_url), "--full",
                      *teacher_args(ssl_ckpt), *GEN]) == 0
-    full = open_store(str(full_url)).read_images(0, 21, with_full=True)
+    full = open_store(str(full_url)).read_images(0, 21)
     np.testing.assert_allclose(softmax(labels.logits.astype(np.float32), 1.0), full.full.astype(np.float32),
                                rtol=0.03, atol=2e-4)
     np.testing.assert_array_equal(labels.index, full.index)
@@ -119,11 +120,12 @@ def cfg(photo_root, store, out, **kw) -> TrainConfig:
 def _record(monkeypatch) -> list:
     """(meta, target, temperature) of every loss the loop computes."""
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.train import loop
 
     seen: list = []
     metas: list = []
-    real_batches, real_loss = ReplayLoader.pass_batches, loop.soft_cross_entropy
+    import fkd_dali.targets.loss as loss_module
+
+    real_batches, real_loss = ReplayLoader.pass_batches, loss_module.soft_cross_entropy
 
     def batches(self, pass_idx, start_step=0):
         for batch in real_batches(self, pass_idx, start_step):
@@ -135,7 +137,7 @@ def _record(monkeypatch) -> list:
         return real_loss(logits, target, temperature, reduction, weight)
 
     monkeypatch.setattr(ReplayLoader, "pass_batches", batches)
-    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+    monkeypatch.setattr(loss_module, "soft_cross_entropy", loss)
     return seen
 
 
@@ -150,7 +152,7 @@ def test_a_128_wide_student_trains_on_softmax_of_the_stored_outputs_and_resumes_
     assert resumed.steps == straight.steps == 5 and np.isfinite(straight.final_loss)
 
     # every target row is softmax(stored outputs / 0.2) of its (image, slot); the loss softens the student at 0.2
-    stored = open_store(str(logits_store)).read_images(0, 21, with_full=True).logits.astype(np.float32)
+    stored = open_store(str(logits_store)).read_images(0, 21).logits.astype(np.float32)
     for meta, target, temperature, shape in seen:
         ids, slots = meta[:, 0].numpy(), meta[:, 1].numpy()
         np.testing.assert_allclose(target.numpy(), softmax(stored[ids, slots], 0.2), rtol=1e-5, atol=1e-6)
@@ -180,7 +182,7 @@ def test_a_logits_store_refuses_what_does_not_apply(photo_root, logits_store, tm
 def test_create_loader_softens_the_stored_outputs_at_the_given_temperature(photo_root, logits_store, small_store):
     import fkd_dali
 
-    stored = open_store(str(logits_store)).read_images(0, 21, with_full=True).logits.astype(np.float32)
+    stored = open_store(str(logits_store)).read_images(0, 21).logits.astype(np.float32)
     with fkd_dali.create_loader(str(photo_root), str(logits_store), num_crops=2, batch_size=8, image_size=32,
                                 device="cpu", threads=1, recovery="full", temperature=0.5) as loader:
         batches = list(loader)
@@ -220,7 +222,7 @@ def test_show_captions_the_largest_raw_outputs(logits_store, photo_root, tmp_pat
     from fkd_dali.store.tools import render_crops, top_values
 
     store = open_store(str(logits_store))
-    labels = store.read_images(4, 5, with_full=True)
+    labels = store.read_images(4, 5)
     top = top_values(labels, 0, 3)
     values = labels.logits[0, 3].astype(np.float32)
     assert [c for c, _ in top] == list(np.argsort(-values, kind="stable")[:3])
@@ -251,6 +253,6 @@ def test_repair_recomputes_a_logits_store_bit_for_bit(logits_store, photo_root, 
                      "--batch-size", "32", "--threads", "2", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["damaged_chunks"] == [1]
-    a, b = (open_store(str(u)).read_images(0, 21, with_full=True) for u in (logits_store, url))
+    a, b = (open_store(str(u)).read_images(0, 21) for u in (logits_store, url))
     np.testing.assert_array_equal(a.logits.view(np.uint16), b.logits.view(np.uint16))
     np.testing.assert_array_equal(a.index, b.index)

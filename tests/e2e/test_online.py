@@ -13,9 +13,9 @@ from fkd_dali.config import TrainConfig
 from fkd_dali.crops.boxes import CropDistribution, roi_corners, sample_crops
 from fkd_dali.errors import CheckpointError, ConfigError, TeacherError
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.loaders.online import FreshCropLoader
+from fkd_dali.loaders.sources import FreshCrops, StoreCrops
 from fkd_dali.loaders.replay import ReplayLoader
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit
 from fkd_dali.train.online import OnlineTeacher
@@ -32,8 +32,9 @@ def cfg(photo_root, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def fresh(photo_index, **kw) -> FreshCropLoader:
-    return FreshCropLoader(photo_index, m=2, batch_size=4, size=32, mean=MEAN, std=STD, seed=5, threads=1, **kw)
+def fresh(photo_index, **kw) -> ReplayLoader:
+    return ReplayLoader(FreshCrops(photo_index.sizes, CropDistribution(seed=5)), photo_index, m=2, batch_size=4,
+                        size=32, mean=MEAN, std=STD, seed=5, threads=1, **kw)
 
 
 def test_fresh_crops_are_the_counter_based_boxes_of_each_pass(photo_index):
@@ -48,7 +49,7 @@ def test_fresh_crops_are_the_counter_based_boxes_of_each_pass(photo_index):
         assert not np.array_equal(loader.table(0).rois, loader.table(1).rois)
         first = [b.images.clone() for b in loader.pass_batches(1)]
         assert len(first) == loader.steps_per_pass == len(photo_index) // 2
-        assert all(b.index is None and b.prob is None for b in loader.pass_batches(1, start_step=8))
+        assert all(b.fields == {} for b in loader.pass_batches(1, start_step=8))  # no labels: the teacher gives them
         resumed = [b.images for b in loader.pass_batches(1, start_step=3)]
         assert all(torch.equal(a, b) for a, b in zip(first[3:], resumed)) and len(resumed) == len(first) - 3
     finally:
@@ -76,8 +77,8 @@ def test_online_labels_of_stored_crops_reproduce_the_stored_labels(photo_index, 
     its top-5 on replayed crops is the store's top-5 (probabilities up to float16 storage)."""
     teacher = load_teacher("efficientnet_lite0")
     store = open_store(str(small_store))
-    replay = ReplayLoader(store, photo_index, m=4, batch_size=8, size=224, mean=teacher.mean, std=teacher.std,
-                          interpolation=teacher.interpolation, seed=0, threads=2)
+    replay = ReplayLoader(StoreCrops(store, photo_index.sizes), photo_index, m=4, batch_size=8, size=224,
+                          mean=teacher.mean, std=teacher.std, interpolation=teacher.interpolation, seed=0, threads=2)
     dc = {"size": 224, "mean": teacher.mean, "std": teacher.std}
     online = OnlineTeacher(teacher, dc, torch.device("cpu"), None, "marginal_renorm", 5, 0.1, 1.0)
     try:
@@ -86,9 +87,10 @@ def test_online_labels_of_stored_crops_reproduce_the_stored_labels(photo_index, 
         replay.close()
     probs = online.probabilities(batch.images)
     top_p, top_i = probs.topk(5, dim=1)
-    assert torch.equal(top_i[:, 0], batch.index[:, 0])
-    assert (top_i == batch.index).float().mean() > 0.95  # near-ties among low ranks may swap
-    assert torch.allclose(top_p, batch.prob, atol=2e-3)
+    index, prob = batch.field("index"), batch.field("prob")
+    assert torch.equal(top_i[:, 0], index[:, 0])
+    assert (top_i == index).float().mean() > 0.95  # near-ties among low ranks may swap
+    assert torch.allclose(top_p, prob, atol=2e-3)
     target = online(batch)
     assert torch.allclose(target.gather(1, top_i), top_p / top_p.sum(1, keepdim=True), atol=1e-6)
 

@@ -12,7 +12,7 @@ import torch
 
 import fkd_dali
 from fkd_dali.errors import ConfigError, CropPlanError, StoreMismatchError
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.recovery import recover_labels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,8 +61,8 @@ def test_rank_and_world_split_the_images(photo_root, small_store, one_torch_thre
 
 @pytest.mark.parametrize("kw, error, match", [
     ({"num_crops": 9}, CropPlanError, "stored per image M=8"),
-    ({"batch_size": 6}, ConfigError, "multiple of --num-crops 4"),
-    ({"batch_size": 400}, ConfigError, "lower batch_size"),
+    ({"batch_size": 6}, ConfigError, "multiple of the 4 crops per image"),
+    ({"batch_size": 400}, ConfigError, "lower the batch size"),
     ({"recovery": "full"}, ConfigError, "dense labels"),
     ({"recovery_k": 6}, ConfigError, "exceeds the store's top-K=5"),
 ])

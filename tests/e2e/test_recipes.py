@@ -89,14 +89,15 @@ def test_color_jitter_in_the_replay_graph_follows_the_counter_based_factors(phot
     """Jittered crops = DALI's colour twist, with `jitter_factors`, of the same un-jittered uint8 crops."""
     from fkd_dali.crops.jitter import jitter_factors
     from fkd_dali.loaders.replay import ReplayLoader
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.loaders.sources import StoreCrops
+    from fkd_dali.store.opening import open_store
 
     mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.25, 0.2, 0.3])
     store = open_store(str(small_store))
 
     def first_batch(strength: float):
-        loader = ReplayLoader(store, photo_index, m=4, batch_size=8, size=32, mean=mean, std=std, seed=2,
-                              threads=1, color_jitter=strength)
+        loader = ReplayLoader(StoreCrops(store, photo_index.sizes), photo_index, m=4, batch_size=8, size=32,
+                              mean=mean, std=std, seed=2, threads=1, color_jitter=strength)
         try:
             batch = next(iter(loader.pass_batches(1)))
             return batch, loader.table(1)
@@ -105,7 +106,7 @@ def test_color_jitter_in_the_replay_graph_follows_the_counter_based_factors(phot
 
     plain, table = first_batch(0.0)
     jittered, _ = first_batch(0.4)
-    assert torch.equal(plain.meta, jittered.meta) and torch.equal(plain.index, jittered.index)  # same labels
+    assert torch.equal(plain.meta, jittered.meta) and torch.equal(plain.field("index"), jittered.field("index"))  # same labels
 
     def pixels(images):  # normalized NCHW -> uint8-valued NHWC
         return images.numpy().transpose(0, 2, 3, 1) * std * 255 + mean * 255

@@ -18,7 +18,9 @@ from fkd_dali.crops.boxes import decode_boxes
 from fkd_dali.data.index import build_index
 from fkd_dali.errors import ConfigError, CorruptImageError
 from fkd_dali.loaders.replay import ReplayLoader
-from fkd_dali.store.label_store import open_store
+from fkd_dali.loaders.sources import StoreCrops
+from fkd_dali.store.schema import TOPK_ONLY
+from fkd_dali.store.opening import open_store
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -33,9 +35,10 @@ def store(small_store):
     return open_store(str(small_store))
 
 
-def loader(store, index, m=4, batch=12, size=64, interpolation="bilinear", device="cpu", **kw) -> ReplayLoader:
-    return ReplayLoader(store, index, m=m, batch_size=batch, size=size, mean=MEAN, std=STD,
-                        interpolation=interpolation, seed=11, threads=2, device=device, **kw)
+def loader(store, index, m=4, batch=12, size=64, interpolation="bilinear", device="cpu", fields=TOPK_ONLY,
+           **kw) -> ReplayLoader:
+    return ReplayLoader(StoreCrops(store, index.sizes, fields), index, m=m, batch_size=batch, size=size, mean=MEAN,
+                        std=STD, interpolation=interpolation, seed=11, threads=2, device=device, **kw)
 
 
 def reference_crop(index, store_all, image: int, slot: int, size: int, interpolation: str) -> np.ndarray:
@@ -123,9 +126,10 @@ def test_labels_are_the_stores_labels_of_each_crop(store, photo_index):
         for p in (0, 1):
             for batch in ld.pass_batches(p):
                 ids, slots = batch.meta[:, 0].numpy(), batch.meta[:, 1].numpy()
-                np.testing.assert_array_equal(batch.index.numpy(), everything.index[ids, slots].astype(np.int64))
-                np.testing.assert_array_equal(batch.prob.numpy(), everything.prob[ids, slots].astype(np.float32))
-                assert batch.index.dtype == torch.int64 and batch.prob.dtype == torch.float32
+                index, prob = batch.field("index"), batch.field("prob")
+                np.testing.assert_array_equal(index.numpy(), everything.index[ids, slots].astype(np.int64))
+                np.testing.assert_array_equal(prob.numpy(), everything.prob[ids, slots].astype(np.float32))
+                assert index.dtype == torch.int64 and prob.dtype == torch.float32
     finally:
         ld.close()
 
@@ -147,7 +151,7 @@ def test_resume_mid_pass_replays_the_same_batches_without_decoding_the_skipped_s
     for a, b in zip(full[3:], partial):
         assert torch.equal(a.meta, b.meta)
         assert torch.equal(a.images, b.images)
-        assert torch.equal(a.index, b.index) and torch.equal(a.prob, b.prob)
+        assert all(torch.equal(a.fields[k], b.fields[k]) for k in ("index", "prob"))
     skipped = {photo_index.abspath(int(i)) for b in full[:3] for i in b.meta[:, 0].unique()}
     assert len(read) == 7 * 2 and not skipped & set(read)
 
@@ -166,16 +170,16 @@ def test_an_abandoned_pass_does_not_leak_batches_into_the_next(store, photo_inde
 
 
 def test_without_labels(store, photo_index):
-    ld = loader(store, photo_index, with_labels=False)
+    ld = loader(store, photo_index, fields=frozenset())
     try:
         batch = next(iter(ld.pass_batches(0)))
     finally:
         ld.close()
-    assert batch.index is None and batch.prob is None and batch.images.shape[0] == 12
+    assert batch.fields == {} and batch.images.shape[0] == 12
 
 
 def test_batch_not_a_multiple_of_m_is_refused(store, photo_index):
-    with pytest.raises(ConfigError, match="multiple of --num-crops 4"):
+    with pytest.raises(ConfigError, match="multiple of the 4 crops per image"):
         loader(store, photo_index, m=4, batch=10)
 
 
@@ -208,7 +212,7 @@ def test_gpu_replay_with_mixed_decoding_matches_the_pil_reference(store, photo_i
     try:
         batches = list(ld.pass_batches(0))
         assert batches[0].images.is_cuda and batches[0].images.dtype == torch.float16
-        assert batches[0].index.is_cuda
+        assert batches[0].field("index").is_cuda
         n = check_pixels(store, photo_index, batches, 96, interpolation)
     finally:
         ld.close()

@@ -17,7 +17,8 @@ import torch
 import zarr
 
 from fkd_dali.errors import CheckpointError, ConfigError, CropPlanError, LabelStoreError, StoreMismatchError
-from fkd_dali.store.label_store import CHECKSUM_KEY, attrs_checksum, open_store
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import CHECKSUM_KEY, attrs_checksum
 from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
 from fkd_dali.train.evaluate import resolve_class_map, teacher_agreement
 from fkd_dali.train.loop import fit
@@ -58,7 +59,7 @@ def _record_batches(monkeypatch) -> list:
 
     def recording(self, pass_idx, start_step=0):
         for step, batch in enumerate(real(self, pass_idx, start_step), start=start_step):
-            seen.append((pass_idx, step, batch.meta.clone(), batch.index.clone(), batch.images.clone()))
+            seen.append((pass_idx, step, batch.meta.clone(), batch.field("index").clone(), batch.images.clone()))
             yield batch
 
     monkeypatch.setattr(ReplayLoader, "pass_batches", recording)
@@ -260,7 +261,8 @@ def test_class_map_errors(names, num_classes, model_classes):
 def _full_store(index, url: str):
     """A store with dense labels (kind "full", 7 classes) and random content."""
     from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
-    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.store.opening import create_store
+    from fkd_dali.store.schema import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
     spec = StoreSpec(crops_per_image=4, crop=CropDistribution(), label=LabelSpec(kind="full", k=2, num_classes=7),
                      teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),

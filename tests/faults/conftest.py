@@ -102,7 +102,7 @@ def store_arrays(url) -> dict[str, np.ndarray]:
 
 def assert_same_store(got, want) -> None:
     """Every array equal, bit for bit (NaN == NaN), and the same spec."""
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     a, b = store_arrays(got), store_arrays(want)
     assert a.keys() == b.keys()

@@ -20,7 +20,7 @@ from fkd_dali.cli import main
 from fkd_dali.crops.boxes import boxes_to_fractions
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.interop.fkd_files import fkd_file_path, read_fkd_file
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 from .conftest import assert_user_error
 

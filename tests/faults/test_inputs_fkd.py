@@ -13,7 +13,7 @@ from fkd_dali.cli import main
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.interop.fkd_files import fkd_file_path, fkd_file_paths
 from fkd_dali.interop.fkd_store import export_fkd, import_fkd
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 
 FIELDS = ("boxes", "flips", "index", "prob")
 

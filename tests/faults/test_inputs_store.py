@@ -22,8 +22,9 @@ import zarr
 from fkd_dali.cli import main
 from fkd_dali.data.index import build_index
 from fkd_dali.errors import LabelStoreError
-from fkd_dali.store.creation import CREATING_KEY, creator_marker
-from fkd_dali.store.label_store import (
+from fkd_dali.store.claim import CREATING_KEY, creator_marker
+from fkd_dali.store.opening import create_store, open_or_create_store, open_store
+from fkd_dali.store.schema import (
     ATTR_KEY,
     CHECKSUM_KEY,
     LabelSpec,
@@ -33,9 +34,6 @@ from fkd_dali.store.label_store import (
     array_defs,
     array_mismatches,
     attrs_checksum,
-    create_store,
-    open_or_create_store,
-    open_store,
 )
 from fkd_dali.store.tools import verify_store
 
@@ -169,7 +167,7 @@ def test_a_live_creator_is_waited_for_with_a_message(photo_index, tmp_path, capl
     out = tmp_path / "s.zarr"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from fkd_dali.store.creation import _process_start
+        from fkd_dali.store.claim import _process_start
 
         _half_created(out, {**creator_marker(), "pid": sleeper.pid, "pid_start": _process_start(sleeper.pid)})
         with caplog.at_level(logging.INFO), pytest.raises(LabelStoreError, match="after waiting 1 s"):

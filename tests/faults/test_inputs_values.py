@@ -103,7 +103,7 @@ def test_label_generation_refuses_non_finite_teacher_output(photo_root, tmp_path
                          images_per_chunk=8, threads=1, progress=False)
     with pytest.raises(TeacherError, match="NaN or infinite probabilities for 8 image.*images 0-7"):
         generate.generate_labels(cfg)
-    from fkd_dali.store.label_store import open_store
+    from fkd_dali.store.opening import open_store
 
     assert open_store(str(out)).missing_chunks() == [0, 1, 2]  # nothing was written
 

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.checks import check_chunk_files, read_written
+from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 
 from .conftest import (
@@ -61,9 +62,9 @@ def store_created(out: Path) -> Callable[[], bool]:
 def assert_valid_after_kill(out: Path) -> None:
     """A killed store opens, and every chunk it flags done holds complete, readable data."""
     store = open_store(str(out))
-    store.check_chunk_files()
+    check_chunk_files(store)
     for c in np.flatnonzero(store.done()):
-        store.read_images(*store.chunk_range(int(c)), check=True)
+        read_written(store, *store.chunk_range(int(c)))
 
 
 # -- label generation ------------------------------------------------------------------------
@@ -204,7 +205,8 @@ def synthetic_store(url: str, n: int, images_per_chunk: int, seed: int) -> None:
     """A complete store of n made-up images with many small chunks (merge reads no image file)."""
     from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
     from fkd_dali.data.index import DatasetIndex
-    from fkd_dali.store.label_store import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.store.opening import create_store
+    from fkd_dali.store.schema import CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
     m, k = 8, 5
     sizes = np.tile(np.array([[375, 500]], np.int32), (n, 1))
@@ -248,7 +250,7 @@ def test_merge_killed_midway_then_rerun(merge_inputs, tmp_path, capsys):
 @pytest.mark.slow
 def test_import_fkd_killed_midway_then_rerun(clean_store, photo_root, tmp_path, capsys):
     from fkd_dali.interop.fkd_store import export_fkd, import_fkd
-    from fkd_dali.store.label_store import StoreLayout
+    from fkd_dali.store.schema import StoreLayout
 
     export_fkd(str(clean_store), tmp_path / "fkd")
     args = ["labels", "import-fkd", str(tmp_path / "fkd"), "--data", str(photo_root), "--images-per-chunk", "1"]

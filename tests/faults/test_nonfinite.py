@@ -35,7 +35,9 @@ def cfg(photo_root, store, out, **kw) -> TrainConfig:
 
 def nan_from_call(monkeypatch, first: int) -> None:
     """From the `first`-th training loss computed on (1-based), the loss is NaN."""
-    real = loop.soft_cross_entropy
+    import fkd_dali.targets.loss as loss_module
+
+    real = loss_module.soft_cross_entropy
     calls = {"n": 0}
 
     def loss(logits, target, temperature=1.0, **kw):
@@ -43,7 +45,7 @@ def nan_from_call(monkeypatch, first: int) -> None:
         value = real(logits, target, temperature, **kw)
         return value * float("nan") if calls["n"] >= first else value
 
-    monkeypatch.setattr(loop, "soft_cross_entropy", loss)
+    monkeypatch.setattr(loss_module, "soft_cross_entropy", loss)  # what the run's SoftTargetCrossEntropy calls
 
 
 def sha(path: Path) -> str:

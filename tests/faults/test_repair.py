@@ -12,7 +12,7 @@ import zarr
 
 from fkd_dali.errors import ConfigError, LabelStoreError
 from fkd_dali.labels.repair import RepairOptions, repair_store
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 from .conftest import assert_same_store, assert_user_error, finish_main, gen_args, run_main

@@ -17,9 +17,10 @@ import pytest
 import zarr
 
 from fkd_dali.cli import main
-from fkd_dali.crops.pass_table import read_pass_table
+from fkd_dali.loaders.pass_table import read_pass_table
 from fkd_dali.errors import LabelStoreError, StoreDamageError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.checks import check_chunk_files
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
 
 from .conftest import assert_user_error, gen_args, run_cli, run_main
@@ -110,7 +111,7 @@ def test_pass_table_refuses_fill_values_of_every_field(clean_store, store_copy, 
     opened = open_store(str(store))
     sizes = opened.load_index().sizes
     table = read_pass_table(opened, sizes, np.arange(4), np.arange(21))  # slots 0-3: clean
-    assert table.index.min() >= 0
+    assert table.crop_values["index"].min() >= 0
     with pytest.raises(StoreDamageError) as e:
         read_pass_table(opened, sizes, np.array([4, 5, 6, 7]), np.arange(21))
     assert e.value.array == key and e.value.images == (10, 15)
@@ -239,4 +240,4 @@ def test_eval_refuses_an_unreadable_store(clean_store, store_copy, photo_root, t
 def test_store_errors_are_label_store_errors(deleted_prob):
     """Library callers catch one family: `StoreDamageError` is a `LabelStoreError`."""
     with pytest.raises(LabelStoreError, match="labels/prob/c/1/0/0"):
-        open_store(str(deleted_prob)).check_chunk_files()
+        check_chunk_files(open_store(str(deleted_prob)))

@@ -10,8 +10,8 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.loss import soft_cross_entropy
-from fkd_dali.loaders.replay import ReplayBatch
+from fkd_dali.targets.loss import soft_cross_entropy
+from fkd_dali.loaders.batch import FkdBatch
 from fkd_dali.train.calibrate import (
     FerKDCalibration,
     FerKDSpec,
@@ -91,10 +91,10 @@ def test_bad_inputs_are_refused():
         calibrate_ferkd(TARGETS, GT_PROB[:3], GT_CLASS, spec())
 
 
-def _batch(gt: bool) -> ReplayBatch:
+def _batch(gt: bool) -> FkdBatch:
     meta = torch.zeros(5, 2, dtype=torch.int64)
-    return ReplayBatch(torch.zeros(5, 3, 2, 2), None, None, meta, gt_prob=GT_PROB if gt else None,
-                       gt_class=GT_CLASS if gt else None)
+    return FkdBatch(torch.zeros(5, 3, 2, 2), TARGETS, meta, gt_prob=GT_PROB if gt else None,
+                    gt_class=GT_CLASS if gt else None)
 
 
 def test_calibration_of_a_batch_needs_the_stores_gt_prob():
@@ -161,7 +161,7 @@ def test_mixed_weighted_loss_is_the_lam_sum_of_the_two_weighted_losses():
 
 
 def _step_run(calibration, mixer):
-    return SimpleNamespace(amp_dtype=None, targets=lambda batch: TARGETS[:4], calibration=calibration, mixer=mixer,
+    return SimpleNamespace(amp_dtype=None, calibration=calibration, mixer=mixer,
                            cfg=SimpleNamespace(channels_last=False))
 
 
@@ -169,8 +169,8 @@ def test_a_step_calibrates_before_it_mixes():
     from fkd_dali.train.loop import _step_inputs
 
     images = torch.arange(4 * 1 * 2 * 2, dtype=torch.float32).reshape(4, 1, 2, 2)
-    batch = ReplayBatch(images, None, None, torch.zeros(4, 2, dtype=torch.int64), gt_prob=GT_PROB[:4],
-                        gt_class=GT_CLASS[:4])
+    batch = FkdBatch(images, TARGETS[:4], torch.zeros(4, 2, dtype=torch.int64), gt_prob=GT_PROB[:4],
+                     gt_class=GT_CLASS[:4])
     mixer = BatchMixer(MixSpec(mixup_alpha=1.0), seed=0)
     decision = MixDecision("mixup", 0.75)
     mixer.decision = lambda *a: decision  # a fixed lam for the hand computation

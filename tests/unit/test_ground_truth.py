@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.ground_truth import ground_truth_spec
+from fkd_dali.store.ground_truth import ground_truth_spec
 
 # three ImageNet WordNet ids and their class indices (timm's ImageNet metadata)
 WNIDS = ["n01440764", "n02123045", "n07920052"]  # tench, tabby cat, espresso
@@ -33,7 +33,7 @@ def test_anything_else_is_refused_naming_the_option(names, num_classes):
 
 
 def test_recomputed_gt_prob_is_made_consistent_with_the_stored_top_k():
-    from fkd_dali.labels.ground_truth import consistent_gt_prob
+    from fkd_dali.store.ground_truth import consistent_gt_prob
 
     index = np.array([[[3, 1, 0], [2, 0, 1]], [[4, 2, 1], [1, 4, 0]]], np.int16)  # (2 images, 2 crops, K=3)
     prob = np.array([[[0.5, 0.25, 0.125], [0.75, 0.125, 0.0625]],

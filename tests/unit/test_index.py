@@ -14,7 +14,8 @@ from torchvision.datasets.folder import find_classes
 from fkd_dali.data.index import build_index, dataset_fingerprint, read_image_header, scan_folder
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
 from fkd_dali.loaders.feed import read_encoded
-from fkd_dali.store.label_store import index_for_store
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.checks import index_for_store
 
 
 def _jpeg(path: Path, size=(40, 30), color=(200, 30, 30), **save) -> Path:
@@ -233,7 +234,8 @@ def test_read_encoded_accepts_data_after_the_end_marker(tmp_path):
 def _store_for(index, url: str):
     """An empty store (no labels written) made for `index`; only its dataset part matters here."""
     from fkd_dali.crops.boxes import CropDistribution
-    from fkd_dali.store.label_store import LabelSpec, StoreLayout, StoreSpec, TeacherSpec, create_store
+    from fkd_dali.store.opening import create_store
+    from fkd_dali.store.schema import LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
     spec = StoreSpec(crops_per_image=2, crop=CropDistribution(), label=LabelSpec(k=2, num_classes=5),
                      teacher=TeacherSpec("fake", "fake", "0" * 64, (3, 32, 32), "bilinear", (0.5,) * 3, (0.5,) * 3),
@@ -320,7 +322,7 @@ def test_index_for_store_mismatch_names_the_difference(tiny_root, tmp_path, forb
     store = _store_for(build_index(tiny_root, workers=1), str(tmp_path / "s.zarr"))
     change(tiny_root)
     with pytest.raises(StoreMismatchError) as built:
-        store.check_dataset(build_index(tiny_root, workers=1))
+        check_dataset(store, build_index(tiny_root, workers=1))
     forbid_image_reads()
     with pytest.raises(StoreMismatchError) as scanned:
         index_for_store(store, tiny_root)

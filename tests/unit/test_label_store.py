@@ -11,18 +11,18 @@ from zarr.storage import LocalStore, WrapperStore
 from fkd_dali.crops.boxes import CropDistribution
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreMismatchError, StoreSchemaError
-from fkd_dali.store.label_store import (
+from fkd_dali.store.checks import check_dataset
+from fkd_dali.store.label_store import LabelStore
+from fkd_dali.store.opening import create_store, open_or_create_store, open_store
+from fkd_dali.store.schema import (
     ATTR_KEY,
     SCHEMA_VERSION,
+    CropField,
     CropLabels,
     LabelSpec,
-    LabelStore,
     StoreLayout,
     StoreSpec,
     TeacherSpec,
-    create_store,
-    open_or_create_store,
-    open_store,
     quantize_prob,
     spec_from_attrs,
 )
@@ -146,7 +146,7 @@ def test_full_label_kind(store_url):
         store.write_chunk(0, lab)
     lab.full = np.random.default_rng(0).random((IPC, M, 50)).astype(np.float16)
     store.write_chunk(0, lab)
-    got = open_store(store_url).read_slots([1, 2], with_full=True)
+    got = open_store(store_url).read_slots([1, 2], {CropField.TOPK, CropField.DENSE})
     np.testing.assert_array_equal(got.full[:IPC], lab.full[:, 1:3])
     assert np.isnan(got.full[IPC:]).all()
 
@@ -247,10 +247,10 @@ def _classes(idx: DatasetIndex) -> DatasetIndex:
 ])
 def test_check_dataset_names_the_difference(full_store, change, expect):
     index = make_index()
-    full_store.check_dataset(index)  # same dataset: fine
+    check_dataset(full_store, index)  # same dataset: fine
     other = change(index)
     with pytest.raises(StoreMismatchError) as e:
-        full_store.check_dataset(other)
+        check_dataset(full_store, other)
     msg = str(e.value)
     assert "fingerprint" in msg and index.fingerprint[:12] in msg and other.fingerprint[:12] in msg
     for part in expect(index):

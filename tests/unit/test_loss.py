@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.labels.loss against dense references."""
+"""Tests of fkd_dali.targets.loss against dense references."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.loss import SoftTargetLoss, soft_cross_entropy
-from fkd_dali.labels.recovery import recover_labels
+from fkd_dali.targets.loss import SoftTargetCrossEntropy, soft_cross_entropy
+from fkd_dali.targets.recovery import Recovery, recover_labels
 
 
 def _batch(seed: int = 0, b: int = 5, c: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,28 +105,30 @@ def test_width_mismatch_raises() -> None:
     [("marginal_smoothing", None, 1.0), ("marginal_smoothing", 2, 2.0), ("hard", None, 1.0),
      ("marginal_renorm", 1, 3.0), ("smoothing", None, 1.0)],
 )
-def test_soft_target_loss_is_recovery_then_loss(kind: str, k: int | None, temperature: float) -> None:
+def test_recovery_then_the_one_loss_is_the_cross_entropy_of_the_recovered_label(kind: str, k: int | None,
+                                                                                temperature: float) -> None:
     logits, _ = _batch(seed=5, b=4, c=6)
     index = torch.tensor([[2, 0, 5], [1, 3, 4], [5, 4, 3], [0, 1, 2]], dtype=torch.int16)
     prob = torch.tensor([[0.5, 0.2, 0.1], [0.9, 0.05, 0.01], [0.34, 0.33, 0.32], [0.4, 0.3, 0.3]])
-    module = SoftTargetLoss(6, kind=kind, k=k, temperature=temperature, smoothing=0.2)
-    target = recover_labels(index, prob, 6, kind=kind, k=k, smoothing=0.2)
+    target = Recovery(kind, k, smoothing=0.2)(index, prob, 6)
+    torch.testing.assert_close(target, recover_labels(index, prob, 6, kind=kind, k=k, smoothing=0.2))
     expected = F.cross_entropy(logits / temperature, target) * temperature**2
-    torch.testing.assert_close(module(logits, index, prob), expected)
+    torch.testing.assert_close(SoftTargetCrossEntropy(temperature)(logits, target), expected)
 
 
-def test_soft_target_loss_full_kind() -> None:
+def test_the_one_loss_weighs_samples() -> None:
     logits, full = _batch(seed=6, b=3, c=6)
-    module = SoftTargetLoss(6, kind="full")
-    empty = torch.zeros(3, 0, dtype=torch.int64)
-    torch.testing.assert_close(module(logits, empty, empty.float(), full=full), F.cross_entropy(logits, full))
+    weight = torch.tensor([1.0, 0.0, 0.5])
+    per = F.cross_entropy(logits, full, reduction="none")
+    torch.testing.assert_close(SoftTargetCrossEntropy()(logits, full, weight), (per * weight).mean())
+    torch.testing.assert_close(Recovery("full")(None, None, 6, full), full)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"kind": "nope"}, {"k": 0}, {"temperature": 0.0}, {"num_classes": 0}, {"smoothing": -0.1}],
-)
-def test_soft_target_loss_validates_at_build_time(kwargs: dict[str, object]) -> None:
-    options: dict[str, object] = {"num_classes": 6, **kwargs}
+@pytest.mark.parametrize("kwargs", [{"kind": "nope"}, {"k": 0}, {"smoothing": -0.1}])
+def test_recovery_is_checked_when_made(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
-        SoftTargetLoss(**options)  # type: ignore[arg-type]
+        Recovery(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="exceeds the store's top-K=3"):
+        Recovery(k=4).check(stored_k=3)
+    with pytest.raises(ConfigError):
+        SoftTargetCrossEntropy(temperature=0.0)

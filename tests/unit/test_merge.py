@@ -6,7 +6,8 @@ import pytest
 
 from fkd_dali.errors import StoreMismatchError
 from fkd_dali.labels.merge import merge_stores, merge_topk
-from fkd_dali.store.label_store import CHECKSUM_KEY, attrs_checksum, open_store
+from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import CHECKSUM_KEY, attrs_checksum
 
 
 @pytest.mark.parametrize("weights, expect_i, expect_p", [

@@ -1,4 +1,4 @@
-"""Tests of fkd_dali.crops.pass_table: one read per pass, rows and labels equal the store's, prefetching."""
+"""Tests of fkd_dali.loaders.pass_table: one read per pass, rows and labels equal the store's, prefetching."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,18 +6,11 @@ import pytest
 import torch
 
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
-from fkd_dali.crops.pass_table import PassTablePrefetcher, plan_table, read_pass_table
+from fkd_dali.loaders.pass_table import PassTablePrefetcher, plan_table, read_pass_table
 from fkd_dali.crops.plan import make_pass_plan
 from fkd_dali.errors import LabelStoreError
-from fkd_dali.store.label_store import (
-    CropLabels,
-    LabelSpec,
-    StoreLayout,
-    StoreSpec,
-    TeacherSpec,
-    create_store,
-    open_store,
-)
+from fkd_dali.store.opening import create_store, open_store
+from fkd_dali.store.schema import CropField, CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 
 M, K, C = 6, 3, 50
 
@@ -51,8 +44,8 @@ def test_table_rows_equal_the_store(fake_store, photo_index, pass_idx, m):
     assert table.slots.tolist() == slots.tolist()
     np.testing.assert_array_equal(table.boxes, everything.boxes[ids][:, slots])
     np.testing.assert_array_equal(table.flips, everything.flips[ids][:, slots].astype(np.int32))
-    np.testing.assert_array_equal(table.index, everything.index[ids][:, slots])
-    np.testing.assert_array_equal(table.prob, everything.prob[ids][:, slots])
+    np.testing.assert_array_equal(table.crop_values["index"], everything.index[ids][:, slots])
+    np.testing.assert_array_equal(table.crop_values["prob"], everything.prob[ids][:, slots])
     pixel = decode_boxes(everything.boxes[ids][:, slots], photo_index.sizes[ids])
     np.testing.assert_array_equal(table.rois, roi_corners(pixel))
     assert table.rows(ids).tolist() == list(range(len(ids)))
@@ -61,8 +54,8 @@ def test_table_rows_equal_the_store(fake_store, photo_index, pass_idx, m):
 def test_one_store_read_per_table_and_none_per_image(fake_store, photo_index, monkeypatch):
     calls = {"slots": 0, "images": 0}
     real = fake_store.read_slots
-    monkeypatch.setattr(fake_store, "read_slots", lambda s, **kw: calls.__setitem__("slots", calls["slots"] + 1)
-                        or real(s, **kw))
+    monkeypatch.setattr(fake_store, "read_slots", lambda s, *a: calls.__setitem__("slots", calls["slots"] + 1)
+                        or real(s, *a))
     monkeypatch.setattr(fake_store, "read_images", lambda *a, **k: pytest.fail("per-image read on the hot path"))
     plan = make_pass_plan(seed=1, pass_idx=1, m=4, M=M, n_images=len(photo_index))  # slots 4, 5, 0, 1
     table = plan_table(fake_store, photo_index.sizes, plan)
@@ -86,7 +79,9 @@ def test_device_gather_puts_crops_of_an_image_together_in_slot_order(fake_store,
     slots = np.array([5, 0, 3])
     ids = np.array([4, 0, 19, 7])
     table = read_pass_table(fake_store, photo_index.sizes, slots, ids)
-    index, prob = table.to_device(torch.device("cpu")).gather(torch.tensor([19, 4]))
+    fields = table.to_device(torch.device("cpu")).gather(torch.tensor([19, 4]))
+    assert set(fields) == {"index", "prob"}  # what was declared (top-K, the default), nothing else
+    index, prob = fields["index"], fields["prob"]
     assert index.dtype == torch.int64 and prob.dtype == torch.float32
     assert index.shape == (2 * len(slots), K)
     everything = fake_store.read_images(0, fake_store.n_images)
@@ -98,7 +93,7 @@ def test_device_gather_puts_crops_of_an_image_together_in_slot_order(fake_store,
 def test_table_is_read_only(fake_store, photo_index):
     table = read_pass_table(fake_store, photo_index.sizes, [0, 1], np.arange(3))
     with pytest.raises(ValueError):
-        table.index[0, 0, 0] = 1
+        table.crop_values["index"][0, 0, 0] = 1
 
 
 def test_slots_outside_the_store_are_refused(fake_store, photo_index):
@@ -110,7 +105,7 @@ def test_prefetcher_reads_the_next_pass_in_the_background(fake_store, photo_inde
     def plan(p):
         return make_pass_plan(seed=5, pass_idx=p, m=3, M=M, n_images=len(photo_index))
 
-    pre = PassTablePrefetcher(fake_store, photo_index.sizes, plan, last_pass=2)
+    pre = PassTablePrefetcher(lambda p: plan_table(fake_store, photo_index.sizes, plan(p)), last_pass=2)
     try:
         t0 = pre.get(0)
         assert set(pre._futures) == {1}  # pass 1 is being read while pass 0 trains
@@ -122,7 +117,7 @@ def test_prefetcher_reads_the_next_pass_in_the_background(fake_store, photo_inde
             ref = plan_table(fake_store, photo_index.sizes, plan(p))
             assert t.pass_idx == p
             np.testing.assert_array_equal(t.images, ref.images)
-            np.testing.assert_array_equal(t.index, ref.index)
+            np.testing.assert_array_equal(t.crop_values["index"], ref.crop_values["index"])
             np.testing.assert_array_equal(t.rois, ref.rois)
         # a resume jumps ahead: stale prefetches are dropped, the wanted pass is read
         pre.prefetch(0)
@@ -142,12 +137,22 @@ def test_dense_labels_of_a_full_store(photo_index, tmp_path):
     boxes, flips = sample_crops(photo_index.sizes, np.arange(n), np.arange(2), spec.crop)
     store.write_chunk(0, CropLabels(encode_boxes(boxes, photo_index.sizes), flips, top.astype(np.int16),
                                     np.take_along_axis(full, top, 2), full))
-    table = read_pass_table(store, photo_index.sizes, [1], np.array([3, 9]), with_full=True)
-    dense = table.to_device(torch.device("cpu")).gather_full(torch.tensor([9, 3]))
+    table = read_pass_table(store, photo_index.sizes, [1], np.array([3, 9]), fields={CropField.DENSE})
+    dense = table.to_device(torch.device("cpu")).gather(torch.tensor([9, 3]))["dense"]
     np.testing.assert_array_equal(dense.numpy(), full[[9, 3], 1].astype(np.float32))
-    assert read_pass_table(store, photo_index.sizes, [1], np.arange(2)).full is None
+    assert "dense" not in read_pass_table(store, photo_index.sizes, [1], np.arange(2)).crop_values
 
 
 def test_dense_labels_need_a_full_store(fake_store, photo_index):
-    with pytest.raises(LabelStoreError, match="not full"):
-        read_pass_table(fake_store, photo_index.sizes, [0], np.arange(2), with_full=True)
+    with pytest.raises(LabelStoreError, match="no dense ones"):
+        read_pass_table(fake_store, photo_index.sizes, [0], np.arange(2), fields={CropField.DENSE})
+
+
+def test_boxes_on_the_device_are_the_stored_fractions_and_flips(fake_store, photo_index):
+    table = read_pass_table(fake_store, photo_index.sizes, [2, 0], np.array([5, 1]), fields={CropField.BOX})
+    got = table.to_device(torch.device("cpu")).gather(torch.tensor([1, 5]))
+    stored = fake_store.read_images(0, fake_store.n_images)
+    want_box = stored.boxes[[1, 1, 5, 5], [2, 0, 2, 0]].astype(np.float32) / 65535
+    np.testing.assert_allclose(got["box"].numpy(), want_box, rtol=1e-6)
+    assert got["flip"].tolist() == stored.flips[[1, 1, 5, 5], [2, 0, 2, 0]].tolist()
+    assert set(got) == {"box", "flip"}

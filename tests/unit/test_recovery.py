@@ -1,11 +1,11 @@
-"""Tests of fkd_dali.labels.recovery against hand-computed targets."""
+"""Tests of fkd_dali.targets.recovery against hand-computed targets."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.labels.recovery import RECOVERY_KINDS, recover_labels
+from fkd_dali.targets.recovery import RECOVERY_KINDS, recover_labels
 
 # The worked example: C=6, K=3, top classes [2, 0, 5] with probabilities [0.5, 0.2, 0.1].
 C = 6

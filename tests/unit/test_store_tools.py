@@ -11,7 +11,7 @@ from PIL import Image
 
 from fkd_dali.cli import main
 from fkd_dali.errors import DatasetIndexError, LabelStoreError
-from fkd_dali.store.label_store import open_store
+from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import format_store_info, render_crops, store_info, verify_store
 
 IMAGE, SLOT = 5, 2  # the crop the corruption tests damage

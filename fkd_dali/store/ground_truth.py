@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.label_store import GroundTruthSpec
+from fkd_dali.store.schema import GroundTruthSpec
 
 IMAGENET_CLASSES = 1000
 

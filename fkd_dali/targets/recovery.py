@@ -6,12 +6,13 @@ never a Python loop per sample, and returns float32 rows of shape (B, C).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from fkd_dali.config import check_recovery
-from fkd_dali.defaults import RECOVERY_KINDS
+from fkd_dali.defaults import RECOVERY, RECOVERY_KINDS, SMOOTHING
 from fkd_dali.errors import ConfigError, LabelStoreError
 from fkd_dali.registry import Registry
 
@@ -84,9 +85,9 @@ def recover_labels(
     index: torch.Tensor,
     prob: torch.Tensor,
     num_classes: int,
-    kind: str = "marginal_smoothing",
+    kind: str = RECOVERY,
     k: Optional[int] = None,
-    smoothing: float = 0.1,
+    smoothing: float = SMOOTHING,
     full: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Builds dense soft targets from stored top-K labels, on the inputs' device.
@@ -142,3 +143,25 @@ def recover_labels(
     keep = stored_k if k is None else k
     return recovery(index[:, :keep].long(), prob[:, :keep].to(torch.float32), num_classes, smoothing)
 
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A recovery choice (`--recovery`, `--recovery-k`, `--smoothing`), checked when made; call it on a batch's labels.
+
+    `check(stored_k)` checks it against a store's K; calling it is `recover_labels`.
+    """
+
+    kind: str = RECOVERY
+    k: int | None = None
+    smoothing: float = SMOOTHING
+
+    def __post_init__(self) -> None:
+        check_recovery(self.kind, self.k, smoothing=self.smoothing)
+
+    def check(self, stored_k: int) -> None:
+        check_recovery(self.kind, self.k, stored_k, self.smoothing)
+
+    def __call__(self, index: torch.Tensor | None, prob: torch.Tensor | None, num_classes: int,
+                 dense: torch.Tensor | None = None) -> torch.Tensor:
+        return recover_labels(index, prob, num_classes, self.kind, self.k, self.smoothing, dense)  # type: ignore[arg-type]

@@ -10,9 +10,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from fkd_dali.config import check_recovery
 from fkd_dali.errors import ConfigError
-from fkd_dali.labels.recovery import recover_labels
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -78,59 +76,6 @@ def soft_cross_entropy(
     return loss
 
 
-class SoftTargetLoss(torch.nn.Module):
-    """Recovery of the stored top-K labels followed by `soft_cross_entropy`.
-
-    The recovery kind and k are validated when the loss is built (k against the
-    store's K again at the first batch), so a bad option fails before training starts.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        kind: str = "marginal_smoothing",
-        k: Optional[int] = None,
-        temperature: float = 1.0,
-        smoothing: float = 0.1,
-    ) -> None:
-        """Args: see `recover_labels` (num_classes, kind, k, smoothing) and
-        `soft_cross_entropy` (temperature).
-
-        Raises:
-            ConfigError: unknown kind, k < 1, smoothing outside [0, 1], temperature <= 0 or num_classes < 1.
-        """
-        super().__init__()
-        check_recovery(kind, k, smoothing=smoothing)
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.kind = kind
-        self.k = k
-        self.temperature = temperature
-        self.smoothing = smoothing
-
-    def forward(
-        self,
-        logits: torch.Tensor,
-        index: torch.Tensor,
-        prob: torch.Tensor,
-        full: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Mean soft cross-entropy of (B, C) logits against the recovered (B, K) labels."""
-        target = recover_labels(
-            index, prob, self.num_classes, self.kind, self.k, self.smoothing, full
-        )
-        return soft_cross_entropy(logits, target, self.temperature)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, kind={self.kind!r}, k={self.k}, "
-            f"temperature={self.temperature}, smoothing={self.smoothing}"
-        )
-
-
 class SoftTargetCrossEntropy(torch.nn.Module):
     """Soft cross-entropy against dense (B, C) targets, timm-style: `loss(logits, target)`.
 
@@ -145,8 +90,9 @@ class SoftTargetCrossEntropy(torch.nn.Module):
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return soft_cross_entropy(logits, target, self.temperature)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss of (B, C) logits against (B, C) targets; `weight` (B,) weighs each sample (FerKD)."""
+        return soft_cross_entropy(logits, target, self.temperature, weight=weight)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

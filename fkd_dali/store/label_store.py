@@ -1,6 +1,6 @@
 """The Zarr soft-label store (schema versions 1 and 2): create, open, validate, write chunks, read passes.
 
-One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept here:
+One Zarr v3 group per dataset + teacher (layout in docs/design.md). Invariants kept here:
 - chunks are laid out crop-slot-major, (images_per_chunk, slots_per_chunk, ...), so a
   training pass (a few slots for every image) is one sequential read per array;
 - every field's chunks cover the same image ranges, so a writer owns whole chunks of
@@ -9,7 +9,7 @@ One Zarr v3 group per dataset + teacher (layout in DESIGN.md). Invariants kept h
   data, so a killed writer leaves no chunk that claims to be complete but is not;
 - unwritten rows read back as index -1 / NaN probability, never as plausible labels.
 
-Schema: version 1 is the layout of DESIGN.md, optionally with `labels/gt_prob` (the
+Schema: version 1 is the layout of docs/design.md, optionally with `labels/gt_prob` (the
 teacher's probability of each crop's ground-truth class) and its `gt_prob` attribute
 section: releases that do not know them ignore both safely. Version 2 is written only
 for label kind `logits` (raw teacher outputs in `labels/logits`), which a release that
@@ -152,7 +152,7 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """Chunk shape in (images, crop slots). Chosen for sequential pass reads (see DESIGN.md)."""
+    """Chunk shape in (images, crop slots). Chosen for sequential pass reads (see docs/design.md)."""
 
     images_per_chunk: int = IMAGES_PER_CHUNK
     slots_per_chunk: int = SLOTS_PER_CHUNK

@@ -27,7 +27,7 @@ from .labels import labelgen_device
 from .report import ratio_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
-TARGET_RATIO = 0.90  # label generation / teacher-only inference (DESIGN.md)
+TARGET_RATIO = 0.90  # label generation / teacher-only inference (docs/design.md, "Targets")
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def resolve_dataset(cfg: LoadersConfig) -> tuple[DatasetIndex, dict]:
     return prepare_dataset(cfg.data, cfg.corpus_images, cfg.corpus_seed, cfg.assets_dir, cfg.progress)
 
 
-#: The design's targets for the fkd-dali replay at m=4 (DESIGN.md, "Targets"): per device
+#: The design's targets for the fkd-dali replay at m=4 (docs/design.md, "Targets"): per device
 #: kind, (baseline row, metric of `ratios`, minimum).
 TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
     "cpu": (("fkd-reference m=4", "cpu_efficiency", 2.0), ("relabel", "cpu_efficiency", 2.5)),

@@ -34,7 +34,7 @@ from fkd_dali.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 CROP_FIELDS = ("crops/box", "crops/flip", "labels/index", "labels/prob")
-TARGET_BYTES_PER_IMAGE = 10_000  # at M=500, K=5 (DESIGN.md)
+TARGET_BYTES_PER_IMAGE = 10_000  # at M=500, K=5 (docs/design.md, "Targets")
 TARGET_PASS_TABLE_S = 2.0  # 1.28M images, local disk
 
 

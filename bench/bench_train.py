@@ -4,7 +4,7 @@ and FKD replay vs online KD (the teacher in the loop).
 All sides are `fkd_dali.train.loop.fit` with the same model, batch, precision and step
 count; the synthetic side (`synthetic=True`) replays one random batch made on the
 device, so the gap is what the data path costs the training loop (target: real >= 97%
-of synthetic, DESIGN.md, meant for GPUs). The online side (`--labels online`, the same
+of synthetic, docs/design.md, meant for GPUs). The online side (`--labels online`, the same
 teacher that made the store) cuts fresh crops with the same crop graph and runs the
 teacher on every one of them: FKD / online is the speed-up FKD claims (paper: 3-5x at
 similar accuracy), reported in wall-clock images/s and in CPU-seconds per image (the
@@ -33,7 +33,7 @@ from .labels import write_store_labels
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
 
-TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (DESIGN.md, GPU)
+TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (docs/design.md, "Targets", GPU)
 PAPER_SPEEDUP = 3.0  # FKD vs online KD: the low end of the paper's 3-5x
 KINDS = ("real", "synthetic", "online")
 

@@ -1,4 +1,4 @@
-"""`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what the README shows).
+"""`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what docs/benchmarks.md shows).
 
 Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json, feed.json
 and fidelity.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.

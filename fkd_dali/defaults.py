@@ -12,7 +12,7 @@ CROP_SCALE: tuple[float, float] = (0.08, 1.0)
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 FLIP_PROB = 0.5
 
-# -- store chunk layout, chosen for sequential pass reads (docs/design.md, "the soft-label store") --
+# -- store chunk layout, chosen for sequential pass reads (docs/design.md, "The store schema") --
 IMAGES_PER_CHUNK = 4096
 SLOTS_PER_CHUNK = 8
 

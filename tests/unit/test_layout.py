@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: graphs, the repository's top-level pipelines/ folder) is the leaf: errors and defaults only.
 LAYERS: list[set[str]] = [
     {"errors", "defaults", "version"},
+    {"local"},
     {"registry", "atomic", "config", "dist", "checkout"},
     {"data"},  # the dataset index
     {"crops"},  # boxes, the crop plan, colour jitter: pure numpy

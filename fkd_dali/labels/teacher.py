@@ -147,13 +147,17 @@ def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        target = model.state_dict()
-        missing = [k for k in target if k not in state][:3]
-        unexpected = [k for k in state if k not in target][:3]
-        shape = [k for k in state if k in target and state[k].shape != target[k].shape][:3]
-        raise TeacherError(
-            f"checkpoint {path} does not fit the teacher's architecture: missing {missing}, "
-            f"unexpected {unexpected}, wrong shape {shape}. Pass the matching --teacher.") from e
+        raise TeacherError(f"checkpoint {path} does not fit the teacher's architecture: "
+                           f"{state_dict_mismatch(state, model.state_dict())}. Pass the matching --teacher.") from e
+
+
+def state_dict_mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """"missing [...], unexpected [...], wrong shape [...]": the first three keys of each way `state` misfits."""
+    missing = [k for k in target if k not in state][:3]
+    unexpected = [k for k in state if k not in target][:3]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+             if k in target and state[k].shape != target[k].shape][:3]
+    return f"missing {missing}, unexpected {unexpected}, wrong shape {shape}"
 
 
 def resolve_teacher_name(name: str) -> tuple[str, NamedTeacher | None]:

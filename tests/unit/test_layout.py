@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: lower layers only; parts in one layer do not import each other. `pipelines` (the DALI
 #: graphs, the repository's top-level pipelines/ folder) is the leaf: errors and defaults only.
 LAYERS: list[set[str]] = [
-    {"errors", "defaults", "version"},
-    {"local"},
-    {"registry", "atomic", "config", "dist", "checkout"},
+    {"errors", "defaults", "version", "local"},  # plain values and the stdlib only
+    {"config", "registry"},  # option dataclasses (torch-free), the name registry
+    {"atomic", "dist", "checkout"},  # atomic writes, processes and devices, checkout folders
     {"data"},  # the dataset index
     {"crops"},  # boxes, the crop plan, colour jitter: pure numpy
     {"store"},  # the soft-label store

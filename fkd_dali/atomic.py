@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from fkd_dali.local import process_running
+
 _TMP_TAG = ".tmp"
 _TMP_SUFFIX = ".partial"
 
@@ -71,18 +73,9 @@ def _remove_stale_temps(target: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
         pid = name[len(prefix):-len(_TMP_SUFFIX)]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             try:
                 os.unlink(target.parent / name)
             except OSError:
                 pass
 
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

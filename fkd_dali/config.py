@@ -95,6 +95,17 @@ def check_normalization(cfg: Any) -> None:
         raise ConfigError(f"--std must be three finite numbers > 0, got {cfg.std}")
 
 
+def shard_of(text: str) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), with 0 <= i < n (else a `ConfigError` saying so)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
 def check_recovery(kind: str, k: int | None = None, stored_k: int | None = None, smoothing: float = 0.0) -> None:
     """Validate a label-recovery choice once, at build time, so the hot path can stay cheap.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,12 +47,22 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
             as a RuntimeError from its zip writer, which is turned into this too. The old
             file at `path`, if any, is untouched.
     """
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically, as `save_torch` does."""
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
+    """`write(temp file)` beside `path`, then rename it over `path`; the temp file never outlives a failure."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     tmp = target.with_name(f".{target.name}{_TMP_TAG}{os.getpid()}{_TMP_SUFFIX}")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, target)
     except RuntimeError as e:  # e.g. "[enforce fail at inline_container.cc:...] ... file write failed"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -40,11 +40,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                                 "(required)")
     g.add_argument("--labels", default=None,
                    help="soft-label store; 'none' for vanilla (hard-label) training; 'online' for online KD, the "
-                        "teacher (--teacher) labelling fresh crops in the loop (required)")
+                        "teacher (--teacher) labelling fresh crops in the loop; 'relabel' for ReLabel, fresh crops "
+                        "labelled by pooling their image's label map (--label-maps) (required)")
     g.add_argument("--teacher", default=None,
                    help="online KD: a named teacher (efficientnet_lite0) or a timm model name with "
                         "--teacher-checkpoint; it sees each crop resized on the device to its own input size")
     g.add_argument("--teacher-checkpoint", default=None, metavar="FILE", help="online KD: the teacher's weights")
+    g.add_argument("--label-maps", default=None, metavar="DIR",
+                   help="ReLabel: the folder of label maps `fkd-dali labels relabel-maps` wrote for --data")
     g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
     g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
     g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),

@@ -29,7 +29,8 @@ LAYERS: list[set[str]] = [
     {"targets"},  # label recovery and the loss: pure torch
     {"pipelines"},  # DALI graphs only
     {"loaders"},  # pass tables, crop sources, replay / vanilla / synthetic loaders, create_loader
-    {"labels", "interop"},  # label generation; FKD files and ReLabel maps
+    {"labels"},  # label generation and teachers
+    {"interop"},  # FKD's label files, ReLabel's label maps (made by a teacher)
     {"train"},  # the training loop
     {"demo"},
     {"cli"},  # the command line

@@ -51,6 +51,7 @@ from fkd_dali.store.schema import (
     gt_to_attrs,
     parse_attrs,
     quantize_prob,
+    untrusted_metadata,
 )
 from fkd_dali.version import __version__
 
@@ -66,7 +67,14 @@ def not_a_store_message(marker: Any, url: str) -> str:
 class LabelStore:
     """An opened store. Use `create_store`, `open_store` or `open_or_create_store`."""
 
-    def __init__(self, group: zarr.Group, url: str) -> None:
+    def __init__(self, group: zarr.Group, url: str, check_arrays: bool = True) -> None:
+        """Open `group` as a store, refusing what cannot be read as one.
+
+        `check_arrays`: also refuse array metadata that differs from what the attributes
+        imply in anything but shape (`untrusted_metadata`): every reader does; `labels
+        verify` and `labels info` do not, so that they can report it. A wrong shape is
+        always refused: nothing could be read at the right place.
+        """
         self.group = group
         self.url = url
         meta = group.attrs.get(ATTR_KEY)
@@ -93,6 +101,12 @@ class LabelStore:
             bad = next((text for kind, text in array_mismatches(group, d) if kind == "shape"), None)
             if bad:
                 raise LabelStoreError(f"store {url} is damaged: {bad}. Regenerate it (or restore it from a copy).")
+            bad = untrusted_metadata(group, d) if check_arrays else None
+            if bad:
+                raise LabelStoreError(
+                    f"store {url}: {bad} ({d.name}/zarr.json was edited or damaged, so its values cannot be "
+                    f"trusted); restore it from a copy or regenerate the store (`fkd-dali labels verify {url}` "
+                    "lists every difference)")
 
     # -- shape and progress -------------------------------------------------
     @property

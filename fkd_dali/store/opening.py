@@ -135,8 +135,12 @@ def _remove_local(url: str) -> bool:
     return False
 
 
-def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:
+def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
+               check_arrays: bool = True) -> LabelStore:
     """Open an existing store (mode "r" or "r+"), refusing unknown schema versions.
+
+    `check_arrays` False lets array metadata that differs from the attributes through
+    (for `labels verify` and `info`, which report it); every other caller refuses it.
 
     Raises:
         LabelStoreError: nothing at `url`, a file or a folder that is not a Zarr store,
@@ -148,7 +152,7 @@ def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None
         g = zarr.open_group(url, mode=mode, storage_options=storage_options)
     except Exception as e:  # zarr, JSON, fsspec and network errors alike: one line naming `url`
         raise LabelStoreError(open_failure(url, e)) from e
-    return LabelStore(g, url)
+    return LabelStore(g, url, check_arrays)
 
 
 def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = CREATE_WAIT_S,

@@ -381,6 +381,11 @@ def gt_done_def(spec: StoreSpec, n: int) -> ArrayDef:
     return ArrayDef("progress/gt_done", (n_chunks,), "bool", (1,), fill_value=False)
 
 
+#: arrays that stores written by older fkd-dali releases hold without a crc32c codec (their
+#: content is checked against the dataset fingerprint and the index rules instead)
+NO_CHECKSUM_IN_OLD_STORES = ("images/path", "progress/done")
+
+
 def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
     """(kind, description) of each way the stored array `d.name` differs from `d`; [] when it fits.
 
@@ -406,6 +411,20 @@ def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
     if not any(isinstance(codec, Crc32cCodec) for codec in arr.metadata.codecs):
         out.append(("checksum", f"array {d.name} has no crc32c checksum"))
     return out
+
+
+def untrusted_metadata(group: zarr.Group, d: ArrayDef) -> str | None:
+    """The first way array `d.name` differs from `d` that no fkd-dali release writes; None when it fits.
+
+    What opening a store refuses: an edited or foreign zarr.json (dtype, chunks, fill value,
+    a missing crc32c) makes zarr read plausible-looking wrong values (an int16 box read as
+    uint16 bytes, say), so it must never reach training. The one legitimate difference, a
+    missing crc32c on `NO_CHECKSUM_IN_OLD_STORES` in stores of older releases, passes.
+    """
+    for kind, text in array_mismatches(group, d):
+        if not (kind == "checksum" and d.name in NO_CHECKSUM_IN_OLD_STORES):
+            return text
+    return None
 
 
 def _same_fill(have: Any, want: Any) -> bool:

@@ -24,7 +24,14 @@ from fkd_dali.store.ground_truth import consistent_gt_prob
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
-from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, LabelKind, array_defs, array_mismatches
+from fkd_dali.store.schema import (
+    NO_CHECKSUM_IN_OLD_STORES,
+    PROB_QUANTUM,
+    CropLabels,
+    LabelKind,
+    array_defs,
+    array_mismatches,
+)
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -41,7 +48,7 @@ def store_info(url: str) -> dict[str, Any]:
     (bytes stored, bytes per image), created, writer_version, and `imported` where the
     store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
-    store = open_store(url)
+    store = open_store(url, check_arrays=False)  # info shows what it can; verify lists metadata problems
     meta, spec = store.meta, store.spec
     missing = store.missing_chunks()
     stored = store.nbytes_stored()
@@ -227,7 +234,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         LabelStoreError: the store cannot be opened at all (damaged attributes included).
         DatasetIndexError: `data` is not a readable dataset folder.
     """
-    store = open_store(url)
+    store = open_store(url, check_arrays=False)  # array metadata is reported below, not refused
     report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
     found = _Problems()
     _check_metadata(store, found, report.notes)
@@ -286,15 +293,12 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     return report
 
 
-_NO_CRC_IN_OLD_STORES = ("images/path", "progress/done")  # older stores have no crc32c on these
-
-
 def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> None:
     """Every array as the attributes imply; a missing crc32c of an old store is a note, not a problem."""
     unchecked = []
     for d in array_defs(store.spec, store.n_images):
         for kind, text in array_mismatches(store.group, d):
-            if kind == "checksum" and d.name in _NO_CRC_IN_OLD_STORES:
+            if kind == "checksum" and d.name in NO_CHECKSUM_IN_OLD_STORES:
                 unchecked.append(d.name)
             else:
                 found.add("metadata", "array metadata differs from what the attributes imply", [(text, -1)], 1)

@@ -9,7 +9,7 @@ import argparse
 from typing import Sequence
 
 from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json_line
-from fkd_dali.config import EvalConfig, TrainConfig, load_config_file
+from fkd_dali.config import EvalConfig, TrainConfig, read_config_mapping
 from fkd_dali.defaults import (
     AMP_CHOICES,
     CALIBRATIONS,
@@ -154,18 +154,13 @@ def apply_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """Re-parse `argv` with the values of `args.config` as the subcommand's defaults.
 
     Flags given on the command line win over the file, the file wins over the
-    dataclass defaults (timm's rule). `progress: false` in a file means `--no-progress`.
+    dataclass defaults (timm's rule). Each value is checked as its flag is
+    (`fkd_dali.cli.config_file`): `progress: false` means `--no-progress`.
     """
-    values = load_config_file(args.config, args.config_cls)
+    from fkd_dali.cli.config_file import file_defaults
+
     sub: argparse.ArgumentParser = args.subparser
-    dests = {a.dest for a in sub._actions}
-    file_defaults = {k: v for k, v in values.items() if k in dests}
-    if "progress" in values:
-        file_defaults["no_progress"] = not values["progress"]
-    unused = sorted(set(values) - set(file_defaults) - {"progress"})
-    if unused:
-        raise ConfigError(f"--config {args.config}: option(s) {', '.join(unused)} cannot be set from a file")
-    sub.set_defaults(**file_defaults)
+    sub.set_defaults(**file_defaults(sub, read_config_mapping(args.config), args.config))
     return parser.parse_args(argv)
 
 

@@ -24,6 +24,7 @@ from fkd_dali.store.schema import IMPORT_ATTR_KEY, LabelKind
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.store.checks import check_same_spec, index_for_store
+from fkd_dali.store.claim import creator_marker
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
@@ -108,10 +109,28 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)
-    for chunk in damaged:
-        store.clear_chunk(chunk)
-    generation = generate_labels(cfg, index=None if reference else index, teacher=teacher)
+    generation = _recompute(store, cfg, damaged, None if reference else index, teacher)
     return RepairSummary(damaged, unfinished, generation)
+
+
+def _recompute(store: LabelStore, cfg: LabelGenConfig, damaged: list[int], index: DatasetIndex | None,
+               teacher: Any) -> LabelGenSummary:
+    """Clear the damaged chunks and rerun generation, the store marked as under repair meanwhile.
+
+    The mark makes `verify`, `train` and `info` say that a repair is at work (or did not
+    finish, naming `labels repair`) instead of advising `labels generate`.
+    """
+    marker = creator_marker()
+    store.mark_repairing(marker)
+    try:
+        for chunk in damaged:
+            store.clear_chunk(chunk)
+        generation = generate_labels(cfg, index=index, teacher=teacher)
+    except BaseException:
+        store.mark_repairing({**marker, "stopped": True})
+        raise
+    store.mark_repairing(None)
+    return generation
 
 
 def refuse_unrecomputable(store: LabelStore, command: str) -> None:

@@ -60,6 +60,16 @@ class _Feeder:
         self.reader.close()
 
 
+def check_batch(batch_size: int, m: int) -> None:
+    """Refuse a batch that is not a positive whole number of images of m crops, saying which it is."""
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be >= 1 crop per process, got {batch_size} (--batch-size; "
+                          f"batch_size of create_loader): give {m} crops (num_crops) per image of a step")
+    if batch_size % m:
+        raise ConfigError(f"a batch of {batch_size} crops per process is not a multiple of the {m} crops per image "
+                          f"(--num-crops): use a multiple of {m} (batch_size of create_loader)")
+
+
 class ReplayLoader:
     """Cuts a crop source's crops for one rank: `pass_batches(p)` yields the `CropBatch`es of pass p.
 
@@ -88,9 +98,7 @@ class ReplayLoader:
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, half: bool | None = None, read_threads: int = 1,
                  color_jitter: float = 0.0) -> None:
-        if batch_size < 1 or batch_size % m:
-            raise ConfigError(f"a batch of {batch_size} crops per process is not a positive multiple of the "
-                              f"{m} crops per image (--num-crops): use a multiple of {m}")
+        check_batch(batch_size, m)
         self.source, self.index = source, index
         self.m, self.M = m, source.crops_per_image
         self.batch_size = batch_size

@@ -19,6 +19,7 @@ from fkd_dali.data.index import DatasetIndex, scan_folder
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreMismatchError
 from fkd_dali.store.damage import (
     FILL_WORDS,
+    INVALID_WORDS,
     all_false_implausible,
     chunk_files,
     fill_masks,
@@ -66,8 +67,12 @@ def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarra
     zarr reads back silently as fill values. Vectorised on the arrays in memory: a
     min/max per field when clean (about 1% of a pass-table read).
 
+    Such values in a chunk whose files are all present (one listing, only on this failure
+    path) were written so, e.g. a teacher output beyond float16's range: the message says
+    that instead of blaming lost files.
+
     Raises:
-        StoreDamageError: fill values in chunks flagged done.
+        StoreDamageError: fill values (or inf) in chunks flagged done.
         LabelStoreError: fill values in chunks not written yet (the store is incomplete).
     """
     fields = labels.by_array() if isinstance(labels, CropLabels) else labels
@@ -75,13 +80,20 @@ def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarra
         rows, cols = np.nonzero(bad)
         images = rows + first_image
         picked = np.asarray(slots, dtype=np.int64)[cols]
-        if not store.done()[np.unique(images // store.spec.layout.images_per_chunk)].all():
+        chunks = np.unique(images // store.spec.layout.images_per_chunk)
+        if not store.done()[chunks].all():
             store.check_complete()  # not damage: those chunks were never written ("rerun generate")
+        where = describe_crops(store, images, picked)
+        images_of = store.chunk_range(int(chunks[0]))
+        if missing_chunk_files(store, [key], done=chunks.tolist()):
+            raise StoreDamageError(
+                f"store {store.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at {where} although those "
+                f"chunks are flagged done: their chunk files were deleted or lost (a partial copy?); "
+                f"{repair_hint(store.url, key)}", key, None, images_of)
         raise StoreDamageError(
-            f"store {store.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at "
-            f"{describe_crops(store, images, picked)} although those chunks are flagged done: their chunk files were "
-            f"deleted or lost (a partial copy?); {repair_hint(store.url, key)}",
-            key, None, store.chunk_range(int(images[0]) // store.spec.layout.images_per_chunk))
+            f"store {store.url}: array {key!r} holds {INVALID_WORDS[key]} at {where}, in chunk files that are "
+            f"present and pass their checksums: the values were written so (a teacher output beyond float16's "
+            f"range, a writer bug) or edited; {repair_hint(store.url, key)}", key, None, images_of)
 
 
 def read_written(store: LabelStore, start: int, stop: int, fields: Iterable[CropField] | None = None) -> CropLabels:
@@ -145,7 +157,9 @@ def check_chunk_files(store: LabelStore, keys: Sequence[str] | None = None) -> N
 def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
     """A one-line account of the first way two indexes differ."""
     if a.class_names != b.class_names:
-        return f"class folders differ ({len(a.class_names)} in store vs {len(b.class_names)} on disk)"
+        na, nb = len(a.class_names), len(b.class_names)
+        counts = f"{na} in store vs {nb} on disk" if na != nb else f"{na} in store and on disk"
+        return f"class folders differ ({counts}): " + _class_difference(a.class_names, b.class_names)
     if len(a) != len(b):
         return f"image count differs ({len(a)} in store vs {len(b)} on disk)"
     for i, (pa, pb) in enumerate(zip(a.paths, b.paths)):
@@ -155,6 +169,19 @@ def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
         if na != nb:
             return f"file {a.paths[i]!r} has {na} bytes in the store but {nb} on disk"
     return "paths and byte sizes agree, so the fingerprint recipe differs"
+
+
+def _class_difference(stored: list[str], on_disk: list[str], limit: int = 3) -> str:
+    """Which class folder names the store has that the disk lacks and the reverse (else: the order differs)."""
+    def names(values: list[str]) -> str:
+        more = f" and {len(values) - limit} more" if len(values) > limit else ""
+        return ", ".join(repr(v) for v in values[:limit]) + more
+
+    gone = [c for c in stored if c not in set(on_disk)]
+    new = [c for c in on_disk if c not in set(stored)]
+    parts = ([f"{names(gone)} in the store but not on disk"] if gone else []) + \
+            ([f"{names(new)} on disk but not in the store"] if new else [])
+    return "; ".join(parts) if parts else "the same names in another order"
 
 
 def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:

@@ -17,7 +17,7 @@ import zarr
 
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreSchemaError
-from fkd_dali.store.claim import CREATING_KEY, clear_command, describe_creator
+from fkd_dali.store.claim import CREATING_KEY, REPAIRING_KEY, clear_command, describe_creator, repair_state
 from fkd_dali.store.damage import (
     CROP_KEYS,
     RECOPY,
@@ -176,7 +176,31 @@ class LabelStore:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise LabelStoreError(
                 f"store {self.url} is incomplete: {len(missing)} of {self.n_chunks} chunks unfinished "
-                f"(images {ranges}{more}). Rerun the same `fkd-dali labels {self.made_by}` command to resume.")
+                f"(images {ranges}{more}): {self.resume_hint()}")
+
+    def resume_hint(self) -> str:
+        """How the unfinished chunks get written: the command that writes them, or the repair at work on them.
+
+        A `labels repair` clears the done flags of the chunks it recomputes, so while it runs
+        (or after it was killed) the store looks unfinished; rerunning `labels generate`
+        would be the wrong advice then (`REPAIRING_KEY` says a repair is at work).
+        """
+        marker = self.group.attrs.get(REPAIRING_KEY)
+        state = repair_state(marker)
+        if state is None:
+            return f"rerun the same `fkd-dali labels {self.made_by}` command to resume"
+        rerun = f"`fkd-dali labels repair {self.url} --data DIR` (with the options the store was made with) finishes it"
+        if state == "in progress":
+            return f"a `labels repair` ({describe_creator(marker)}) is in progress; wait for it to finish"
+        return f"a `labels repair` ({describe_creator(marker)}) {state}; {rerun}"
+
+    def mark_repairing(self, marker: dict[str, Any] | None) -> None:
+        """Record (a marker) or clear (None) that `labels repair` is recomputing chunks of this store."""
+        if marker is None:
+            if REPAIRING_KEY in self.group.attrs:
+                del self.group.attrs[REPAIRING_KEY]
+        else:
+            self.group.attrs[REPAIRING_KEY] = marker
 
     @property
     def made_by(self) -> str:

@@ -166,13 +166,29 @@ def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s:
     creator's machine (after `wait_s` seconds of its creation time elsewhere), with
     the command that removes it.
     """
-    try:
-        store = create_store(url, index, spec, storage_options)
-    except StoreExistsError:
-        store = _wait_for_store(url, wait_s, storage_options)
+    store = _finished_store(url, storage_options)
+    if store is None:
+        try:
+            store = create_store(url, index, spec, storage_options)
+        except StoreExistsError:
+            store = _wait_for_store(url, wait_s, storage_options)
     check_dataset(store, index)
     check_same_spec(store, spec)
     return store
+
+
+def _finished_store(url: str, storage_options: dict[str, Any] | None) -> LabelStore | None:
+    """The store already at `url` (its attributes written), else None: opened before any creation step.
+
+    Why first: creating claims the path (a file beside a local store), which fails on a
+    read-only file system even when the store there is complete and a rerun has nothing
+    to write. Whatever is at `url` that does not open is left to `create_store`, which
+    says what it is.
+    """
+    try:
+        return open_store(url, mode="r+", storage_options=storage_options)
+    except LabelStoreError:
+        return None
 
 
 def _wait_for_store(url: str, wait_s: float, storage_options: dict[str, Any] | None) -> LabelStore:

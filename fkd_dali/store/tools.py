@@ -246,8 +246,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         missing = list(range(store.n_chunks))
     if missing:
         ranges = [store.chunk_range(c) for c in missing]
-        found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written (rerun "
-                                f"`fkd-dali labels {store.made_by}` to finish)",
+        found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written ({store.resume_hint()})",
                   [(f"images {a}-{b - 1}", -1) for a, b in ranges], len(missing))
     if data is not None:
         report.dataset_checked = True

@@ -307,6 +307,18 @@ def read_image_header(path: str, full_decode: bool = False) -> tuple[int, int, i
     return height, width, nbytes
 
 
+def read_sizes(root: str | os.PathLike[str], paths: Sequence[str], workers: int = 16) -> np.ndarray:
+    """(N, 2) int32 (height, width) of the images `paths` under `root`, from their headers (threads).
+
+    Raises:
+        CorruptImageError: a header cannot be read (the message names the file).
+    """
+    base = Path(root)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        heads = list(pool.map(lambda rel: read_image_header(str(base / rel))[:2], paths, chunksize=256))
+    return np.array(heads, dtype=np.int32).reshape(-1, 2)
+
+
 def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False,
                 progress: bool = False, decode: bool = False) -> DatasetIndex:
     """Index an ImageNet-style folder, reading headers in parallel threads.

@@ -220,6 +220,19 @@ class LabelStore:
                             left_out=[(p, "left out when the store was made (could not be decoded)")
                                       for p in self.skipped])
 
+    def rewrite_index(self, values: dict[str, np.ndarray]) -> None:
+        """Overwrite whole index arrays (`labels repair`, from the folder after a fingerprint check).
+
+        Each array is one chunk, written whole, so a damaged chunk file is replaced without
+        being read.
+        """
+        try:
+            for key, value in values.items():
+                self.array(key)[:] = np.asarray(value, dtype=object) if key == "images/path" else value
+        except OSError as e:
+            raise LabelStoreError(f"rewriting {', '.join(values)} of {self.url} failed ({e.strerror or e}); fix the "
+                                  "cause and rerun `labels repair`") from e
+
     # -- writing ------------------------------------------------------------
     def write_chunk(self, chunk: int, labels: CropLabels) -> None:
         """Write all fields of one image chunk (all slots), then its done flag."""

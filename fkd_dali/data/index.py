@@ -100,65 +100,107 @@ def _printable(path: str) -> str:
 
 
 @dataclass
-class _ClassFiles:
-    paths: list[str] = field(default_factory=list)  # relative to the data root
-    nbytes: list[int] = field(default_factory=list)
+class _Found:
+    """Image files of one class folder as listed, before sorting and de-duplication."""
+
+    entries: list[tuple[str, str, int, int, tuple[int, int], bool]] = field(default_factory=list)
+    # (relative folder, file name, bytes, mtime ns, (st_dev, st_ino), reached through a symbolic link)
     left_out: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _list_images(root: Path, class_name: str) -> _ClassFiles:
-    """The images of one class folder and its sub-folders, in torchvision ImageFolder's order.
+@dataclass
+class _Listing:
+    """The image files of a folder in index order (what the fingerprint and the index are built from)."""
 
-    ImageFolder walks each class folder with `os.walk(followlinks=True)`, sorts the
-    folders by path and the files by name: so do we (a folder seen twice through
-    symbolic links, e.g. a loop, is listed once). Files with an image extension that
-    cannot be indexed (a dangling or looping link, a name that is not valid UTF-8, an
-    image type fkd-dali does not decode) are left out with the reason, never silently.
+    class_names: list[str]
+    paths: list[str]
+    labels: list[int]
+    nbytes: list[int]
+    mtime_ns: list[int]
+    left_out: list[tuple[str, str]]
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _folder_link_reason(target: str, root_real: str, class_real: dict[str, str], own: str) -> str | None:
+    """Why a folder link to the real path `target` inside class folder `own` is left out; None to follow it.
+
+    Following it could list files of another class under this one (a link into another
+    class folder, or to the data root or above, which holds them all), or list this
+    class's own files twice (a link within its class folder, a loop).
+    """
+    if _is_within(target, class_real[own]):
+        return "folder already listed (symbolic link loop or duplicate link)"
+    if _is_within(class_real[own], target) or _is_within(root_real, target):
+        return f"folder link to {target} leads back to the data root or above (a loop): not followed"
+    other = next((c for c, real in class_real.items() if _is_within(target, real)), None)
+    if other is not None:
+        return f"folder link into class folder {other!r}: its files belong to that class, not followed"
+    return None
+
+
+def _list_images(root: Path, class_name: str, class_real: dict[str, str]) -> _Found:
+    """The image files under one class folder (its sub-folders too), following safe symbolic links.
+
+    Walks with `os.scandir` (the file type comes with the listing, so knowing a link costs
+    no call) and stats each image once. Folder links are followed unless
+    `_folder_link_reason` says why not; a folder reached twice is listed once. Files
+    with an image extension that cannot be indexed (a dangling or looping link, a name
+    that is not valid UTF-8, an image type fkd-dali does not decode) are left out with
+    the reason, never silently. Order and duplicates are settled by `_walk`.
     """
     folder = root / class_name
-    found: list[tuple[str, str, int]] = []  # (relative folder, file name, bytes)
-    out = _ClassFiles()
+    root_real = os.path.realpath(root)
+    out = _Found()
     seen: set[tuple[int, int]] = set()
-
-    def onerror(err: OSError) -> None:
-        out.left_out.append((_rel(root, err.filename or str(folder)), f"folder cannot be listed ({err.strerror})"))
-
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
+    stack: list[tuple[str, bool]] = [(str(folder), folder.is_symlink())]
+    while stack:
+        dirpath, via_link = stack.pop()
+        rel_dir = _rel(root, dirpath)
         try:
             st = os.stat(dirpath)
+            with os.scandir(dirpath) as it:
+                entries = list(it)
         except OSError as e:
-            out.left_out.append((_rel(root, dirpath), f"folder cannot be read ({e.strerror})"))
-            dirnames[:] = []
+            out.left_out.append((rel_dir, f"folder cannot be listed ({e.strerror})"))
             continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symbolic link (a loop, or a second link)
-            out.left_out.append((_rel(root, dirpath), "folder already listed (symbolic link loop or duplicate link)"))
-            dirnames[:] = []
+            out.left_out.append((rel_dir, "folder already listed (symbolic link loop or duplicate link)"))
             continue
         seen.add((st.st_dev, st.st_ino))
-        rel_dir = _rel(root, dirpath)
-        for name in filenames:
-            reason, size = _file_status(os.path.join(dirpath, name), f"{rel_dir}/{name}")
-            if reason == "":
-                found.append((rel_dir, name, size))
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}"
+            if _is_dir(entry):
+                link = entry.is_symlink()
+                why = _folder_link_reason(os.path.realpath(entry.path), root_real, class_real, class_name) \
+                    if link else None
+                if why:
+                    out.left_out.append((rel, why))
+                else:
+                    stack.append((entry.path, via_link or link))
+                continue
+            reason, st_file = _file_status(entry.path, rel)
+            if reason == "" and st_file is not None:
+                out.entries.append((rel_dir, entry.name, int(st_file.st_size), int(st_file.st_mtime_ns),
+                                    (st_file.st_dev, st_file.st_ino), via_link or entry.is_symlink()))
             elif reason is not None:
-                out.left_out.append((f"{rel_dir}/{name}", reason))
-    found.sort(key=lambda f: (f[0], f[1]))
-    out.paths = [f"{d}/{name}" for d, name, _ in found]
-    out.nbytes = [size for _, _, size in found]
-    out.left_out = sorted((_printable(p), why) for p, why in out.left_out)
-    if not out.paths:
-        more = f" ({len(out.left_out)} file(s) left out, e.g. {out.left_out[0][0]}: {out.left_out[0][1]})" \
-            if out.left_out else ""
-        raise DatasetIndexError(
-            f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; "
-            "remove it or add its images")
+                out.left_out.append((rel, reason))
     return out
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; False for a dangling or looping one
+    except OSError:
+        return False
 
 
 def index_order_key(rel_path: str, class_position: Mapping[str, int]) -> tuple[int, str, str]:
     """Sort key of a relative image path in index order: class, then folder path, then file name.
 
-    The order `_list_images` gives (ImageFolder's); paths of a valid index are strictly
+    The order `_walk` gives (ImageFolder's); paths of a valid index are strictly
     increasing under it.
     """
     folder, _, name = rel_path.rpartition("/")
@@ -169,39 +211,79 @@ def _rel(root: Path, path: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
-def _file_status(path: str, rel: str) -> tuple[str | None, int]:
-    """("", bytes) for an image to index; (reason, 0) for one to leave out; (None, 0) for a non-image file."""
+def _file_status(path: str, rel: str) -> tuple[str | None, os.stat_result | None]:
+    """("", stat) for an image to index; (reason, None) for one to leave out; (None, None) for a non-image file."""
     ext = os.path.splitext(rel)[1].lower()
     if ext not in IMAGE_EXTENSIONS:
         return (f"{ext} images are not decoded by fkd-dali (convert to JPEG or PNG)"
-                if ext in OTHER_IMAGE_EXTENSIONS else None), 0
+                if ext in OTHER_IMAGE_EXTENSIONS else None), None
     if not _is_utf8(rel):
-        return "file name is not valid UTF-8 (rename it)", 0
+        return "file name is not valid UTF-8 (rename it)", None
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return ("dangling symbolic link" if os.path.islink(path) else "disappeared while indexing"), 0
+        return ("dangling symbolic link" if os.path.islink(path) else "disappeared while indexing"), None
     except OSError as e:
-        return ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"), 0
+        return ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"), None
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file", 0
-    return "", int(st.st_size)
+        return "not a regular file", None
+    return "", st
 
 
-def _walk(root_path: Path) -> tuple[list[str], list[str], list[int], list[int], list[tuple[str, str]]]:
-    """(class names, relative paths, class ids, byte sizes, left-out files) in index order; no file is opened."""
+def _walk(root_path: Path) -> _Listing:
+    """Every image of the folder in index order, each real file once; no file is opened.
+
+    Per class folder: ImageFolder's order (folders sorted by path, files by name). A file
+    reached through a symbolic link that is also reached another way (a link to a file of
+    another class, two links to one file) is the same real file: it is kept where it is
+    not a link, else at its first place in index order, and left out elsewhere with the
+    reason. Plain files are never dropped (only links are suspected: inode numbers of some
+    network file systems are not unique), so a folder without links lists exactly as before.
+    """
     class_names = _list_classes(root_path)
-    rel_paths: list[str] = []
-    labels: list[int] = []
-    nbytes: list[int] = []
+    class_real = {name: os.path.realpath(root_path / name) for name in class_names}
+    found: list[tuple[int, str, str, int, int, tuple[int, int], bool]] = []
     left_out: list[tuple[str, str]] = []
     for cid, name in enumerate(class_names):
-        files = _list_images(root_path, name)
-        rel_paths += files.paths
-        labels += [cid] * len(files.paths)
-        nbytes += files.nbytes
+        files = _list_images(root_path, name, class_real)
+        kept = sorted(files.entries, key=lambda f: (f[0], f[1]))
+        found += [(cid, *f) for f in kept]
         left_out += files.left_out
-    return class_names, rel_paths, labels, nbytes, left_out
+    found, dropped = _once_each(found)
+    left_out = sorted((_printable(p), why) for p, why in left_out + dropped)
+    listing = _Listing(class_names, [f"{d}/{n}" for _, d, n, *_ in found], [f[0] for f in found],
+                       [f[3] for f in found], [f[4] for f in found], left_out)
+    present = set(listing.labels)
+    for cid, name in enumerate(class_names):
+        if cid not in present:
+            _no_images(root_path / name, [x for x in left_out if x[0].split("/", 1)[0] == name])
+    return listing
+
+
+def _once_each(found: list) -> tuple[list, list[tuple[str, str]]]:
+    """`found` without the link occurrences of a real file listed elsewhere, and (path, why) of those dropped."""
+    if not any(f[6] for f in found):
+        return found, []
+    first: dict[tuple[int, int], int] = {}
+    for i, f in enumerate(found):  # the place of each real file: its plain occurrence, else its first one
+        j = first.get(f[5])
+        if j is None or (found[j][6] and not f[6]):
+            first[f[5]] = i
+    keep, dropped = [], []
+    for i, f in enumerate(found):
+        j = first[f[5]]
+        if i == j or not f[6]:
+            keep.append(f)
+        else:
+            dropped.append((f"{f[1]}/{f[2]}", f"same file as {found[j][1]}/{found[j][2]} (reached again through a "
+                                              "symbolic link): listed once"))
+    return keep, dropped
+
+
+def _no_images(folder: Path, left_out: list[tuple[str, str]]) -> None:
+    more = f" ({len(left_out)} file(s) left out, e.g. {left_out[0][0]}: {left_out[0][1]})" if left_out else ""
+    raise DatasetIndexError(
+        f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; remove it or add its images")
 
 
 def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -211,8 +293,8 @@ def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.
     fingerprint, and fast on ImageNet-sized folders. Raises as `build_index` does for a
     missing folder, a folder without class folders or a class folder without images.
     """
-    class_names, rel_paths, _, nbytes, _ = _walk(Path(root).expanduser().resolve())
-    return class_names, rel_paths, np.array(nbytes, dtype=np.int64)
+    listing = _walk(Path(root).expanduser().resolve())
+    return listing.class_names, listing.paths, np.array(listing.nbytes, dtype=np.int64)
 
 
 _TAIL_WINDOW = 64 * 1024
@@ -336,7 +418,8 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
             its header: label generation does, so that no corrupt image gets labels.
     """
     root_path = Path(root).expanduser().resolve()
-    class_names, rel_paths, labels, _, left_out = _walk(root_path)
+    listing = _walk(root_path)
+    class_names, rel_paths, labels, left_out = listing.class_names, listing.paths, listing.labels, listing.left_out
     decode = decode or skip_corrupt
 
     def header(rel: str) -> tuple[int, int, int] | str:

@@ -237,6 +237,8 @@ class TrainConfig:
     synthetic: bool = False
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
+    verify_images: bool = True  # check each file against the store's crc32c when first read (--no-verify-images)
+    skip_corrupt: bool = False  # leave changed/corrupt images out of the run instead of stopping
     # recipes (timm's flag names): fine-tuning, batch mixing of soft labels, weight EMA
     initial_checkpoint: str | None = None  # start from these weights (a timm state dict or an fkd-dali checkpoint)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
@@ -264,6 +266,9 @@ class TrainConfig:
                        "val_batch_size", "image_size", "recovery_k")
         check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
         check_finite(self, "cutmix", "mixup", "color_jitter")
+        if self.skip_corrupt and self.vanilla:
+            raise ConfigError("--skip-corrupt applies to replayed crops (--labels STORE or online); the vanilla "
+                              "baseline (--labels none) decodes with DALI's own reader: drop --skip-corrupt")
         if self.color_jitter and self.vanilla:
             raise ConfigError("--color-jitter applies to replayed (--labels STORE) and online-KD crops; the vanilla "
                               "baseline (--labels none) crops with DALI's own random ops: drop --color-jitter")

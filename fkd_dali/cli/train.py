@@ -146,6 +146,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--save-every-pass", action="store_true", help="keep OUTPUT/pass_XXX.pth too")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (with a checkpoint)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="leave an image that changed since labelling or cannot be decoded out of the run (logged, "
+                        "counted as images_skipped in metrics.jsonl) instead of stopping")
+    g.add_argument("--no-verify-images", action="store_true",
+                   help="do not check each file against the crc32c the store recorded at labelling (the check "
+                        "costs a crc32c per file once per run, on bytes read anyway)")
     p.set_defaults(handler=_train, config_cls=TrainConfig, subparser=p)
 
 
@@ -168,8 +174,9 @@ def _train(args: argparse.Namespace) -> int:
     missing = [name for name in _REQUIRED if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"--{missing[0]} is required (on the command line or in --config)")
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
-    cfg = TrainConfig(**fields, progress=not args.no_progress)
+    negated = {"progress": not args.no_progress, "verify_images": not args.no_verify_images}
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f not in negated}
+    cfg = TrainConfig(**fields, **negated)
     from fkd_dali.train.loop import fit
 
     result = fit(cfg)

@@ -26,6 +26,7 @@ import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
+from fkd_dali.data.digest import FileDigests, crc32c
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -46,11 +47,14 @@ class DatasetIndex:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)  # unreadable images left out by --skip-corrupt (stored)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of every file left out
+    digests: FileDigests | None = None  # crc32c and mtime of each file when labelled (None: not recorded)
 
     def __post_init__(self) -> None:
         n = len(self.paths)
         if not (len(self.classes) == len(self.sizes) == len(self.nbytes) == n):
             raise DatasetIndexError("index arrays disagree in length")
+        if self.digests is not None and len(self.digests) != n:
+            raise DatasetIndexError("index digests disagree in length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -109,7 +113,7 @@ class _Found:
 
 
 @dataclass
-class _Listing:
+class FolderListing:
     """The image files of a folder in index order (what the fingerprint and the index are built from)."""
 
     class_names: list[str]
@@ -230,7 +234,7 @@ def _file_status(path: str, rel: str) -> tuple[str | None, os.stat_result | None
     return "", st
 
 
-def _walk(root_path: Path) -> _Listing:
+def _walk(root_path: Path) -> FolderListing:
     """Every image of the folder in index order, each real file once; no file is opened.
 
     Per class folder: ImageFolder's order (folders sorted by path, files by name). A file
@@ -251,7 +255,7 @@ def _walk(root_path: Path) -> _Listing:
         left_out += files.left_out
     found, dropped = _once_each(found)
     left_out = sorted((_printable(p), why) for p, why in left_out + dropped)
-    listing = _Listing(class_names, [f"{d}/{n}" for _, d, n, *_ in found], [f[0] for f in found],
+    listing = FolderListing(class_names, [f"{d}/{n}" for _, d, n, *_ in found], [f[0] for f in found],
                        [f[3] for f in found], [f[4] for f in found], left_out)
     present = set(listing.labels)
     for cid, name in enumerate(class_names):
@@ -284,6 +288,11 @@ def _no_images(folder: Path, left_out: list[tuple[str, str]]) -> None:
     more = f" ({len(left_out)} file(s) left out, e.g. {left_out[0][0]}: {left_out[0][1]})" if left_out else ""
     raise DatasetIndexError(
         f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; remove it or add its images")
+
+
+def list_folder(root: str | os.PathLike[str]) -> FolderListing:
+    """Every image of a folder in index order with its byte size and modification time; no file is opened."""
+    return _walk(Path(root).expanduser().resolve())
 
 
 def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -402,11 +411,12 @@ def read_sizes(root: str | os.PathLike[str], paths: Sequence[str], workers: int 
 
 
 def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False,
-                progress: bool = False, decode: bool = False) -> DatasetIndex:
+                progress: bool = False, decode: bool = False, digest: bool = False) -> DatasetIndex:
     """Index an ImageNet-style folder, reading headers in parallel threads.
 
-    Folder rules (`_list_images`): torchvision ImageFolder's, sub-folders of class
-    folders included; files it would take that cannot be indexed are in `left_out`.
+    Folder rules (`_walk`): torchvision ImageFolder's, sub-folders of class folders
+    included, each real file once; files it would take that cannot be indexed are in
+    `left_out`.
 
     Args:
         root: folder with one sub-folder per class.
@@ -416,15 +426,20 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         progress: show a progress bar (files/s, ETA) for folders of 10,000+ files.
         decode: check every image with a strict decode (`check_image_data`), not only
             its header: label generation does, so that no corrupt image gets labels.
+            Implies `digest` (the bytes are read anyway).
+        digest: record each file's crc32c and modification time (`DatasetIndex.digests`,
+            what a store vouches for); reads every file.
     """
     root_path = Path(root).expanduser().resolve()
     listing = _walk(root_path)
     class_names, rel_paths, labels, left_out = listing.class_names, listing.paths, listing.labels, listing.left_out
     decode = decode or skip_corrupt
+    digest = digest or decode
 
-    def header(rel: str) -> tuple[int, int, int] | str:
+    def header(rel: str) -> tuple[int, int, int, int] | str:
         try:
-            return read_image_header(str(root_path / rel), full_decode=decode)
+            return read_image_digest(str(root_path / rel), decode) if digest \
+                else (*read_image_header(str(root_path / rel)), 0)
         except CorruptImageError as e:
             if skip_corrupt:
                 return e.reason
@@ -441,7 +456,9 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
     corrupt = [(rel_paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if not keep:
         raise DatasetIndexError(f"no readable images under {root_path}")
-    meta = np.array([results[i] for i in keep], dtype=np.int64).reshape(-1, 3)
+    meta = np.array([results[i] for i in keep], dtype=np.int64).reshape(-1, 4)
+    digests = FileDigests(meta[:, 3].astype(np.uint32), np.array(listing.mtime_ns, np.int64)[keep]) \
+        if digest else None
     return DatasetIndex(
         root=str(root_path),
         paths=[rel_paths[i] for i in keep],
@@ -451,4 +468,33 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         class_names=class_names,
         skipped=[p for p, _ in corrupt],
         left_out=sorted(left_out + [(p, f"cannot be decoded: {why}") for p, why in corrupt]),
+        digests=digests,
     )
+
+
+def read_image_digest(path: str, decode: bool = True) -> tuple[int, int, int, int]:
+    """(height, width, byte size, crc32c) of an image file, read once; `decode`: strictly decoded too.
+
+    Raises:
+        CorruptImageError: the file cannot be read, or (with `decode`) decoded cleanly.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError as e:
+        raise DatasetIndexError(f"image {path} disappeared while indexing") from e
+    except OSError as e:
+        raise CorruptImageError(path, f"cannot read: {e.strerror or e}") from e
+    if decode:
+        height, width = check_image_data(data, path)
+    else:
+        height, width = _header_size(data, path)
+    return height, width, len(data), crc32c(data)
+
+
+def _header_size(data: np.ndarray, path: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            width, height = im.size
+    except Exception as e:  # PIL raises many types for bad files
+        raise CorruptImageError(path, f"{type(e).__name__}: {e}") from e
+    return int(height), int(width)

@@ -8,6 +8,7 @@ which setting a resumed writer changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fkd_dali.data.index import DatasetIndex, scan_folder
+from fkd_dali.data.index import DatasetIndex, list_folder
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreMismatchError
 from fkd_dali.store.damage import (
     FILL_WORDS,
@@ -44,14 +45,32 @@ def describe_crops(store: LabelStore, images: np.ndarray, slots: np.ndarray, lim
 
 
 def check_dataset(store: LabelStore, index: DatasetIndex) -> None:
-    """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""
+    """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs.
+
+    An `index` that read every file (label generation resuming) also has its crc32c
+    digests compared with the store's: a file replaced by another of the same size since
+    the store was created is named.
+    """
     if index.fingerprint == store.fingerprint:
+        _check_same_digests(store, index)
         return
     stored = store.load_index()
     raise StoreMismatchError(
         f"store {store.url} was made for another dataset: fingerprint {store.fingerprint[:12]} "
         f"(store) != {index.fingerprint[:12]} ({index.root}); {describe_difference(stored, index)}. "
         "Point --data at the folder the labels were generated for, or regenerate the labels.")
+
+
+def _check_same_digests(store: LabelStore, index: DatasetIndex) -> None:
+    if index.digests is None or not store.has_digests:
+        return
+    stored = store.read("images/crc32c").astype(np.uint32)
+    changed = np.flatnonzero(stored != index.digests.crc32c)
+    if len(changed):
+        raise StoreMismatchError(
+            f"store {store.url} was made for other file contents: {index.paths[changed[0]]} (and {len(changed) - 1} "
+            "more) has the same path and byte size but another crc32c than when the store was created (replaced or "
+            "edited since). Restore the original files, or write to a new --out")
 
 
 def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarray | None], first_image: int,
@@ -212,7 +231,9 @@ def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetI
 
     Scans `root` (`scan_folder`: no image header is read), leaves out the files the
     store recorded as skipped at labelling time, and compares the fingerprint with the
-    store's. The sizes come from the store (read from the headers when it was made).
+    store's. The sizes come from the store (read from the headers when it was made). For
+    a store with file digests, `digests.stale` marks the files whose modification time
+    differs from the one recorded (the stat the scan makes anyway: no extra call).
 
     Raises:
         DatasetIndexError: `root` is not a dataset folder (as `build_index`).
@@ -220,12 +241,18 @@ def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetI
             difference (as `LabelStore.check_dataset`).
     """
     root_path = Path(root).expanduser().resolve()
-    class_names, paths, nbytes = scan_folder(root_path)
+    listing = list_folder(root_path)
     skipped = set(store.skipped)
-    keep = [i for i, p in enumerate(paths) if p not in skipped]
-    cid = {name: i for i, name in enumerate(class_names)}
-    kept = [paths[i] for i in keep]
+    keep = [i for i, p in enumerate(listing.paths) if p not in skipped]
+    cid = {name: i for i, name in enumerate(listing.class_names)}
+    kept = [listing.paths[i] for i in keep]
     scanned = DatasetIndex(str(root_path), kept, np.array([cid[p.split("/", 1)[0]] for p in kept], np.int32),
-                           np.zeros((len(kept), 2), np.int32), nbytes[keep], class_names)
+                           np.zeros((len(kept), 2), np.int32), np.array(listing.nbytes, np.int64)[keep],
+                           listing.class_names)
     check_dataset(store, scanned)  # header-less: the fingerprint covers paths, byte sizes and class names
-    return store.load_index(root=str(root_path))
+    index = store.load_index(root=str(root_path))
+    if index.digests is None:
+        return index
+    on_disk = np.array(listing.mtime_ns, np.int64)[keep]
+    return dataclasses.replace(index, digests=dataclasses.replace(index.digests,
+                                                                  stale=on_disk != index.digests.mtime_ns))

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import zarr
 
+from fkd_dali.data.digest import DIGEST_NAME, FileDigests
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreSchemaError
 from fkd_dali.store.claim import CREATING_KEY, REPAIRING_KEY, clear_command, describe_creator, repair_state
@@ -33,11 +34,13 @@ from fkd_dali.store.schema import (
     ARRAY_KEYS,
     ATTR_KEY,
     CHECKSUM_KEY,
+    DIGEST_ATTR,
     ENSEMBLE_TIMM_NAME,
     GT_ATTR,
     IMPORT_ATTR_KEY,
     READABLE_SCHEMA_VERSIONS,
     TOPK_ONLY,
+    ArrayDef,
     CropField,
     CropLabels,
     GroundTruthSpec,
@@ -96,7 +99,11 @@ class LabelStore:
             raise LabelStoreError(
                 f"store {url}: its '{ATTR_KEY}' attributes do not match their checksum ({CHECKSUM_KEY}): they were "
                 "edited or damaged after creation. Restore zarr.json from a copy or regenerate the store.")
-        for d in array_defs(self.spec, self.n_images):
+        digest = meta["dataset"].get(DIGEST_ATTR)
+        if digest not in (None, DIGEST_NAME):
+            raise StoreSchemaError(f"store {url} records file digests of kind {digest!r}; this fkd-dali ({__version__}) "
+                                   f"knows only {DIGEST_NAME!r}. Use the fkd-dali release that wrote it")
+        for d in self.array_defs():
             self.array(d.name)  # a missing array or unreadable metadata: one line naming it
             bad = next((text for kind, text in array_mismatches(group, d) if kind == "shape"), None)
             if bad:
@@ -129,6 +136,15 @@ class LabelStore:
     def skipped(self) -> list[str]:
         """Files of the folder left out at labelling time (`--skip-corrupt`)."""
         return list(self.meta["dataset"].get("skipped", []))
+
+    @property
+    def has_digests(self) -> bool:
+        """Whether the store records each file's crc32c and modification time (stores of older releases do not)."""
+        return self.meta["dataset"].get(DIGEST_ATTR) == DIGEST_NAME
+
+    def array_defs(self) -> list[ArrayDef]:
+        """Every array this store holds, as its attributes imply (`fkd_dali.store.schema.array_defs`)."""
+        return array_defs(self.spec, self.n_images, self.has_digests)
 
     @property
     def has_gt_prob(self) -> bool:
@@ -212,13 +228,15 @@ class LabelStore:
     # -- dataset ------------------------------------------------------------
     def load_index(self, root: str = "") -> DatasetIndex:
         """The dataset index saved at creation (paths relative to `root`)."""
+        digests = FileDigests(self.read("images/crc32c").astype(np.uint32),
+                              self.read("images/mtime").astype(np.int64)) if self.has_digests else None
         return DatasetIndex(root=root, paths=[str(p) for p in self.read("images/path")],
                             classes=self.read("images/class").astype(np.int32),
                             sizes=self.read("images/size").astype(np.int32),
                             nbytes=self.read("images/nbytes").astype(np.int64),
                             class_names=self.class_names, skipped=self.skipped,
                             left_out=[(p, "left out when the store was made (could not be decoded)")
-                                      for p in self.skipped])
+                                      for p in self.skipped], digests=digests)
 
     def rewrite_index(self, values: dict[str, np.ndarray]) -> None:
         """Overwrite whole index arrays (`labels repair`, from the folder after a fingerprint check).

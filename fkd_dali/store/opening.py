@@ -53,7 +53,9 @@ _log = logging.getLogger(__name__)
 def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
     values = {"images/path": np.array(index.paths, dtype=object), "images/class": index.classes,
               "images/size": index.sizes, "images/nbytes": index.nbytes}
-    for d in array_defs(spec, len(index)):
+    if index.digests is not None:
+        values.update({"images/crc32c": index.digests.crc32c, "images/mtime": index.digests.mtime_ns})
+    for d in array_defs(spec, len(index), digests=index.digests is not None):
         arr = create_array(g, d)
         if d.name in values:
             arr[:] = values[d.name]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.data.digest import crc32c
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
@@ -29,7 +30,6 @@ from fkd_dali.store.schema import (
     PROB_QUANTUM,
     CropLabels,
     LabelKind,
-    array_defs,
     array_mismatches,
 )
 
@@ -227,8 +227,9 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
       (`LabelStore.missing_chunk_files`); the image chunks with any of these problems
       are `report.damaged_chunks`, what `labels repair` recomputes;
     - with `data`: the folder's fingerprint, then every image decoded strictly
-      (`check_image_data`, in `workers` threads) and its decoded size compared with
-      `images/size`.
+      (`check_image_data`, in `workers` threads), its decoded size compared with
+      `images/size` and, in stores that record them, its crc32c with `images/crc32c`
+      (`image_changed`: replaced or edited since labelling).
 
     Raises:
         LabelStoreError: the store cannot be opened at all (damaged attributes included).
@@ -295,7 +296,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
 def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> None:
     """Every array as the attributes imply; a missing crc32c of an old store is a note, not a problem."""
     unchecked = []
-    for d in array_defs(store.spec, store.n_images):
+    for d in store.array_defs():
         for kind, text in array_mismatches(store.group, d):
             if kind == "checksum" and d.name in NO_CHECKSUM_IN_OLD_STORES:
                 unchecked.append(d.name)
@@ -337,15 +338,26 @@ def _checked_index(store: LabelStore, found: _Problems) -> DatasetIndex | None:
 
 
 def _check_images(index: DatasetIndex, found: _Problems, workers: int) -> None:
-    """Decode every image of the folder strictly and compare its size with the stored one."""
+    """Decode every image of the folder strictly, compare its size with the stored one and, where the store
+    records them, its crc32c with the one recorded at labelling."""
+    expected = None if index.digests is None else index.digests.crc32c
+    changed: list[int] = []
+
     def decoded(i: int) -> tuple[int, int] | str:
         try:
-            return check_image_data(np.fromfile(index.abspath(i), dtype=np.uint8), index.abspath(i))
+            data = np.fromfile(index.abspath(i), dtype=np.uint8)
+            if expected is not None and crc32c(data) != int(expected[i]):
+                changed.append(i)
+            return check_image_data(data, index.abspath(i))
         except (CorruptImageError, OSError) as e:
             return getattr(e, "reason", str(e))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(decoded, range(len(index)), chunksize=64))
+    changed.sort()
+    found.add("image_changed", "file content differs from the crc32c recorded at labelling (replaced or edited "
+                               "since: restore the original file or regenerate the labels)",
+              [(index.paths[i], -1) for i in changed[:MAX_EXAMPLES]], len(changed))
     corrupt = [(index.paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     found.add("image_corrupt", "image cannot be decoded cleanly (replace the file)",
               [(f"{p} ({why})", -1) for p, why in corrupt[:MAX_EXAMPLES]], len(corrupt))

@@ -148,6 +148,14 @@ def test_resuming_generation_on_a_changed_photo_is_refused(clean_store, store_co
     assert_user_error((code, err), rel, "crc32c", "another")
 
 
+def test_relabelling_with_reference_refuses_a_changed_photo(clean_store, data, teacher_ckpt, tmp_path, capsys):
+    path, rel = _victim(data)
+    _swap_same_size(path)
+    code, _, err = run_main(gen_args(data, tmp_path / "relabel.zarr", teacher_ckpt, "--reference", clean_store),
+                            capsys)
+    assert_user_error((code, err), str(path), "crc32c", str(clean_store))
+
+
 # -- item 3: a photo corrupted after labelling -----------------------------------------------------------------
 def test_a_photo_corrupted_after_labelling_is_named(clean_store, data, tmp_path, capsys):
     path, _ = _victim(data, k=4)

@@ -115,8 +115,10 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
     """Batches of (image, round) items: each image's bytes are read once per chunk.
 
     `check`: decode each image strictly first (`read_encoded`), for indexes whose images
-    were not checked when they were built (a `--reference` store's, named `source`), and
-    compare each file with the crc32c that store recorded.
+    were not checked when they were built (a `--reference` store's). Where the index has
+    file digests (taken from the store `source`: a reference, or the store being repaired)
+    each file is compared with its crc32c, so no chunk is labelled on other pixels than
+    the store vouches for.
     """
     from fkd_dali.loaders.feed import FeedBatch, read_encoded
 
@@ -131,7 +133,7 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
         ids = range(a, min(a + images_per_batch, stop))
         paths = [index.abspath(i) for i in ids]
         data = [read_encoded(p, check=check) for p in paths]
-        if check and index.digests is not None:
+        if index.digests is not None:
             _check_digests(index, ids, data, source)
         for r in range(rounds):
             sl = slice(r * per_round, (r + 1) * per_round)
@@ -141,14 +143,14 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
 
 
 def _check_digests(index: DatasetIndex, ids: range, data: list[np.ndarray], source: str) -> None:
-    """Refuse files whose bytes differ from the crc32c the reference store recorded: the new labels would
-    describe other pixels than the crops and digests it hands on."""
+    """Refuse files whose bytes differ from the crc32c the store `source` recorded: the new labels would
+    describe other pixels than the store vouches for."""
     from fkd_dali.data.digest import crc32c
 
     for i, d in zip(ids, data):
         if crc32c(d) != int(index.digests.crc32c[i]):  # type: ignore[union-attr]
             raise ImageChangedError(index.abspath(i), source, "restore the original file, or label the folder anew "
-                                    "without --reference")
+                                    "into a new --out")
 
 
 class _TeacherRunner:
@@ -236,7 +238,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
         out["gt_prob"] = np.zeros((n, m), np.float16)
         gt_of_image = gt.of_images(index.classes)
     feed = _feed_batches(index, start, stop, rois, flips, labeller.images_per_batch, per_round,
-                         check=reference is not None, source=reference.url if reference is not None else "")
+                         check=reference is not None, source=(reference or store).url)
     for crops, meta in labeller.crop_iter.epoch(feed):
         b, r = crops.shape[0], crops.shape[1]
         meta = meta.numpy()

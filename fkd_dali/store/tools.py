@@ -57,7 +57,8 @@ def store_info(url: str) -> dict[str, Any]:
         "url": str(url),
         "schema_version": meta["schema_version"],
         "dataset": {"n_images": store.n_images, "fingerprint": store.fingerprint,
-                    "n_classes": len(store.class_names), "skipped": len(store.skipped)},
+                    "n_classes": len(store.class_names), "skipped": len(store.skipped),
+                    "file_digest": meta["dataset"].get("file_digest")},
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
@@ -112,7 +113,9 @@ def format_store_info(info: dict[str, Any]) -> str:
         f"schema          v{info['schema_version']} (written by fkd-dali {info['writer_version']}, "
         f"{info['created']})",
         f"dataset         {d['n_images']} images, {d['n_classes']} classes, fingerprint {d['fingerprint'][:16]}"
-        + (f", {d['skipped']} skipped" if d["skipped"] else ""),
+        + (f", {d['skipped']} skipped" if d["skipped"] else "")
+        + (f", file digests {d['file_digest']}" if d.get("file_digest") else
+           ", no file digests (older store: image contents are not checked)"),
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
         f"labels          {_describe_labels(lab)}",

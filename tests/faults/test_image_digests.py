@@ -214,6 +214,15 @@ def test_repair_refuses_a_damaged_digest_array(clean_store, store_copy, photo_ro
     assert_user_error((code, err), "images/crc32c", "regenerate")
 
 
+def test_repair_does_not_relabel_a_changed_photo(clean_store, store_copy, data, teacher_ckpt, capsys):
+    store = store_copy(clean_store)
+    (store / "labels" / "prob" / "c" / "1" / "0" / "0").unlink()  # images 5-9 are recomputed
+    path = data / open_store_paths()[7]
+    _swap_same_size(path)
+    code, _, err = run_main(repair_args(store, data, teacher_ckpt), capsys)
+    assert_user_error((code, err), str(path), "crc32c", str(store))
+
+
 def test_repair_rebuilds_a_damaged_mtime_array(clean_store, store_copy, photo_root, teacher_ckpt, capsys):
     store = store_copy(clean_store)
     flip_byte(store / "images" / "mtime" / "c" / "0")

@@ -46,6 +46,22 @@ def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def _wall_and_cpu(fn: Callable[[], object], repeats: int) -> dict:
+    """Min and median wall seconds and process CPU seconds (all threads) of `repeats` calls.
+
+    On a shared machine the CPU time is the steadier figure: other jobs stretch the wall
+    time of a call, much less the CPU time it needs.
+    """
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"wall_s_min": min(wall), "wall_s_median": statistics.median(wall), "cpu_s_min": min(cpu),
+            "cpu_s_median": statistics.median(cpu)}
+
+
 # -- make ------------------------------------------------------------------------------------------
 def make_store(url: str, n: int, digests: bool) -> None:
     from bench.bench_store import _synthetic_index
@@ -71,22 +87,39 @@ def make_folder(root: Path, files: int, classes: int) -> None:
 
 # -- time ------------------------------------------------------------------------------------------
 def time_open(url: str, repeats: int) -> dict:
+    """`open_store` (every array's metadata checked) + `load_index` (the per-image arrays, digests included)."""
     from fkd_dali.store.opening import open_store
 
-    def open_and_index() -> None:
-        open_store(url).load_index()
+    return _wall_and_cpu(lambda: open_store(url).load_index(), repeats)
 
-    low, med = _best(open_and_index, repeats)
-    return {"open_and_load_index_s_min": low, "open_and_load_index_s_median": med}
+
+def time_pass_table(url: str, repeats: int, m: int = 4) -> dict:
+    """Warm-cache pass tables of passes 0..repeats-1 (m=4), wall and CPU (the read and its fill-value check)."""
+    from fkd_dali.crops.plan import make_pass_plan
+    from fkd_dali.loaders.pass_table import read_pass_table
+    from fkd_dali.store.opening import open_store
+
+    store = open_store(url)
+    sizes = np.asarray(store.group["images/size"][:])
+    plans = [make_pass_plan(0, p, m, store.crops_per_image, store.n_images, 0, 1) for p in range(repeats)]
+    read_pass_table(store, sizes, plans[0].slots, plans[0].images, 0)  # warm the page cache
+    it = iter(range(10 ** 9))
+
+    def one() -> None:
+        p = next(it) % repeats
+        read_pass_table(store, sizes, plans[p].slots, plans[p].images, p)
+
+    return _wall_and_cpu(one, repeats)
 
 
 def time_scan(root: Path, repeats: int, n_full: int) -> dict:
+    """The folder listing of every training start (`scan_folder`), extrapolated linearly to `n_full` files."""
     from fkd_dali.data.index import scan_folder
 
     files = sum(1 for _ in root.rglob("*.JPEG"))
-    low, med = _best(lambda: scan_folder(root), repeats)
-    return {"files": files, "scan_s_min": low, "scan_s_median": med,
-            "scan_s_min_extrapolated": low * n_full / files, "extrapolation": f"linear: x {n_full} / {files}"}
+    out = _wall_and_cpu(lambda: scan_folder(root), repeats)
+    return {"files": files, **out, "extrapolated": {k: v * n_full / files for k, v in out.items()},
+            "extrapolation": f"linear: x {n_full} / {files}"}
 
 
 def time_digest(repeats: int) -> dict | None:
@@ -98,10 +131,10 @@ def time_digest(repeats: int) -> dict | None:
     import google_crc32c
 
     data = np.random.default_rng(0).integers(0, 256, 110_000, dtype=np.uint8)
-    loops = 2000
+    loops = 20
 
-    def per_call(fn: Callable[[], object]) -> float:
-        low, _ = _best(lambda: [fn() for _ in range(loops)], repeats)
+    def per_call(fn: Callable[[], object]) -> float:  # many short rounds: the min finds the quiet moments
+        low, _ = _best(lambda: [fn() for _ in range(loops)], 100 * repeats)
         return 1e6 * low / loops
 
     return {"file_bytes": data.nbytes, "ctypes_path": digest._EXTEND is not None,
@@ -132,20 +165,20 @@ def _first_read(repeats: int) -> dict:
         index = DatasetIndex(tmp, paths, np.zeros(n, np.int32), np.ones((n, 2), np.int32),
                              np.full(n, 110_000, np.int64), ["c"], digests=FileDigests(crc, np.zeros(n, np.int64)))
         full = [index.abspath(i) for i in range(n)]
-        plain, _ = _best(lambda: [read_encoded(p) for p in full], repeats)
-
-        def guarded() -> None:
+        times: dict[str, list[float]] = {"read": [], "first": [], "later": []}
+        for _ in range(max(5, 3 * repeats)):  # interleaved rounds: the three see the same machine load
             guard = ImageGuard(index, "s", verify=True)
-            for i, p in enumerate(full):
-                guard.admit(i, p, read_encoded)
-
-        first, _ = _best(guarded, repeats)
-        guard = ImageGuard(index, "s", verify=True)
-        for i, p in enumerate(full):
-            guard.admit(i, p, read_encoded)
-        later, _ = _best(lambda: [guard.admit(i, p, read_encoded) for i, p in enumerate(full)], repeats)
-    return {"read_us": 1e6 * plain / n, "read_first_guarded_us": 1e6 * first / n,
-            "read_later_guarded_us": 1e6 * later / n}
+            for kind in ("read", "first", "later"):
+                t0 = time.perf_counter()
+                if kind == "read":
+                    for p in full:
+                        read_encoded(p)
+                else:  # "first" checks each crc32c, "later" finds each file checked already
+                    for i, p in enumerate(full):
+                        guard.admit(i, p, read_encoded)
+                times[kind].append(time.perf_counter() - t0)
+    return {"read_us": 1e6 * min(times["read"]) / n, "read_first_guarded_us": 1e6 * min(times["first"]) / n,
+            "read_later_guarded_us": 1e6 * min(times["later"]) / n, "rounds": len(times["read"])}
 
 
 def run_time(args: argparse.Namespace) -> dict:
@@ -156,7 +189,9 @@ def run_time(args: argparse.Namespace) -> dict:
     for kind in ("digests", "plain"):
         url = str(out / f"store-{kind}.zarr")
         doc[f"open_{kind}"] = time_open(url, args.repeats)
-    doc["pass_table"] = time_pass_tables(str(out / "store-digests.zarr"), 4, args.repeats, 0)
+    doc["pass_table_warm"] = time_pass_table(str(out / "store-digests.zarr"), args.repeats)
+    if args.cold:
+        doc["pass_table"] = time_pass_tables(str(out / "store-digests.zarr"), 4, args.repeats, 0)
     doc["scan"] = time_scan(out / "folder", args.repeats, args.images)
     doc["digest"] = time_digest(args.repeats)
     doc["load_average_end"] = os.getloadavg()
@@ -173,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--folder-classes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--label", default="after")
+    p.add_argument("--cold", action="store_true", help="also bench store's cold/warm pass tables (evicts the cache)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

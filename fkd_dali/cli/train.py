@@ -170,13 +170,18 @@ def apply_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return parser.parse_args(argv)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of a parsed `train` command line (`--no-X` switches become field X = False)."""
+    negated = {"progress": not args.no_progress, "verify_images": not args.no_verify_images}
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f not in negated}
+    return TrainConfig(**fields, **negated)
+
+
 def _train(args: argparse.Namespace) -> int:
     missing = [name for name in _REQUIRED if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"--{missing[0]} is required (on the command line or in --config)")
-    negated = {"progress": not args.no_progress, "verify_images": not args.no_verify_images}
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f not in negated}
-    cfg = TrainConfig(**fields, **negated)
+    cfg = train_config(args)
     from fkd_dali.train.loop import fit
 
     result = fit(cfg)

@@ -3,11 +3,14 @@
 Layout `root/<class>/<file>` (files in sub-folders of a class folder count too, as in
 torchvision's ImageFolder); class ids are the positions of the sorted class folder
 names and files follow ImageFolder's order; files left out are listed with why.
-Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
-is ignored everywhere in fkd-dali so that a box means the same pixels in every
-pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
+Unlike ImageFolder, symbolic links never list one real file twice or under another
+class (`_walk`). Image sizes come from file headers (no decode), in stored orientation:
+EXIF rotation is ignored everywhere in fkd-dali so that a box means the same pixels in
+every pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
 tell whether it was made for the folder it is used with (`scan_folder` lists what that
-check needs without opening an image; `fkd_dali.store.checks.index_for_store` does it).
+check needs without opening an image; `fkd_dali.store.checks.index_for_store` does it);
+`digests` (crc32c and mtime per file, `fkd_dali.data.digest`) say whether the files are
+still the ones labelled.
 """
 from __future__ import annotations
 

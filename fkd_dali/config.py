@@ -268,6 +268,8 @@ class TrainConfig:
     synthetic: bool = False
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
+    verify_images: bool = True  # check each file against the store's crc32c when first read (--no-verify-images)
+    skip_corrupt: bool = False  # leave changed/corrupt images out of the run instead of stopping
     # recipes (timm's flag names): fine-tuning, batch mixing of soft labels, weight EMA
     initial_checkpoint: str | None = None  # start from these weights (a timm state dict or an fkd-dali checkpoint)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
@@ -297,6 +299,9 @@ class TrainConfig:
                        "val_batch_size", "image_size", "recovery_k")
         check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
         check_finite(self, "cutmix", "mixup", "color_jitter")
+        if self.skip_corrupt and self.vanilla:
+            raise ConfigError("--skip-corrupt applies to replayed crops (--labels STORE or online); the vanilla "
+                              "baseline (--labels none) decodes with DALI's own reader: drop --skip-corrupt")
         if self.color_jitter and self.vanilla:
             raise ConfigError("--color-jitter applies to replayed (--labels STORE) and online-KD crops; the vanilla "
                               "baseline (--labels none) crops with DALI's own random ops: drop --color-jitter")
@@ -451,24 +456,26 @@ def field_default(config_cls: type, name: str) -> Any:
     raise KeyError(name)
 
 
-def load_config_file(path: str | os.PathLike[str], config_cls: type) -> dict[str, Any]:
-    """Read a YAML (or JSON) file of option values for `config_cls`, as timm's `--config`.
+def read_config_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The option: value mapping of a YAML (or JSON) `--config` file, as written (keys not checked).
 
-    Keys are field names, with `-` or `_` (`batch-size` and `batch_size` both work); a
-    file written by a previous run (`{"config": {...}, "resolved": {...}}`) is accepted
-    too and its `config` part used. Lists become tuples for tuple-typed fields.
+    A file written by a previous run (`{"config": {...}, "resolved": {...}}`) gives its
+    `config` part; an empty file gives {}.
 
     Raises:
-        ConfigError: the file is missing or unreadable, is not a mapping, or names an
-            option that `config_cls` does not have (the message lists the close names).
+        ConfigError: the file is missing or unreadable, not UTF-8 text, not valid YAML, or
+            not a mapping; one line naming the file.
     """
     import yaml
 
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
         doc = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"--config {path}: cannot read the file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "give a YAML file of option: value lines, saved as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if isinstance(doc, Mapping) and isinstance(doc.get("config"), Mapping) and "resolved" in doc:
@@ -477,16 +484,35 @@ def load_config_file(path: str | os.PathLike[str], config_cls: type) -> dict[str
         return {}
     if not isinstance(doc, Mapping):
         raise ConfigError(f"--config {path}: expected a mapping of option: value, got a {type(doc).__name__}")
+    return {str(k): v for k, v in doc.items()}
+
+
+def load_config_file(path: str | os.PathLike[str], config_cls: type) -> dict[str, Any]:
+    """Read a YAML (or JSON) file of option values for `config_cls` (library use; the CLI checks
+    each value as its flag, `fkd_dali.cli.config_file`).
+
+    Keys are field names, with `-` or `_` (`batch-size` and `batch_size` both work); a
+    file written by a previous run (`{"config": {...}, "resolved": {...}}`) is accepted
+    too and its `config` part used. Lists become tuples for tuple-typed fields.
+
+    Raises:
+        ConfigError: the file cannot be read as a mapping (`read_config_mapping`), or names
+            an option that `config_cls` does not have (the message lists the close names).
+    """
     names = {f.name for f in dataclasses.fields(config_cls)}
     out: dict[str, Any] = {}
-    for key, value in doc.items():
-        name = str(key).replace("-", "_")
+    for key, value in read_config_mapping(path).items():
+        name = key.replace("-", "_")
         if name not in names:
-            close = difflib.get_close_matches(name, sorted(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"--config {path}: unknown option {key!r}{hint}")
+            raise ConfigError(f"--config {path}: unknown option {key!r}{close_name_hint(name, names)}")
         out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def close_name_hint(name: str, names: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the closest of `names`, or ""."""
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -18,13 +18,29 @@ class DatasetIndexError(FkdError):
     """The image folder is missing, empty, or holds an unreadable image."""
 
 
-class CorruptImageError(DatasetIndexError):
+class ImageError(DatasetIndexError):
+    """One image file cannot be used as the store describes it; `path` names it, `reason` says why."""
+
+    def __init__(self, message: str, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class CorruptImageError(ImageError):
     """An image file cannot be decoded; `path` names it."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot decode image {path}: {reason}")
-        self.path = path
-        self.reason = reason
+        super().__init__(f"cannot decode image {path}: {reason}", path, reason)
+
+
+class ImageChangedError(ImageError):
+    """An image file's bytes differ from the digest its store recorded at labelling (replaced or edited)."""
+
+    def __init__(self, path: str, store: str, remedy: str = "") -> None:
+        reason = "its content differs from the file labelled (crc32c recorded at labelling): replaced or edited since"
+        super().__init__(f"image {path} is not the file store {store} was labelled on: {reason}"
+                         + (f"; {remedy}" if remedy else ""), path, reason)
 
 
 class LabelStoreError(FkdError):

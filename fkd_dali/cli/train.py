@@ -9,7 +9,7 @@ import argparse
 from typing import Sequence
 
 from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json_line
-from fkd_dali.config import EvalConfig, TrainConfig, load_config_file
+from fkd_dali.config import EvalConfig, TrainConfig, read_config_mapping
 from fkd_dali.defaults import (
     AMP_CHOICES,
     CALIBRATIONS,
@@ -149,6 +149,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--save-every-pass", action="store_true", help="keep OUTPUT/pass_XXX.pth too")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (with a checkpoint)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="leave an image that changed since labelling or cannot be decoded out of the run (logged, "
+                        "counted as images_skipped in metrics.jsonl) instead of stopping")
+    g.add_argument("--no-verify-images", action="store_true",
+                   help="do not check each file against the crc32c the store recorded at labelling (the check "
+                        "costs a crc32c per file once per run, on bytes read anyway)")
     p.set_defaults(handler=_train, config_cls=TrainConfig, subparser=p)
 
 
@@ -157,27 +163,28 @@ def apply_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """Re-parse `argv` with the values of `args.config` as the subcommand's defaults.
 
     Flags given on the command line win over the file, the file wins over the
-    dataclass defaults (timm's rule). `progress: false` in a file means `--no-progress`.
+    dataclass defaults (timm's rule). Each value is checked as its flag is
+    (`fkd_dali.cli.config_file`): `progress: false` means `--no-progress`.
     """
-    values = load_config_file(args.config, args.config_cls)
+    from fkd_dali.cli.config_file import file_defaults
+
     sub: argparse.ArgumentParser = args.subparser
-    dests = {a.dest for a in sub._actions}
-    file_defaults = {k: v for k, v in values.items() if k in dests}
-    if "progress" in values:
-        file_defaults["no_progress"] = not values["progress"]
-    unused = sorted(set(values) - set(file_defaults) - {"progress"})
-    if unused:
-        raise ConfigError(f"--config {args.config}: option(s) {', '.join(unused)} cannot be set from a file")
-    sub.set_defaults(**file_defaults)
+    sub.set_defaults(**file_defaults(sub, read_config_mapping(args.config), args.config))
     return parser.parse_args(argv)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of a parsed `train` command line (`--no-X` switches become field X = False)."""
+    negated = {"progress": not args.no_progress, "verify_images": not args.no_verify_images}
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f not in negated}
+    return TrainConfig(**fields, **negated)
 
 
 def _train(args: argparse.Namespace) -> int:
     missing = [name for name in _REQUIRED if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"--{missing[0]} is required (on the command line or in --config)")
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
-    cfg = TrainConfig(**fields, progress=not args.no_progress)
+    cfg = train_config(args)
     from fkd_dali.train.loop import fit
 
     result = fit(cfg)

@@ -3,11 +3,14 @@
 Layout `root/<class>/<file>` (files in sub-folders of a class folder count too, as in
 torchvision's ImageFolder); class ids are the positions of the sorted class folder
 names and files follow ImageFolder's order; files left out are listed with why.
-Image sizes come from file headers (no decode), in stored orientation: EXIF rotation
-is ignored everywhere in fkd-dali so that a box means the same pixels in every
-pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
+Unlike ImageFolder, symbolic links never list one real file twice or under another
+class (`_walk`). Image sizes come from file headers (no decode), in stored orientation:
+EXIF rotation is ignored everywhere in fkd-dali so that a box means the same pixels in
+every pipeline. The fingerprint covers paths, byte sizes and class names, so a store can
 tell whether it was made for the folder it is used with (`scan_folder` lists what that
-check needs without opening an image; `fkd_dali.store.checks.index_for_store` does it).
+check needs without opening an image; `fkd_dali.store.checks.index_for_store` does it);
+`digests` (crc32c and mtime per file, `fkd_dali.data.digest`) say whether the files are
+still the ones labelled.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
+from fkd_dali.data.digest import FileDigests, crc32c
 from fkd_dali.errors import CorruptImageError, DatasetIndexError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -46,11 +50,14 @@ class DatasetIndex:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)  # unreadable images left out by --skip-corrupt (stored)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of every file left out
+    digests: FileDigests | None = None  # crc32c and mtime of each file when labelled (None: not recorded)
 
     def __post_init__(self) -> None:
         n = len(self.paths)
         if not (len(self.classes) == len(self.sizes) == len(self.nbytes) == n):
             raise DatasetIndexError("index arrays disagree in length")
+        if self.digests is not None and len(self.digests) != n:
+            raise DatasetIndexError("index digests disagree in length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,65 +107,123 @@ def _printable(path: str) -> str:
 
 
 @dataclass
-class _ClassFiles:
-    paths: list[str] = field(default_factory=list)  # relative to the data root
-    nbytes: list[int] = field(default_factory=list)
+class _Found:
+    """Image files of one class folder as listed, before sorting and de-duplication."""
+
+    entries: list[tuple[str, str, int, int, int, int, bool]] = field(default_factory=list)
+    # (relative folder, file name, bytes, mtime ns, st_dev, st_ino, reached through a symbolic link)
     left_out: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _list_images(root: Path, class_name: str) -> _ClassFiles:
-    """The images of one class folder and its sub-folders, in torchvision ImageFolder's order.
+@dataclass
+class FolderListing:
+    """The image files of a folder in index order (what the fingerprint and the index are built from)."""
 
-    ImageFolder walks each class folder with `os.walk(followlinks=True)`, sorts the
-    folders by path and the files by name: so do we (a folder seen twice through
-    symbolic links, e.g. a loop, is listed once). Files with an image extension that
-    cannot be indexed (a dangling or looping link, a name that is not valid UTF-8, an
-    image type fkd-dali does not decode) are left out with the reason, never silently.
+    class_names: list[str]
+    paths: list[str]
+    labels: list[int]
+    nbytes: list[int]
+    mtime_ns: list[int]
+    left_out: list[tuple[str, str]]
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _folder_link_reason(target: str, root_real: str, class_real: dict[str, str], own: str) -> str | None:
+    """Why a folder link to the real path `target` inside class folder `own` is left out; None to follow it.
+
+    Following it could list files of another class under this one (a link into another
+    class folder, or to the data root or above, which holds them all), or list this
+    class's own files twice (a link within its class folder, a loop).
+    """
+    if _is_within(target, class_real[own]):
+        return "folder already listed (symbolic link loop or duplicate link)"
+    if _is_within(class_real[own], target) or _is_within(root_real, target):
+        return f"folder link to {target} leads back to the data root or above (a loop): not followed"
+    other = next((c for c, real in class_real.items() if _is_within(target, real)), None)
+    if other is not None:
+        return f"folder link into class folder {other!r}: its files belong to that class, not followed"
+    return None
+
+
+def _list_images(root: Path, class_name: str, class_real: dict[str, str]) -> _Found:
+    """The image files under one class folder (its sub-folders too), following safe symbolic links.
+
+    Walks with `os.scandir` (the file type comes with the listing, so knowing a link costs
+    no call) and stats each image once. Folder links are followed unless
+    `_folder_link_reason` says why not; a folder reached twice is listed once. Files
+    with an image extension that cannot be indexed (a dangling or looping link, a name
+    that is not valid UTF-8, an image type fkd-dali does not decode) are left out with
+    the reason, never silently. Order and duplicates are settled by `_walk`.
     """
     folder = root / class_name
-    found: list[tuple[str, str, int]] = []  # (relative folder, file name, bytes)
-    out = _ClassFiles()
+    root_real = os.path.realpath(root)
+    out = _Found()
     seen: set[tuple[int, int]] = set()
-
-    def onerror(err: OSError) -> None:
-        out.left_out.append((_rel(root, err.filename or str(folder)), f"folder cannot be listed ({err.strerror})"))
-
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=onerror):
+    stack: list[tuple[str, bool]] = [(str(folder), folder.is_symlink())]
+    while stack:
+        dirpath, via_link = stack.pop()
+        rel_dir = _rel(root, dirpath)
         try:
             st = os.stat(dirpath)
+            with os.scandir(dirpath) as it:
+                entries = list(it)
         except OSError as e:
-            out.left_out.append((_rel(root, dirpath), f"folder cannot be read ({e.strerror})"))
-            dirnames[:] = []
+            out.left_out.append((rel_dir, f"folder cannot be listed ({e.strerror})"))
             continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symbolic link (a loop, or a second link)
-            out.left_out.append((_rel(root, dirpath), "folder already listed (symbolic link loop or duplicate link)"))
-            dirnames[:] = []
+            out.left_out.append((rel_dir, "folder already listed (symbolic link loop or duplicate link)"))
             continue
         seen.add((st.st_dev, st.st_ino))
-        rel_dir = _rel(root, dirpath)
-        for name in filenames:
-            reason, size = _file_status(os.path.join(dirpath, name), f"{rel_dir}/{name}")
-            if reason == "":
-                found.append((rel_dir, name, size))
-            elif reason is not None:
-                out.left_out.append((f"{rel_dir}/{name}", reason))
-    found.sort(key=lambda f: (f[0], f[1]))
-    out.paths = [f"{d}/{name}" for d, name, _ in found]
-    out.nbytes = [size for _, _, size in found]
-    out.left_out = sorted((_printable(p), why) for p, why in out.left_out)
-    if not out.paths:
-        more = f" ({len(out.left_out)} file(s) left out, e.g. {out.left_out[0][0]}: {out.left_out[0][1]})" \
-            if out.left_out else ""
-        raise DatasetIndexError(
-            f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; "
-            "remove it or add its images")
+        for entry in _add_files(entries, rel_dir, via_link, out):
+            link = entry.is_symlink()
+            why = _folder_link_reason(os.path.realpath(entry.path), root_real, class_real, class_name) \
+                if link else None
+            if why:
+                out.left_out.append((f"{rel_dir}/{entry.name}", why))
+            else:
+                stack.append((entry.path, via_link or link))
     return out
+
+
+def _add_files(entries: list[os.DirEntry], rel_dir: str, via_link: bool, out: _Found) -> list[os.DirEntry]:
+    """Add the image files among one folder's `entries` to `out`; the sub-folders, to walk next.
+
+    The hot loop of listing ImageNet (1.28M files at every training start): one stat per
+    image, everything else from the listing itself.
+    """
+    folders = []
+    dir_utf8 = _is_utf8(rel_dir)
+    append = out.entries.append
+    for entry in entries:
+        try:
+            if entry.is_dir():  # follows links; False for a dangling or looping one
+                folders.append(entry)
+                continue
+        except OSError:
+            pass
+        name = entry.name
+        dot = name.rfind(".")
+        ext = name[dot:].lower() if dot > 0 and name[:dot].lstrip(".") else ""  # as os.path.splitext
+        if ext not in IMAGE_EXTENSIONS:
+            if ext in OTHER_IMAGE_EXTENSIONS:
+                out.left_out.append((f"{rel_dir}/{name}", f"{ext} images are not decoded by fkd-dali (convert to "
+                                                          "JPEG or PNG)"))
+            continue
+        reason, st = _file_status(entry, dir_utf8)
+        if st is not None:
+            append((rel_dir, name, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, via_link or entry.is_symlink()))
+        else:
+            out.left_out.append((f"{rel_dir}/{name}", reason))
+    return folders
 
 
 def index_order_key(rel_path: str, class_position: Mapping[str, int]) -> tuple[int, str, str]:
     """Sort key of a relative image path in index order: class, then folder path, then file name.
 
-    The order `_list_images` gives (ImageFolder's); paths of a valid index are strictly
+    The order `_walk` gives (ImageFolder's); paths of a valid index are strictly
     increasing under it.
     """
     folder, _, name = rel_path.rpartition("/")
@@ -169,39 +234,87 @@ def _rel(root: Path, path: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
-def _file_status(path: str, rel: str) -> tuple[str | None, int]:
-    """("", bytes) for an image to index; (reason, 0) for one to leave out; (None, 0) for a non-image file."""
-    ext = os.path.splitext(rel)[1].lower()
-    if ext not in IMAGE_EXTENSIONS:
-        return (f"{ext} images are not decoded by fkd-dali (convert to JPEG or PNG)"
-                if ext in OTHER_IMAGE_EXTENSIONS else None), 0
-    if not _is_utf8(rel):
-        return "file name is not valid UTF-8 (rename it)", 0
+def _file_status(entry: os.DirEntry, dir_utf8: bool) -> tuple[str, os.stat_result | None]:
+    """("", stat) for an image file to index; (reason, None) for one to leave out."""
+    if not (dir_utf8 and _is_utf8(entry.name)):
+        return "file name is not valid UTF-8 (rename it)", None
     try:
-        st = os.stat(path)
+        st = entry.stat()
     except FileNotFoundError:
-        return ("dangling symbolic link" if os.path.islink(path) else "disappeared while indexing"), 0
+        return ("dangling symbolic link" if entry.is_symlink() else "disappeared while indexing"), None
     except OSError as e:
-        return ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"), 0
+        return ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"), None
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file", 0
-    return "", int(st.st_size)
+        return "not a regular file", None
+    return "", st
 
 
-def _walk(root_path: Path) -> tuple[list[str], list[str], list[int], list[int], list[tuple[str, str]]]:
-    """(class names, relative paths, class ids, byte sizes, left-out files) in index order; no file is opened."""
+def _walk(root_path: Path) -> FolderListing:
+    """Every image of the folder in index order, each real file once; no file is opened.
+
+    Per class folder: ImageFolder's order (folders sorted by path, files by name). A file
+    reached through a symbolic link that is also reached another way (a link to a file of
+    another class, two links to one file) is the same real file: it is kept where it is
+    not a link, else at its first place in index order, and left out elsewhere with the
+    reason. Plain files are never dropped (only links are suspected: inode numbers of some
+    network file systems are not unique), so a folder without links lists exactly as before.
+    """
     class_names = _list_classes(root_path)
-    rel_paths: list[str] = []
+    class_real = {name: os.path.realpath(root_path / name) for name in class_names}
+    entries: list[tuple] = []
     labels: list[int] = []
-    nbytes: list[int] = []
     left_out: list[tuple[str, str]] = []
     for cid, name in enumerate(class_names):
-        files = _list_images(root_path, name)
-        rel_paths += files.paths
-        labels += [cid] * len(files.paths)
-        nbytes += files.nbytes
+        files = _list_images(root_path, name, class_real)
+        files.entries.sort()  # by folder, then name (a pair no two files share)
+        entries += files.entries
+        labels += [cid] * len(files.entries)
         left_out += files.left_out
-    return class_names, rel_paths, labels, nbytes, left_out
+    drop, dropped = _once_each(entries)
+    if drop:
+        entries = [e for i, e in enumerate(entries) if i not in drop]
+        labels = [c for i, c in enumerate(labels) if i not in drop]
+    left_out = sorted((_printable(p), why) for p, why in left_out + dropped)
+    listing = FolderListing(class_names, [f"{e[0]}/{e[1]}" for e in entries], labels, [e[2] for e in entries],
+                            [e[3] for e in entries], left_out)
+    present = set(labels)
+    for cid, name in enumerate(class_names):
+        if cid not in present:
+            _no_images(root_path / name, [x for x in left_out if x[0].split("/", 1)[0] == name])
+    return listing
+
+
+def _once_each(entries: list[tuple]) -> tuple[set[int], list[tuple[str, str]]]:
+    """Positions of the link occurrences of a real file listed elsewhere, and (path, why) of each.
+
+    `entries` rows: (folder, name, bytes, mtime, st_dev, st_ino, reached through a link).
+    """
+    if not any(e[6] for e in entries):
+        return set(), []
+    first: dict[tuple[int, int], int] = {}
+    for i, e in enumerate(entries):  # the place of each real file: its plain occurrence, else its first one
+        j = first.get((e[4], e[5]))
+        if j is None or (entries[j][6] and not e[6]):
+            first[(e[4], e[5])] = i
+    drop, dropped = set(), []
+    for i, e in enumerate(entries):
+        j = first[(e[4], e[5])]
+        if i != j and e[6]:
+            drop.add(i)
+            dropped.append((f"{e[0]}/{e[1]}", f"same file as {entries[j][0]}/{entries[j][1]} (reached again through "
+                                              "a symbolic link): listed once"))
+    return drop, dropped
+
+
+def _no_images(folder: Path, left_out: list[tuple[str, str]]) -> None:
+    more = f" ({len(left_out)} file(s) left out, e.g. {left_out[0][0]}: {left_out[0][1]})" if left_out else ""
+    raise DatasetIndexError(
+        f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}){more}; remove it or add its images")
+
+
+def list_folder(root: str | os.PathLike[str]) -> FolderListing:
+    """Every image of a folder in index order with its byte size and modification time; no file is opened."""
+    return _walk(Path(root).expanduser().resolve())
 
 
 def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -211,8 +324,8 @@ def scan_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[str], np.
     fingerprint, and fast on ImageNet-sized folders. Raises as `build_index` does for a
     missing folder, a folder without class folders or a class folder without images.
     """
-    class_names, rel_paths, _, nbytes, _ = _walk(Path(root).expanduser().resolve())
-    return class_names, rel_paths, np.array(nbytes, dtype=np.int64)
+    listing = _walk(Path(root).expanduser().resolve())
+    return listing.class_names, listing.paths, np.array(listing.nbytes, dtype=np.int64)
 
 
 _TAIL_WINDOW = 64 * 1024
@@ -307,12 +420,25 @@ def read_image_header(path: str, full_decode: bool = False) -> tuple[int, int, i
     return height, width, nbytes
 
 
+def read_sizes(root: str | os.PathLike[str], paths: Sequence[str], workers: int = 16) -> np.ndarray:
+    """(N, 2) int32 (height, width) of the images `paths` under `root`, from their headers (threads).
+
+    Raises:
+        CorruptImageError: a header cannot be read (the message names the file).
+    """
+    base = Path(root)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        heads = list(pool.map(lambda rel: read_image_header(str(base / rel))[:2], paths, chunksize=256))
+    return np.array(heads, dtype=np.int32).reshape(-1, 2)
+
+
 def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: bool = False,
-                progress: bool = False, decode: bool = False) -> DatasetIndex:
+                progress: bool = False, decode: bool = False, digest: bool = False) -> DatasetIndex:
     """Index an ImageNet-style folder, reading headers in parallel threads.
 
-    Folder rules (`_list_images`): torchvision ImageFolder's, sub-folders of class
-    folders included; files it would take that cannot be indexed are in `left_out`.
+    Folder rules (`_walk`): torchvision ImageFolder's, sub-folders of class folders
+    included, each real file once; files it would take that cannot be indexed are in
+    `left_out`.
 
     Args:
         root: folder with one sub-folder per class.
@@ -322,14 +448,20 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         progress: show a progress bar (files/s, ETA) for folders of 10,000+ files.
         decode: check every image with a strict decode (`check_image_data`), not only
             its header: label generation does, so that no corrupt image gets labels.
+            Implies `digest` (the bytes are read anyway).
+        digest: record each file's crc32c and modification time (`DatasetIndex.digests`,
+            what a store vouches for); reads every file.
     """
     root_path = Path(root).expanduser().resolve()
-    class_names, rel_paths, labels, _, left_out = _walk(root_path)
+    listing = _walk(root_path)
+    class_names, rel_paths, labels, left_out = listing.class_names, listing.paths, listing.labels, listing.left_out
     decode = decode or skip_corrupt
+    digest = digest or decode
 
-    def header(rel: str) -> tuple[int, int, int] | str:
+    def header(rel: str) -> tuple[int, int, int, int] | str:
         try:
-            return read_image_header(str(root_path / rel), full_decode=decode)
+            return read_image_digest(str(root_path / rel), decode) if digest \
+                else (*read_image_header(str(root_path / rel)), 0)
         except CorruptImageError as e:
             if skip_corrupt:
                 return e.reason
@@ -346,7 +478,9 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
     corrupt = [(rel_paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if not keep:
         raise DatasetIndexError(f"no readable images under {root_path}")
-    meta = np.array([results[i] for i in keep], dtype=np.int64).reshape(-1, 3)
+    meta = np.array([results[i] for i in keep], dtype=np.int64).reshape(-1, 4)
+    digests = FileDigests(meta[:, 3].astype(np.uint32), np.array(listing.mtime_ns, np.int64)[keep]) \
+        if digest else None
     return DatasetIndex(
         root=str(root_path),
         paths=[rel_paths[i] for i in keep],
@@ -356,4 +490,33 @@ def build_index(root: str | os.PathLike[str], workers: int = 16, skip_corrupt: b
         class_names=class_names,
         skipped=[p for p, _ in corrupt],
         left_out=sorted(left_out + [(p, f"cannot be decoded: {why}") for p, why in corrupt]),
+        digests=digests,
     )
+
+
+def read_image_digest(path: str, decode: bool = True) -> tuple[int, int, int, int]:
+    """(height, width, byte size, crc32c) of an image file, read once; `decode`: strictly decoded too.
+
+    Raises:
+        CorruptImageError: the file cannot be read, or (with `decode`) decoded cleanly.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError as e:
+        raise DatasetIndexError(f"image {path} disappeared while indexing") from e
+    except OSError as e:
+        raise CorruptImageError(path, f"cannot read: {e.strerror or e}") from e
+    if decode:
+        height, width = check_image_data(data, path)
+    else:
+        height, width = _header_size(data, path)
+    return height, width, len(data), crc32c(data)
+
+
+def _header_size(data: np.ndarray, path: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            width, height = im.size
+    except Exception as e:  # PIL raises many types for bad files
+        raise CorruptImageError(path, f"{type(e).__name__}: {e}") from e
+    return int(height), int(width)

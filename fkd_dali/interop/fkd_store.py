@@ -117,7 +117,7 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
             file; chunks imported before it stay, and a rerun resumes); `out` holds
             another store.
     """
-    index = build_index(data)
+    index = build_index(data, digest=True)  # the store vouches for the files as they are at import
     sources = fkd_file_paths(fkd_dir, index.paths)
     first = _read(sources[0], None, num_classes, index.paths[0])
     m, k = first.coords.shape[0], first.index.shape[1]

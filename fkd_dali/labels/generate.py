@@ -22,7 +22,7 @@ from fkd_dali.config import LabelGenConfig
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
-from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
+from fkd_dali.errors import ConfigError, CorruptImageError, ImageChangedError, StoreMismatchError, TeacherError
 from fkd_dali.store.checks import check_chunk_files, check_written
 from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher
@@ -111,11 +111,14 @@ def chunk_boxes(store: LabelStore, index: DatasetIndex, start: int, stop: int,
 
 
 def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, flips: np.ndarray,
-                  images_per_batch: int, per_round: int, check: bool) -> Iterator:
+                  images_per_batch: int, per_round: int, check: bool, source: str = "") -> Iterator:
     """Batches of (image, round) items: each image's bytes are read once per chunk.
 
     `check`: decode each image strictly first (`read_encoded`), for indexes whose images
-    were not checked when they were built (a `--reference` store's).
+    were not checked when they were built (a `--reference` store's). Where the index has
+    file digests (taken from the store `source`: a reference, or the store being repaired)
+    each file is compared with its crc32c, so no chunk is labelled on other pixels than
+    the store vouches for.
     """
     from fkd_dali.loaders.feed import FeedBatch, read_encoded
 
@@ -130,11 +133,24 @@ def _feed_batches(index: DatasetIndex, start: int, stop: int, rois: np.ndarray, 
         ids = range(a, min(a + images_per_batch, stop))
         paths = [index.abspath(i) for i in ids]
         data = [read_encoded(p, check=check) for p in paths]
+        if index.digests is not None:
+            _check_digests(index, ids, data, source)
         for r in range(rounds):
             sl = slice(r * per_round, (r + 1) * per_round)
             yield FeedBatch(encoded=data, rois=[rois[i - start, sl] for i in ids],
                             flips=[flips[i - start, sl] for i in ids],
                             meta=[np.array([i, r], np.int64) for i in ids], paths=paths)
+
+
+def _check_digests(index: DatasetIndex, ids: range, data: list[np.ndarray], source: str) -> None:
+    """Refuse files whose bytes differ from the crc32c the store `source` recorded: the new labels would
+    describe other pixels than the store vouches for."""
+    from fkd_dali.data.digest import crc32c
+
+    for i, d in zip(ids, data):
+        if crc32c(d) != int(index.digests.crc32c[i]):  # type: ignore[union-attr]
+            raise ImageChangedError(index.abspath(i), source, "restore the original file, or label the folder anew "
+                                    "into a new --out")
 
 
 class _TeacherRunner:
@@ -216,7 +232,7 @@ def compute_chunk(store: LabelStore, index: DatasetIndex, chunk: int, labeller: 
         out["gt_prob"] = np.zeros((n, m), np.float16)
         gt_of_image = gt.of_images(index.classes)
     feed = _feed_batches(index, start, stop, rois, flips, labeller.images_per_batch, per_round,
-                         check=reference is not None)
+                         check=reference is not None, source=(reference or store).url)
     for crops, meta in labeller.crop_iter.epoch(feed):
         b, r = crops.shape[0], crops.shape[1]
         meta = meta.numpy()

@@ -14,7 +14,7 @@ store, and the same batch options for bit-identical probabilities.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fkd_dali.config import LabelGenConfig
@@ -22,8 +22,10 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
 from fkd_dali.store.schema import IMPORT_ATTR_KEY, LabelKind
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
+from fkd_dali.labels.index_repair import repair_index
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.store.checks import check_same_spec, index_for_store
+from fkd_dali.store.claim import creator_marker
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store
@@ -59,9 +61,11 @@ class RepairSummary:
     damaged_chunks: list[int]  # image chunks found damaged and recomputed
     unfinished_chunks: list[int]  # chunks that were never written (finished too)
     generation: LabelGenSummary | None
+    index_rebuilt: list[str] = field(default_factory=list)  # index arrays rebuilt from --data
 
     def as_dict(self) -> dict[str, Any]:
         return {"damaged_chunks": self.damaged_chunks, "unfinished_chunks": self.unfinished_chunks,
+                **({"index_rebuilt": self.index_rebuilt} if self.index_rebuilt else {}),
                 **(self.generation.as_dict() if self.generation is not None else {"chunks_written": 0})}
 
 
@@ -99,19 +103,54 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
     refuse_unrecomputable(store, "labels repair")
     _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
     report = verify_store(url)
+    rebuilt = repair_index(store, report, opts.data)
+    if rebuilt:
+        report = verify_store(url)  # chunk values could not be checked against an unreadable index
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
-    if not damaged and not unfinished:
-        return RepairSummary([], [], None)
+    generation = _recompute_chunks(store, opts, damaged) if damaged or unfinished else None
+    if rebuilt or damaged or unfinished or not report.ok:
+        check_verified(url)
+    return RepairSummary(damaged, unfinished, generation, rebuilt)
+
+
+def check_verified(url: str) -> None:
+    """Refuse to report success while `labels verify` still finds problems: name the first one."""
+    report = verify_store(url)
+    if not report.ok:
+        raise LabelStoreError(
+            f"labels repair: store {url} still fails `labels verify` after the repair ({report.problems[0].line()}); "
+            "labels repair cannot fix that: restore the store from a copy or regenerate it")
+
+
+def _recompute_chunks(store: LabelStore, opts: RepairOptions, damaged: list[int]) -> LabelGenSummary:
+    """Recompute the damaged and unfinished chunks with the store's teacher, after checking it is the same."""
     index = index_for_store(store, opts.data)
     cfg = repair_config(store, opts)
     reference = open_store(cfg.reference) if cfg.reference else None
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)
-    for chunk in damaged:
-        store.clear_chunk(chunk)
-    generation = generate_labels(cfg, index=None if reference else index, teacher=teacher)
-    return RepairSummary(damaged, unfinished, generation)
+    return _recompute(store, cfg, damaged, None if reference else index, teacher)
+
+
+def _recompute(store: LabelStore, cfg: LabelGenConfig, damaged: list[int], index: DatasetIndex | None,
+               teacher: Any) -> LabelGenSummary:
+    """Clear the damaged chunks and rerun generation, the store marked as under repair meanwhile.
+
+    The mark makes `verify`, `train` and `info` say that a repair is at work (or did not
+    finish, naming `labels repair`) instead of advising `labels generate`.
+    """
+    marker = creator_marker()
+    store.mark_repairing(marker)
+    try:
+        for chunk in damaged:
+            store.clear_chunk(chunk)
+        generation = generate_labels(cfg, index=index, teacher=teacher)
+    except BaseException:
+        store.mark_repairing({**marker, "stopped": True})
+        raise
+    store.mark_repairing(None)
+    return generation
 
 
 def refuse_unrecomputable(store: LabelStore, command: str) -> None:

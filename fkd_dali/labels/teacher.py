@@ -135,8 +135,46 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TeacherError(f"cannot read checkpoint {path}: {e}") from e
+        raise TeacherError(f"cannot read checkpoint {path}: {torch_load_reason(path, e)}") from e
     return _unwrap_state_dict(obj, path)
+
+
+def _file_head(path: str, n: int = 64) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def torch_load_reason(path: str, error: Exception) -> str:
+    """Why `torch.load(path, weights_only=True)` failed, in one line, without PyTorch's advice.
+
+    PyTorch's text for a file that is not a weights file (YAML, random bytes, a pickle of
+    Python objects) is several lines that suggest `weights_only=False`, which would run
+    whatever code the file holds: never repeat that. An empty file raises an EOFError
+    without any text, so say what it is.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = -1
+    if size == 0:
+        return "the file is empty (0 bytes: cut off while being written?)"
+    head = _file_head(path)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a pickle
+        kind = "a text file (YAML?)" if all(32 <= c < 127 or c in b"\t\r\n" for c in head) else "other data"
+        return (f"not a PyTorch file at all: it starts with {head[:12]!r}, {kind}; give a file written with "
+                "torch.save(model.state_dict(), FILE)")
+    text = str(error).strip()
+    if "weights only" in text.lower() or "weights_only" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] \
+            if "WeightsUnpickler error:" in text else ""
+        return ("not a PyTorch weights file that can be read safely (a text/YAML file, damaged bytes, or pickled "
+                f"Python objects{': ' + detail[:120] if detail else ''}); give a file written with "
+                "torch.save(model.state_dict(), FILE)")
+    first = text.splitlines()[0][:200] if text else "the file ends early"
+    return f"it is damaged, cut off or not a torch file ({type(error).__name__}: {first})"
 
 
 def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None:

@@ -20,7 +20,7 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from fkd_dali.data.index import DatasetIndex, check_complete_file, check_image_data, read_image_header
 from fkd_dali.errors import CorruptImageError, PipelineError
 from fkd_dali.pipelines.crops import OUTPUT_NAMES
+
+if TYPE_CHECKING:
+    from fkd_dali.loaders.guard import ImageGuard
 
 
 @dataclass
@@ -243,6 +246,10 @@ def read_encoded(path: str, check: bool = False) -> np.ndarray:
     return data
 
 
+def _read_file(path: str) -> np.ndarray:
+    return read_encoded(path)  # looked up per call, so a test that wraps read_encoded sees every read
+
+
 class FileReader:
     """Reads the files of whole steps in background threads, the next step while the current one is fed.
 
@@ -252,7 +259,8 @@ class FileReader:
     in a test sees every read).
     """
 
-    def __init__(self, index: DatasetIndex, threads: int = 1, dali_tensors: bool = False) -> None:
+    def __init__(self, index: DatasetIndex, threads: int = 1, dali_tensors: bool = False,
+                 guard: ImageGuard | None = None) -> None:
         """Args:
             index: the dataset (paths are `index.abspath(i)`).
             threads: reading threads.
@@ -260,19 +268,26 @@ class FileReader:
                 memory (and holding a reference to it), made in the reading thread: DALI's
                 external source then skips its per-sample checks and conversions
                 (~3 us per image in the thread that feeds DALI).
+            guard: checks each file against the store's digest the first time it is read
+                and decides about images that fail (`fkd_dali.loaders.guard`); a file it
+                leaves out of the run reads back as None.
         """
         self.index = index
         self.threads = max(1, threads)
         self.dali_tensors = dali_tensors
+        self.guard = guard
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="fkd-read")
 
-    def _read_part(self, ids: list[int]) -> tuple[list[str], list[np.ndarray]]:
+    def _read_part(self, ids: list[int]) -> tuple[list[str], list[np.ndarray | None]]:
         paths = [self.index.abspath(i) for i in ids]
-        data = [read_encoded(p) for p in paths]
+        if self.guard is None:
+            data: list = [read_encoded(p) for p in paths]
+        else:
+            data = [self.guard.admit(i, p, _read_file) for i, p in zip(ids, paths)]
         if self.dali_tensors:
             from nvidia.dali.tensors import TensorCPU
 
-            data = [TensorCPU(d, "") for d in data]
+            data = [None if d is None else TensorCPU(d, "") for d in data]
         return paths, data
 
     def submit(self, ids: np.ndarray) -> list[Future[tuple[list[str], list[np.ndarray]]]]:

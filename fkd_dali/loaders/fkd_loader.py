@@ -15,6 +15,7 @@ iteration; `set_pass(p, step)` jumps anywhere (resume), and `position` says wher
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -24,6 +25,7 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION, RECOVERY, SMOOTHING
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.batch import BatchLoader, CropBatch, FkdBatch
+from fkd_dali.loaders.guard import ImageGuard
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.loaders.sources import StoreCrops
 from fkd_dali.loaders.targets import TargetFn, store_targets
@@ -32,6 +34,7 @@ from fkd_dali.store.opening import StoreNeeds, open_checked_store
 from fkd_dali.store.schema import CropField, LabelKind
 from fkd_dali.targets.recovery import Recovery
 
+_log = logging.getLogger(__name__)
 
 def open_replay_data(data: str, labels: str | LabelStore, num_crops: int,
                      with_gt_prob: bool = False) -> tuple[DatasetIndex, LabelStore]:
@@ -77,6 +80,12 @@ class FkdLoader:
     @property
     def steps_per_pass(self) -> int:
         return self.batches.steps_per_pass
+
+    @property
+    def images_skipped(self) -> dict[int, str]:
+        """Images this process left out of the run (`skip_corrupt`): image id -> why."""
+        guard = getattr(self.batches, "guard", None)
+        return dict(guard.dropped) if guard is not None else {}
 
     def __len__(self) -> int:
         """Steps in one pass (the same on every rank)."""
@@ -126,16 +135,32 @@ def replay_loader(index: DatasetIndex, store: LabelStore, num_crops: int, batch_
                   std: Sequence[float] = IMAGENET_STD, interpolation: str = INTERPOLATION, seed: int = 0,
                   rank: int = 0, world: int = 1, threads: int | None = None, with_gt_prob: bool = False,
                   temperature: float | None = None, color_jitter: float = 0.0, read_threads: int = 1,
-                  prefetch_tables: bool = True) -> FkdLoader:
+                  prefetch_tables: bool = True, verify_images: bool = True,
+                  skip_corrupt: bool = False) -> FkdLoader:
     """The replay of an opened, checked store (`open_replay_data`) for one process: what `fkd-dali train`
     and `create_loader` both run. Arguments as `create_loader`; `batch_size` is this process's crops per step."""
     plan = store_targets(store, recovery, temperature, with_gt_prob)
+    guard = image_guard(index, store, verify_images, skip_corrupt)
     source = StoreCrops(store, index.sizes, plan.fields, prefetch=prefetch_tables)
     replay = ReplayLoader(source, index, num_crops, batch_size, image_size, mean, std, interpolation, seed=seed,
                           rank=rank, world=world, device=device, threads=threads, color_jitter=color_jitter,
-                          read_threads=read_threads)
+                          read_threads=read_threads, guard=guard)
     check_fills_a_step(replay, len(index), world)
     return FkdLoader(replay, plan.targets, store.spec.label.num_classes, plan.temperature)
+
+
+def image_guard(index: DatasetIndex, store: LabelStore, verify: bool, skip: bool) -> ImageGuard:
+    """The replay's check of the files against the store's digests, files with a changed mtime checked now.
+
+    Raises:
+        ImageError: a file whose modification time changed has another content (unless `skip`).
+    """
+    guard = ImageGuard(index, store.url, verify=verify, skip=skip)
+    if verify and index.digests is None:
+        _log.info("store %s records no file digests (made by an older fkd-dali): the images are not checked "
+                  "against the files it was labelled on; regenerating it adds the check", store.url)
+    guard.check_stale()
+    return guard
 
 
 def check_fills_a_step(loader: BatchLoader, n_images: int, world: int) -> None:
@@ -165,7 +190,8 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   interpolation: str = INTERPOLATION, seed: int = 0, threads: int | None = None,
                   rank: int | None = None, world: int | None = None, with_gt_prob: bool = False,
-                  temperature: float | None = None) -> FkdLoader:
+                  temperature: float | None = None, verify_images: bool = True,
+                  skip_corrupt: bool = False) -> FkdLoader:
     """Replay a soft-label store's crops over an image folder, as (images, dense soft targets) batches.
 
     Args:
@@ -187,6 +213,11 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         temperature: for a "logits" store (a self-supervised teacher's raw outputs) only,
             and required there: the targets are softmax(outputs / temperature). Pass the
             same T to `SoftTargetCrossEntropy(temperature=T)` to soften the student alike.
+        verify_images: check each file, the first time it is read, against the crc32c the
+            store recorded at labelling (stores of older releases have none); files whose
+            modification time changed are checked before the first batch.
+        skip_corrupt: leave an image that fails (changed, unreadable, undecodable) out of
+            the run instead of raising (`loader.images_skipped` lists them).
 
     Returns:
         An `FkdLoader`; `loader.device`, `loader.num_classes` (the student's outputs) and
@@ -208,4 +239,5 @@ def create_loader(data: str, labels: str | LabelStore, num_crops: int = 4, batch
         device = pick_device(device, dist_env().local_rank)
     return replay_loader(index, store, num_crops, batch_size, image_size, torch.device(device),
                          Recovery(recovery, recovery_k, smoothing), mean, std, interpolation, seed=seed, rank=rank,
-                         world=world, threads=threads, with_gt_prob=with_gt_prob, temperature=temperature)
+                         world=world, threads=threads, with_gt_prob=with_gt_prob, temperature=temperature,
+                         verify_images=verify_images, skip_corrupt=skip_corrupt)

@@ -26,9 +26,10 @@ from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import INTERPOLATION, default_threads
 from fkd_dali.dist import dali_device_id
-from fkd_dali.errors import ConfigError
+from fkd_dali.errors import ConfigError, CorruptImageError, PipelineError
 from fkd_dali.loaders.batch import CropBatch
 from fkd_dali.loaders.feed import BatchSource, EpochRunner, FeedBatch, FileReader, JitterBatchSource
+from fkd_dali.loaders.guard import ImageGuard
 from fkd_dali.loaders.pass_table import DeviceFields, PassTable
 from fkd_dali.loaders.sources import CropSource
 
@@ -41,8 +42,8 @@ class _Feeder:
     the only per-image work left is reading the file.
     """
 
-    def __init__(self, index: DatasetIndex, read_threads: int = 1) -> None:
-        self.reader = FileReader(index, read_threads, dali_tensors=True)
+    def __init__(self, index: DatasetIndex, read_threads: int = 1, guard: ImageGuard | None = None) -> None:
+        self.reader = FileReader(index, read_threads, dali_tensors=True, guard=guard)
 
     def files(self, images: np.ndarray, row_blocks: Sequence[slice]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         """(paths, bytes) of each block of `images`, the next block's files read while this one is used."""
@@ -53,11 +54,36 @@ class _Feeder:
         """The feed of `row_blocks`; `jitter` (rows, m, 3) adds each image's colour-jitter factors."""
         meta = np.stack([table.images, np.arange(len(table.images), dtype=np.int64)], axis=1)
         for rows, (paths, data) in zip(row_blocks, self.files(table.images, row_blocks)):
+            if any(d is None for d in data):  # images left out of the run (`--skip-corrupt`): a smaller batch
+                rows, paths, data = _without_left_out(rows, paths, data)
             yield FeedBatch(encoded=data, rois=table.rois[rows], flips=table.flips[rows], meta=meta[rows],
                             paths=paths, jitter=None if jitter is None else jitter[rows])
 
     def close(self) -> None:
         self.reader.close()
+
+
+def check_batch(batch_size: int, m: int) -> None:
+    """Refuse a batch that is not a positive whole number of images of m crops, saying which it is."""
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be >= 1 crop per process, got {batch_size} (--batch-size; "
+                          f"batch_size of create_loader): give {m} crops (num_crops) per image of a step")
+    if batch_size % m:
+        raise ConfigError(f"a batch of {batch_size} crops per process is not a multiple of the {m} crops per image "
+                          f"(--num-crops): use a multiple of {m} (batch_size of create_loader)")
+
+
+def _without_left_out(rows: slice, paths: list[str], data: list) -> tuple[np.ndarray, list[str], list]:
+    """The rows, paths and bytes of a step without its images left out of the run (data None).
+
+    Every rank still runs the same number of steps (DDP needs that); this rank's step is
+    smaller by the images left out. A step with no image left cannot be run.
+    """
+    keep = [k for k, d in enumerate(data) if d is not None]
+    if not keep:
+        raise PipelineError(f"every image of a step was left out of the run as unusable (e.g. {paths[0]}): too many "
+                            "files changed or corrupt; run `fkd-dali labels verify STORE --data DIR`")
+    return np.arange(rows.start, rows.stop)[keep], [paths[k] for k in keep], [data[k] for k in keep]
 
 
 class ReplayLoader:
@@ -81,16 +107,16 @@ class ReplayLoader:
         half: float16 crops (default: on GPU only).
         color_jitter: strength S of per-crop colour jitter after the crop (0 = off; see
             `fkd_dali.crops.jitter`); labels are those of the un-jittered crops.
+        guard: what happens to images the store does not vouch for (digest checks, the
+            `--skip-corrupt` policy; `fkd_dali.loaders.guard`); None: files are fed as read.
     """
 
     def __init__(self, source: CropSource, index: DatasetIndex, m: int, batch_size: int, size: int,
                  mean: Sequence[float], std: Sequence[float], interpolation: str = INTERPOLATION, seed: int = 0,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
                  threads: int | None = None, half: bool | None = None, read_threads: int = 1,
-                 color_jitter: float = 0.0) -> None:
-        if batch_size < 1 or batch_size % m:
-            raise ConfigError(f"a batch of {batch_size} crops per process is not a positive multiple of the "
-                              f"{m} crops per image (--num-crops): use a multiple of {m}")
+                 color_jitter: float = 0.0, guard: ImageGuard | None = None) -> None:
+        check_batch(batch_size, m)
         self.source, self.index = source, index
         self.m, self.M = m, source.crops_per_image
         self.batch_size = batch_size
@@ -102,7 +128,8 @@ class ReplayLoader:
         self.half = half
         self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
-        self._feeder = _Feeder(index, read_threads)
+        self.guard = guard
+        self._feeder = _Feeder(index, read_threads, guard)
         self._runner = EpochRunner(self._build_pipeline, JitterBatchSource if color_jitter else BatchSource)
 
     # -- stage 1: plan ---------------------------------------------------------
@@ -164,8 +191,22 @@ class ReplayLoader:
         fields = table.to_device(self.device)
         slots = torch.from_numpy(np.array(table.slots))
         jitter = self._jitter_factors(table) if self.color_jitter else None
-        for crops, meta in self._runner.epoch(self._feeder.batches(table, blocks, jitter)):
-            yield self._assemble(crops, meta, fields, slots)
+        done = 0
+        while done < len(blocks):
+            try:
+                for crops, meta in self._runner.epoch(self._feeder.batches(table, blocks[done:], jitter)):
+                    batch = self._assemble(crops, meta, fields, slots)
+                    done += 1
+                    yield batch
+            except CorruptImageError as e:  # DALI failed on a file; `_explain` named it
+                self._leave_out(e)
+
+    def _leave_out(self, error: CorruptImageError) -> None:
+        """After a decode error: raise (naming the file and the remedy), or with --skip-corrupt leave the file
+        out and rebuild the pipeline (DALI cannot go on after an error); the pass resumes at the failed step."""
+        if self.guard is None or not self.guard.drop_path(error.path, error):
+            raise error
+        self._runner.close()
 
     def _jitter_factors(self, table: PassTable) -> np.ndarray:
         """(rows, m, 3) colour-jitter factors of the table's crops, a pure function of (seed, pass, image, slot)."""

@@ -8,6 +8,7 @@ which setting a resumed writer changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fkd_dali.data.index import DatasetIndex, scan_folder
+from fkd_dali.data.index import DatasetIndex, list_folder
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreMismatchError
 from fkd_dali.store.damage import (
     FILL_WORDS,
+    INVALID_WORDS,
     all_false_implausible,
     chunk_files,
     fill_masks,
@@ -43,14 +45,32 @@ def describe_crops(store: LabelStore, images: np.ndarray, slots: np.ndarray, lim
 
 
 def check_dataset(store: LabelStore, index: DatasetIndex) -> None:
-    """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs."""
+    """Raise `StoreMismatchError` saying which part of the dataset fingerprint differs.
+
+    An `index` that read every file (label generation resuming) also has its crc32c
+    digests compared with the store's: a file replaced by another of the same size since
+    the store was created is named.
+    """
     if index.fingerprint == store.fingerprint:
+        _check_same_digests(store, index)
         return
     stored = store.load_index()
     raise StoreMismatchError(
         f"store {store.url} was made for another dataset: fingerprint {store.fingerprint[:12]} "
         f"(store) != {index.fingerprint[:12]} ({index.root}); {describe_difference(stored, index)}. "
         "Point --data at the folder the labels were generated for, or regenerate the labels.")
+
+
+def _check_same_digests(store: LabelStore, index: DatasetIndex) -> None:
+    if index.digests is None or not store.has_digests:
+        return
+    stored = store.read("images/crc32c").astype(np.uint32)
+    changed = np.flatnonzero(stored != index.digests.crc32c)
+    if len(changed):
+        raise StoreMismatchError(
+            f"store {store.url} was made for other file contents: {index.paths[changed[0]]} (and {len(changed) - 1} "
+            "more) has the same path and byte size but another crc32c than when the store was created (replaced or "
+            "edited since). Restore the original files, or write to a new --out")
 
 
 def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarray | None], first_image: int,
@@ -66,8 +86,12 @@ def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarra
     zarr reads back silently as fill values. Vectorised on the arrays in memory: a
     min/max per field when clean (about 1% of a pass-table read).
 
+    Such values in a chunk whose files are all present (one listing, only on this failure
+    path) were written so, e.g. a teacher output beyond float16's range: the message says
+    that instead of blaming lost files.
+
     Raises:
-        StoreDamageError: fill values in chunks flagged done.
+        StoreDamageError: fill values (or inf) in chunks flagged done.
         LabelStoreError: fill values in chunks not written yet (the store is incomplete).
     """
     fields = labels.by_array() if isinstance(labels, CropLabels) else labels
@@ -75,13 +99,20 @@ def check_written(store: LabelStore, labels: CropLabels | Mapping[str, np.ndarra
         rows, cols = np.nonzero(bad)
         images = rows + first_image
         picked = np.asarray(slots, dtype=np.int64)[cols]
-        if not store.done()[np.unique(images // store.spec.layout.images_per_chunk)].all():
+        chunks = np.unique(images // store.spec.layout.images_per_chunk)
+        if not store.done()[chunks].all():
             store.check_complete()  # not damage: those chunks were never written ("rerun generate")
+        where = describe_crops(store, images, picked)
+        images_of = store.chunk_range(int(chunks[0]))
+        if missing_chunk_files(store, [key], done=chunks.tolist()):
+            raise StoreDamageError(
+                f"store {store.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at {where} although those "
+                f"chunks are flagged done: their chunk files were deleted or lost (a partial copy?); "
+                f"{repair_hint(store.url, key)}", key, None, images_of)
         raise StoreDamageError(
-            f"store {store.url}: array {key!r} holds fill values ({FILL_WORDS[key]}) at "
-            f"{describe_crops(store, images, picked)} although those chunks are flagged done: their chunk files were "
-            f"deleted or lost (a partial copy?); {repair_hint(store.url, key)}",
-            key, None, store.chunk_range(int(images[0]) // store.spec.layout.images_per_chunk))
+            f"store {store.url}: array {key!r} holds {INVALID_WORDS[key]} at {where}, in chunk files that are "
+            f"present and pass their checksums: the values were written so (a teacher output beyond float16's "
+            f"range, a writer bug) or edited; {repair_hint(store.url, key)}", key, None, images_of)
 
 
 def read_written(store: LabelStore, start: int, stop: int, fields: Iterable[CropField] | None = None) -> CropLabels:
@@ -145,7 +176,9 @@ def check_chunk_files(store: LabelStore, keys: Sequence[str] | None = None) -> N
 def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
     """A one-line account of the first way two indexes differ."""
     if a.class_names != b.class_names:
-        return f"class folders differ ({len(a.class_names)} in store vs {len(b.class_names)} on disk)"
+        na, nb = len(a.class_names), len(b.class_names)
+        counts = f"{na} in store vs {nb} on disk" if na != nb else f"{na} in store and on disk"
+        return f"class folders differ ({counts}): " + _class_difference(a.class_names, b.class_names)
     if len(a) != len(b):
         return f"image count differs ({len(a)} in store vs {len(b)} on disk)"
     for i, (pa, pb) in enumerate(zip(a.paths, b.paths)):
@@ -155,6 +188,19 @@ def describe_difference(a: DatasetIndex, b: DatasetIndex) -> str:
         if na != nb:
             return f"file {a.paths[i]!r} has {na} bytes in the store but {nb} on disk"
     return "paths and byte sizes agree, so the fingerprint recipe differs"
+
+
+def _class_difference(stored: list[str], on_disk: list[str], limit: int = 3) -> str:
+    """Which class folder names the store has that the disk lacks and the reverse (else: the order differs)."""
+    def names(values: list[str]) -> str:
+        more = f" and {len(values) - limit} more" if len(values) > limit else ""
+        return ", ".join(repr(v) for v in values[:limit]) + more
+
+    gone = [c for c in stored if c not in set(on_disk)]
+    new = [c for c in on_disk if c not in set(stored)]
+    parts = ([f"{names(gone)} in the store but not on disk"] if gone else []) + \
+            ([f"{names(new)} on disk but not in the store"] if new else [])
+    return "; ".join(parts) if parts else "the same names in another order"
 
 
 def check_same_spec(store: LabelStore, spec: StoreSpec) -> None:
@@ -185,7 +231,9 @@ def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetI
 
     Scans `root` (`scan_folder`: no image header is read), leaves out the files the
     store recorded as skipped at labelling time, and compares the fingerprint with the
-    store's. The sizes come from the store (read from the headers when it was made).
+    store's. The sizes come from the store (read from the headers when it was made). For
+    a store with file digests, `digests.stale` marks the files whose modification time
+    differs from the one recorded (the stat the scan makes anyway: no extra call).
 
     Raises:
         DatasetIndexError: `root` is not a dataset folder (as `build_index`).
@@ -193,12 +241,18 @@ def index_for_store(store: LabelStore, root: str | os.PathLike[str]) -> DatasetI
             difference (as `LabelStore.check_dataset`).
     """
     root_path = Path(root).expanduser().resolve()
-    class_names, paths, nbytes = scan_folder(root_path)
+    listing = list_folder(root_path)
     skipped = set(store.skipped)
-    keep = [i for i, p in enumerate(paths) if p not in skipped]
-    cid = {name: i for i, name in enumerate(class_names)}
-    kept = [paths[i] for i in keep]
+    keep = [i for i, p in enumerate(listing.paths) if p not in skipped]
+    cid = {name: i for i, name in enumerate(listing.class_names)}
+    kept = [listing.paths[i] for i in keep]
     scanned = DatasetIndex(str(root_path), kept, np.array([cid[p.split("/", 1)[0]] for p in kept], np.int32),
-                           np.zeros((len(kept), 2), np.int32), nbytes[keep], class_names)
+                           np.zeros((len(kept), 2), np.int32), np.array(listing.nbytes, np.int64)[keep],
+                           listing.class_names)
     check_dataset(store, scanned)  # header-less: the fingerprint covers paths, byte sizes and class names
-    return store.load_index(root=str(root_path))
+    index = store.load_index(root=str(root_path))
+    if index.digests is None:
+        return index
+    on_disk = np.array(listing.mtime_ns, np.int64)[keep]
+    return dataclasses.replace(index, digests=dataclasses.replace(index.digests,
+                                                                  stale=on_disk != index.digests.mtime_ns))

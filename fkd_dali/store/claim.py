@@ -23,6 +23,7 @@ from fkd_dali.errors import LabelStoreError
 from fkd_dali.local import local_path, process_running
 
 CREATING_KEY = "fkd_dali_creating"
+REPAIRING_KEY = "fkd_dali_repairing"  # present while `labels repair` recomputes chunks (a creator marker + state)
 CLAIM_SUFFIX = ".fkd_dali_creating.json"  # `.<store name>` + this, beside a local store while it is created
 CREATE_WAIT_S = 120.0  # how long a writer waits for another machine's writer to finish creating a store
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -163,3 +164,16 @@ def check_out_location(url: str) -> None:
         if entries:
             raise LabelStoreError(f"--out {url} is a folder with other files in it ({len(entries)} entries, e.g. "
                                   f"{entries[0]!r}) but no store; choose a new or empty folder for the store")
+
+
+def repair_state(marker: Any) -> str | None:
+    """"in progress" / "did not finish" / "was started" for a `REPAIRING_KEY` marker; None for no marker.
+
+    "was started": by a process on another machine, whose life cannot be checked from here.
+    """
+    if not isinstance(marker, dict):
+        return None
+    if marker.get("stopped"):
+        return "did not finish"
+    alive = creator_alive(marker)
+    return "in progress" if alive else "did not finish" if alive is False else "was started"

@@ -22,6 +22,11 @@ RECOPY = ("copy the store again from its source, or regenerate it into a new --o
 FILL_WORDS = {"crops/box": "empty boxes", "labels/index": "class id -1", "labels/prob": "NaN probabilities",
               "labels/full": "NaN probabilities", "labels/logits": "NaN logits",
               "labels/gt_prob": "NaN ground-truth probabilities"}
+#: what fill-like values are when their chunk file is present (written so, not read back from a lost file)
+INVALID_WORDS = {"crops/box": "empty boxes", "labels/index": "negative class ids",
+                 "labels/prob": "NaN or infinite probabilities", "labels/full": "NaN or infinite probabilities",
+                 "labels/logits": "NaN or infinite logits",
+                 "labels/gt_prob": "NaN or infinite ground-truth probabilities"}
 #: every per-crop array a store may have (a store has those its attributes imply: `LabelStore.crop_keys`)
 CROP_KEYS = ("crops/box", "crops/flip", "labels/index", "labels/prob", "labels/full", "labels/logits",
              "labels/gt_prob")

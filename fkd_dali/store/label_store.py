@@ -15,9 +15,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import zarr
 
+from fkd_dali.data.digest import DIGEST_NAME, FileDigests
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreDamageError, StoreSchemaError
-from fkd_dali.store.claim import CREATING_KEY, clear_command, describe_creator
+from fkd_dali.store.claim import CREATING_KEY, REPAIRING_KEY, clear_command, describe_creator, repair_state
 from fkd_dali.store.damage import (
     CROP_KEYS,
     RECOPY,
@@ -33,11 +34,13 @@ from fkd_dali.store.schema import (
     ARRAY_KEYS,
     ATTR_KEY,
     CHECKSUM_KEY,
+    DIGEST_ATTR,
     ENSEMBLE_TIMM_NAME,
     GT_ATTR,
     IMPORT_ATTR_KEY,
     READABLE_SCHEMA_VERSIONS,
     TOPK_ONLY,
+    ArrayDef,
     CropField,
     CropLabels,
     GroundTruthSpec,
@@ -51,6 +54,7 @@ from fkd_dali.store.schema import (
     gt_to_attrs,
     parse_attrs,
     quantize_prob,
+    untrusted_metadata,
 )
 from fkd_dali.version import __version__
 
@@ -66,7 +70,14 @@ def not_a_store_message(marker: Any, url: str) -> str:
 class LabelStore:
     """An opened store. Use `create_store`, `open_store` or `open_or_create_store`."""
 
-    def __init__(self, group: zarr.Group, url: str) -> None:
+    def __init__(self, group: zarr.Group, url: str, check_arrays: bool = True) -> None:
+        """Open `group` as a store, refusing what cannot be read as one.
+
+        `check_arrays`: also refuse array metadata that differs from what the attributes
+        imply in anything but shape (`untrusted_metadata`): every reader does; `labels
+        verify` and `labels info` do not, so that they can report it. A wrong shape is
+        always refused: nothing could be read at the right place.
+        """
         self.group = group
         self.url = url
         meta = group.attrs.get(ATTR_KEY)
@@ -88,11 +99,21 @@ class LabelStore:
             raise LabelStoreError(
                 f"store {url}: its '{ATTR_KEY}' attributes do not match their checksum ({CHECKSUM_KEY}): they were "
                 "edited or damaged after creation. Restore zarr.json from a copy or regenerate the store.")
-        for d in array_defs(self.spec, self.n_images):
+        digest = meta["dataset"].get(DIGEST_ATTR)
+        if digest not in (None, DIGEST_NAME):
+            raise StoreSchemaError(f"store {url} records file digests of kind {digest!r}; this fkd-dali ({__version__}) "
+                                   f"knows only {DIGEST_NAME!r}. Use the fkd-dali release that wrote it")
+        for d in self.array_defs():
             self.array(d.name)  # a missing array or unreadable metadata: one line naming it
             bad = next((text for kind, text in array_mismatches(group, d) if kind == "shape"), None)
             if bad:
                 raise LabelStoreError(f"store {url} is damaged: {bad}. Regenerate it (or restore it from a copy).")
+            bad = untrusted_metadata(group, d) if check_arrays else None
+            if bad:
+                raise LabelStoreError(
+                    f"store {url}: {bad} ({d.name}/zarr.json was edited or damaged, so its values cannot be "
+                    f"trusted); restore it from a copy or regenerate the store (`fkd-dali labels verify {url}` "
+                    "lists every difference)")
 
     # -- shape and progress -------------------------------------------------
     @property
@@ -115,6 +136,15 @@ class LabelStore:
     def skipped(self) -> list[str]:
         """Files of the folder left out at labelling time (`--skip-corrupt`)."""
         return list(self.meta["dataset"].get("skipped", []))
+
+    @property
+    def has_digests(self) -> bool:
+        """Whether the store records each file's crc32c and modification time (stores of older releases do not)."""
+        return self.meta["dataset"].get(DIGEST_ATTR) == DIGEST_NAME
+
+    def array_defs(self) -> list[ArrayDef]:
+        """Every array this store holds, as its attributes imply (`fkd_dali.store.schema.array_defs`)."""
+        return array_defs(self.spec, self.n_images, self.has_digests)
 
     @property
     def has_gt_prob(self) -> bool:
@@ -162,7 +192,31 @@ class LabelStore:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise LabelStoreError(
                 f"store {self.url} is incomplete: {len(missing)} of {self.n_chunks} chunks unfinished "
-                f"(images {ranges}{more}). Rerun the same `fkd-dali labels {self.made_by}` command to resume.")
+                f"(images {ranges}{more}): {self.resume_hint()}")
+
+    def resume_hint(self) -> str:
+        """How the unfinished chunks get written: the command that writes them, or the repair at work on them.
+
+        A `labels repair` clears the done flags of the chunks it recomputes, so while it runs
+        (or after it was killed) the store looks unfinished; rerunning `labels generate`
+        would be the wrong advice then (`REPAIRING_KEY` says a repair is at work).
+        """
+        marker = self.group.attrs.get(REPAIRING_KEY)
+        state = repair_state(marker)
+        if state is None:
+            return f"rerun the same `fkd-dali labels {self.made_by}` command to resume"
+        rerun = f"`fkd-dali labels repair {self.url} --data DIR` (with the options the store was made with) finishes it"
+        if state == "in progress":
+            return f"a `labels repair` ({describe_creator(marker)}) is in progress; wait for it to finish"
+        return f"a `labels repair` ({describe_creator(marker)}) {state}; {rerun}"
+
+    def mark_repairing(self, marker: dict[str, Any] | None) -> None:
+        """Record (a marker) or clear (None) that `labels repair` is recomputing chunks of this store."""
+        if marker is None:
+            if REPAIRING_KEY in self.group.attrs:
+                del self.group.attrs[REPAIRING_KEY]
+        else:
+            self.group.attrs[REPAIRING_KEY] = marker
 
     @property
     def made_by(self) -> str:
@@ -174,13 +228,28 @@ class LabelStore:
     # -- dataset ------------------------------------------------------------
     def load_index(self, root: str = "") -> DatasetIndex:
         """The dataset index saved at creation (paths relative to `root`)."""
+        digests = FileDigests(self.read("images/crc32c").astype(np.uint32),
+                              self.read("images/mtime").astype(np.int64)) if self.has_digests else None
         return DatasetIndex(root=root, paths=[str(p) for p in self.read("images/path")],
                             classes=self.read("images/class").astype(np.int32),
                             sizes=self.read("images/size").astype(np.int32),
                             nbytes=self.read("images/nbytes").astype(np.int64),
                             class_names=self.class_names, skipped=self.skipped,
                             left_out=[(p, "left out when the store was made (could not be decoded)")
-                                      for p in self.skipped])
+                                      for p in self.skipped], digests=digests)
+
+    def rewrite_index(self, values: dict[str, np.ndarray]) -> None:
+        """Overwrite whole index arrays (`labels repair`, from the folder after a fingerprint check).
+
+        Each array is one chunk, written whole, so a damaged chunk file is replaced without
+        being read.
+        """
+        try:
+            for key, value in values.items():
+                self.array(key)[:] = np.asarray(value, dtype=object) if key == "images/path" else value
+        except OSError as e:
+            raise LabelStoreError(f"rewriting {', '.join(values)} of {self.url} failed ({e.strerror or e}); fix the "
+                                  "cause and rerun `labels repair`") from e
 
     # -- writing ------------------------------------------------------------
     def write_chunk(self, chunk: int, labels: CropLabels) -> None:

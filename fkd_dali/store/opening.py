@@ -54,7 +54,9 @@ _log = logging.getLogger(__name__)
 def _create_arrays(g: zarr.Group, index: DatasetIndex, spec: StoreSpec) -> None:
     values = {"images/path": np.array(index.paths, dtype=object), "images/class": index.classes,
               "images/size": index.sizes, "images/nbytes": index.nbytes}
-    for d in array_defs(spec, len(index)):
+    if index.digests is not None:
+        values.update({"images/crc32c": index.digests.crc32c, "images/mtime": index.digests.mtime_ns})
+    for d in array_defs(spec, len(index), digests=index.digests is not None):
         arr = create_array(g, d)
         if d.name in values:
             arr[:] = values[d.name]
@@ -136,8 +138,12 @@ def _remove_local(url: str) -> bool:
     return False
 
 
-def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> LabelStore:
+def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None = None,
+               check_arrays: bool = True) -> LabelStore:
     """Open an existing store (mode "r" or "r+"), refusing unknown schema versions.
+
+    `check_arrays` False lets array metadata that differs from the attributes through
+    (for `labels verify` and `info`, which report it); every other caller refuses it.
 
     Raises:
         LabelStoreError: nothing at `url`, a file or a folder that is not a Zarr store,
@@ -149,7 +155,7 @@ def open_store(url: str, mode: str = "r", storage_options: dict[str, Any] | None
         g = zarr.open_group(url, mode=mode, storage_options=storage_options)
     except Exception as e:  # zarr, JSON, fsspec and network errors alike: one line naming `url`
         raise LabelStoreError(open_failure(url, e)) from e
-    return LabelStore(g, url)
+    return LabelStore(g, url, check_arrays)
 
 
 def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s: float = CREATE_WAIT_S,
@@ -163,13 +169,29 @@ def open_or_create_store(url: str, index: DatasetIndex, spec: StoreSpec, wait_s:
     creator's machine (after `wait_s` seconds of its creation time elsewhere), with
     the command that removes it.
     """
-    try:
-        store = create_store(url, index, spec, storage_options)
-    except StoreExistsError:
-        store = _wait_for_store(url, wait_s, storage_options)
+    store = _finished_store(url, storage_options)
+    if store is None:
+        try:
+            store = create_store(url, index, spec, storage_options)
+        except StoreExistsError:
+            store = _wait_for_store(url, wait_s, storage_options)
     check_dataset(store, index)
     check_same_spec(store, spec)
     return store
+
+
+def _finished_store(url: str, storage_options: dict[str, Any] | None) -> LabelStore | None:
+    """The store already at `url` (its attributes written), else None: opened before any creation step.
+
+    Why first: creating claims the path (a file beside a local store), which fails on a
+    read-only file system even when the store there is complete and a rerun has nothing
+    to write. Whatever is at `url` that does not open is left to `create_store`, which
+    says what it is.
+    """
+    try:
+        return open_store(url, mode="r+", storage_options=storage_options)
+    except LabelStoreError:
+        return None
 
 
 def _wait_for_store(url: str, wait_s: float, storage_options: dict[str, Any] | None) -> LabelStore:

@@ -30,6 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
 from fkd_dali.crops.boxes import CropDistribution
+from fkd_dali.data.digest import DIGEST_NAME
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import IMAGES_PER_CHUNK, SLOTS_PER_CHUNK
 from fkd_dali.errors import ConfigError, LabelStoreError
@@ -234,10 +235,13 @@ def json_ready(obj: Any) -> Any:
 
 
 def spec_to_attrs(spec: StoreSpec, index: DatasetIndex) -> dict[str, Any]:
+    dataset = {"n_images": len(index), "fingerprint": index.fingerprint, "class_names": index.class_names,
+               "skipped": index.skipped}
+    if index.digests is not None:
+        dataset[DIGEST_ATTR] = DIGEST_NAME  # images/crc32c and images/mtime hold what the store vouches for
     meta = {
         "schema_version": spec.schema_version,
-        "dataset": {"n_images": len(index), "fingerprint": index.fingerprint,
-                    "class_names": index.class_names, "skipped": index.skipped},
+        "dataset": dataset,
         "crops_per_image": spec.crops_per_image,
         "crop": asdict(spec.crop),
         "label": asdict(spec.label),
@@ -252,6 +256,9 @@ def spec_to_attrs(spec: StoreSpec, index: DatasetIndex) -> dict[str, Any]:
 
 
 GT_ATTR = "gt_prob"  # section of the `fkd_dali` attributes present when `labels/gt_prob` is stored
+#: key of the `dataset` section naming the file digests a store holds (`images/crc32c`, `images/mtime`);
+#: absent in stores of older releases, which keep working without the content check
+DIGEST_ATTR = "file_digest"
 
 
 def gt_to_attrs(gt: GroundTruthSpec) -> dict[str, Any]:
@@ -328,7 +335,8 @@ def quantize_prob(prob: np.ndarray) -> np.ndarray:
     return (np.round(p / PROB_QUANTUM) * PROB_QUANTUM).astype(np.float16)
 
 
-ARRAY_KEYS = ("images/path", "images/class", "images/size", "images/nbytes", "crops/box", "crops/flip",
+ARRAY_KEYS = ("images/path", "images/class", "images/size", "images/nbytes", "images/crc32c", "images/mtime",
+              "crops/box", "crops/flip",
               "labels/index", "labels/prob", "labels/full", "labels/logits", "labels/gt_prob", "progress/done",
               "progress/gt_done")
 
@@ -346,8 +354,12 @@ class ArrayDef:
     shuffle: str = "bitshuffle"
 
 
-def array_defs(spec: StoreSpec, n: int) -> list[ArrayDef]:
-    """Every array of a store of `n` images made with `spec`, in creation order."""
+def array_defs(spec: StoreSpec, n: int, digests: bool = False) -> list[ArrayDef]:
+    """Every array of a store of `n` images made with `spec`, in creation order.
+
+    `digests`: the store records each file's crc32c and modification time (`images/crc32c`,
+    `images/mtime`; `dataset.file_digest` in its attributes says so).
+    """
     m = spec.crops_per_image
     ipc = min(spec.layout.images_per_chunk, n)
     spc = min(spec.layout.slots_per_chunk, m)
@@ -355,8 +367,11 @@ def array_defs(spec: StoreSpec, n: int) -> list[ArrayDef]:
     n_chunks = (n + spec.layout.images_per_chunk - 1) // spec.layout.images_per_chunk
     nan = float("nan")
     defs = [ArrayDef("images/path", (n,), "str", (n,)), ArrayDef("images/class", (n,), "int32", (n,)),
-            ArrayDef("images/size", (n, 2), "int32", (n, 2)), ArrayDef("images/nbytes", (n,), "int64", (n,)),
-            ArrayDef("crops/box", (n, m, 4), "uint16", (ipc, spc, 4), filters=(_K_FIRST,)),
+            ArrayDef("images/size", (n, 2), "int32", (n, 2)), ArrayDef("images/nbytes", (n,), "int64", (n,))]
+    if digests:
+        defs += [ArrayDef("images/crc32c", (n,), "uint32", (n,), shuffle="noshuffle"),
+                 ArrayDef("images/mtime", (n,), "int64", (n,))]
+    defs += [ArrayDef("crops/box", (n, m, 4), "uint16", (ipc, spc, 4), filters=(_K_FIRST,)),
             ArrayDef("crops/flip", (n, m), "bool", (ipc, spc)),
             ArrayDef("labels/index", (n, m, k), "int16", (ipc, spc, k), fill_value=-1, shuffle="noshuffle"),
             ArrayDef("labels/prob", (n, m, k), "float16", (ipc, spc, k), fill_value=nan, filters=(_K_FIRST,))]
@@ -379,6 +394,11 @@ def gt_done_def(spec: StoreSpec, n: int) -> ArrayDef:
     """`progress/gt_done`: the done flags of `labels add-gt-prob` (one file per image chunk, as progress/done)."""
     n_chunks = (n + spec.layout.images_per_chunk - 1) // spec.layout.images_per_chunk
     return ArrayDef("progress/gt_done", (n_chunks,), "bool", (1,), fill_value=False)
+
+
+#: arrays that stores written by older fkd-dali releases hold without a crc32c codec (their
+#: content is checked against the dataset fingerprint and the index rules instead)
+NO_CHECKSUM_IN_OLD_STORES = ("images/path", "progress/done")
 
 
 def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
@@ -406,6 +426,20 @@ def array_mismatches(group: zarr.Group, d: ArrayDef) -> list[tuple[str, str]]:
     if not any(isinstance(codec, Crc32cCodec) for codec in arr.metadata.codecs):
         out.append(("checksum", f"array {d.name} has no crc32c checksum"))
     return out
+
+
+def untrusted_metadata(group: zarr.Group, d: ArrayDef) -> str | None:
+    """The first way array `d.name` differs from `d` that no fkd-dali release writes; None when it fits.
+
+    What opening a store refuses: an edited or foreign zarr.json (dtype, chunks, fill value,
+    a missing crc32c) makes zarr read plausible-looking wrong values (an int16 box read as
+    uint16 bytes, say), so it must never reach training. The one legitimate difference, a
+    missing crc32c on `NO_CHECKSUM_IN_OLD_STORES` in stores of older releases, passes.
+    """
+    for kind, text in array_mismatches(group, d):
+        if not (kind == "checksum" and d.name in NO_CHECKSUM_IN_OLD_STORES):
+            return text
+    return None
 
 
 def _same_fill(have: Any, want: Any) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fkd_dali.crops.boxes import decode_boxes
+from fkd_dali.data.digest import crc32c
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
@@ -24,7 +25,13 @@ from fkd_dali.store.ground_truth import consistent_gt_prob
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
-from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, LabelKind, array_defs, array_mismatches
+from fkd_dali.store.schema import (
+    NO_CHECKSUM_IN_OLD_STORES,
+    PROB_QUANTUM,
+    CropLabels,
+    LabelKind,
+    array_mismatches,
+)
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -41,7 +48,7 @@ def store_info(url: str) -> dict[str, Any]:
     (bytes stored, bytes per image), created, writer_version, and `imported` where the
     store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
-    store = open_store(url)
+    store = open_store(url, check_arrays=False)  # info shows what it can; verify lists metadata problems
     meta, spec = store.meta, store.spec
     missing = store.missing_chunks()
     stored = store.nbytes_stored()
@@ -50,7 +57,8 @@ def store_info(url: str) -> dict[str, Any]:
         "url": str(url),
         "schema_version": meta["schema_version"],
         "dataset": {"n_images": store.n_images, "fingerprint": store.fingerprint,
-                    "n_classes": len(store.class_names), "skipped": len(store.skipped)},
+                    "n_classes": len(store.class_names), "skipped": len(store.skipped),
+                    "file_digest": meta["dataset"].get("file_digest")},
         "crops_per_image": spec.crops_per_image,
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
@@ -105,7 +113,9 @@ def format_store_info(info: dict[str, Any]) -> str:
         f"schema          v{info['schema_version']} (written by fkd-dali {info['writer_version']}, "
         f"{info['created']})",
         f"dataset         {d['n_images']} images, {d['n_classes']} classes, fingerprint {d['fingerprint'][:16]}"
-        + (f", {d['skipped']} skipped" if d["skipped"] else ""),
+        + (f", {d['skipped']} skipped" if d["skipped"] else "")
+        + (f", file digests {d['file_digest']}" if d.get("file_digest") else
+           ", no file digests (older store: image contents are not checked)"),
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
         f"labels          {_describe_labels(lab)}",
@@ -220,14 +230,15 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
       (`LabelStore.missing_chunk_files`); the image chunks with any of these problems
       are `report.damaged_chunks`, what `labels repair` recomputes;
     - with `data`: the folder's fingerprint, then every image decoded strictly
-      (`check_image_data`, in `workers` threads) and its decoded size compared with
-      `images/size`.
+      (`check_image_data`, in `workers` threads), its decoded size compared with
+      `images/size` and, in stores that record them, its crc32c with `images/crc32c`
+      (`image_changed`: replaced or edited since labelling).
 
     Raises:
         LabelStoreError: the store cannot be opened at all (damaged attributes included).
         DatasetIndexError: `data` is not a readable dataset folder.
     """
-    store = open_store(url)
+    store = open_store(url, check_arrays=False)  # array metadata is reported below, not refused
     report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
     found = _Problems()
     _check_metadata(store, found, report.notes)
@@ -239,8 +250,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         missing = list(range(store.n_chunks))
     if missing:
         ranges = [store.chunk_range(c) for c in missing]
-        found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written (rerun "
-                                f"`fkd-dali labels {store.made_by}` to finish)",
+        found.add("incomplete", f"{len(missing)} of {store.n_chunks} chunks not written ({store.resume_hint()})",
                   [(f"images {a}-{b - 1}", -1) for a, b in ranges], len(missing))
     if data is not None:
         report.dataset_checked = True
@@ -286,15 +296,12 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
     return report
 
 
-_NO_CRC_IN_OLD_STORES = ("images/path", "progress/done")  # older stores have no crc32c on these
-
-
 def _check_metadata(store: LabelStore, found: _Problems, notes: list[str]) -> None:
     """Every array as the attributes imply; a missing crc32c of an old store is a note, not a problem."""
     unchecked = []
-    for d in array_defs(store.spec, store.n_images):
+    for d in store.array_defs():
         for kind, text in array_mismatches(store.group, d):
-            if kind == "checksum" and d.name in _NO_CRC_IN_OLD_STORES:
+            if kind == "checksum" and d.name in NO_CHECKSUM_IN_OLD_STORES:
                 unchecked.append(d.name)
             else:
                 found.add("metadata", "array metadata differs from what the attributes imply", [(text, -1)], 1)
@@ -334,15 +341,26 @@ def _checked_index(store: LabelStore, found: _Problems) -> DatasetIndex | None:
 
 
 def _check_images(index: DatasetIndex, found: _Problems, workers: int) -> None:
-    """Decode every image of the folder strictly and compare its size with the stored one."""
+    """Decode every image of the folder strictly, compare its size with the stored one and, where the store
+    records them, its crc32c with the one recorded at labelling."""
+    expected = None if index.digests is None else index.digests.crc32c
+    changed: list[int] = []
+
     def decoded(i: int) -> tuple[int, int] | str:
         try:
-            return check_image_data(np.fromfile(index.abspath(i), dtype=np.uint8), index.abspath(i))
+            data = np.fromfile(index.abspath(i), dtype=np.uint8)
+            if expected is not None and crc32c(data) != int(expected[i]):
+                changed.append(i)
+            return check_image_data(data, index.abspath(i))
         except (CorruptImageError, OSError) as e:
             return getattr(e, "reason", str(e))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(decoded, range(len(index)), chunksize=64))
+    changed.sort()
+    found.add("image_changed", "file content differs from the crc32c recorded at labelling (replaced or edited "
+                               "since: restore the original file or regenerate the labels)",
+              [(index.paths[i], -1) for i in changed[:MAX_EXAMPLES]], len(changed))
     corrupt = [(index.paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     found.add("image_corrupt", "image cannot be decoded cleanly (replace the file)",
               [(f"{p} ({why})", -1) for p, why in corrupt[:MAX_EXAMPLES]], len(corrupt))

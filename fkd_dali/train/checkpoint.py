@@ -100,9 +100,9 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged, cut off or not a torch file "
-                              f"({type(e).__name__}{': ' + first[:200] if first else ''}); use another "
+        from fkd_dali.labels.teacher import torch_load_reason
+
+        raise CheckpointError(f"cannot read checkpoint {path}: {torch_load_reason(path, e)}; use another "
                               "checkpoint or start without --resume") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an fkd-dali training checkpoint ({CHECKPOINT_FORMAT})")

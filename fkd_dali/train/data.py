@@ -20,6 +20,7 @@ from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import DistEnv
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.fkd_loader import FkdLoader, check_fills_a_step, open_replay_data, replay_loader
+from fkd_dali.loaders.guard import ImageGuard
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.loaders.sources import FreshCrops
 from fkd_dali.loaders.targets import FolderTargets, TargetFn
@@ -60,7 +61,8 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
         loader = replay_loader(index, store, cfg.num_crops, per_rank, dc["size"], device,
                                Recovery(cfg.recovery, cfg.recovery_k, cfg.smoothing), **pixels, **common,
                                with_gt_prob=cfg.calibrate is not None, temperature=cfg.temperature,
-                               color_jitter=cfg.color_jitter)
+                               color_jitter=cfg.color_jitter, verify_images=cfg.verify_images,
+                               skip_corrupt=cfg.skip_corrupt)
     elif cfg.vanilla:
         vanilla = VanillaLoader(index, per_rank, dc["size"], scale=cfg.scale, ratio=cfg.ratio, device=device,
                                 **pixels, **common)
@@ -70,7 +72,9 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
         fields = {CropField.BOX} if cfg.relabel else set()
         source = FreshCrops(index.sizes, CropDistribution(tuple(cfg.scale), tuple(cfg.ratio), seed=cfg.seed), fields)
         fresh = ReplayLoader(source, index, cfg.num_crops, per_rank, dc["size"], device=device,
-                             color_jitter=cfg.color_jitter, **pixels, **common)
+                             color_jitter=cfg.color_jitter, guard=ImageGuard(index, cfg.data, verify=False,
+                                                                             skip=cfg.skip_corrupt),
+                             **pixels, **common)
         check_fills_a_step(fresh, len(index), env.world)
         loader = FkdLoader(fresh, fresh_targets, num_classes,  # type: ignore[arg-type]
                            getattr(fresh_targets, "temperature", 1.0))

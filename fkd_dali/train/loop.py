@@ -460,6 +460,9 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m
+        if run.cfg.skip_corrupt:  # images left out of the run so far, all ranks (each logs the files it left out)
+            skipped = torch.tensor(len(run.loader.images_skipped), device=run.device)
+            record["images_skipped"] = int(all_sum(skipped, run.env.world))
         if stats.bands is not None:
             record["bands"] = dict(zip(BANDS, stats.bands))
             metrics.note(f"pass {pass_idx}: FerKD bands of the crops trained now (all ranks): "

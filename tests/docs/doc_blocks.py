@@ -239,8 +239,8 @@ def _config_path(value: str, files: dict[str, str], tmp: Path) -> Path | None:
 def check_fkd(args: list[str], files: dict[str, str], what: str) -> str:
     """Parse an fkd-dali command line and build its config object (no file is opened, nothing runs)."""
     from fkd_dali.cli import build_parser
-    from fkd_dali.cli.train import apply_config_file
-    from fkd_dali.config import DemoConfig, EvalConfig, LabelGenConfig, TrainConfig
+    from fkd_dali.cli.train import apply_config_file, train_config
+    from fkd_dali.config import DemoConfig, EvalConfig, LabelGenConfig
     from fkd_dali.errors import FkdError
 
     parser = build_parser()
@@ -265,7 +265,7 @@ def check_fkd(args: list[str], files: dict[str, str], what: str) -> str:
             missing = [n for n in ("data", "labels") if getattr(ns, n) is None]
             if missing:
                 raise DocError(f"{what}: --{missing[0]} is required (on the command line or in --config)")
-            TrainConfig(**{f: getattr(ns, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"})
+            train_config(ns)
         elif ns.command == "eval":
             EvalConfig(data=ns.data, checkpoint=ns.checkpoint, labels=ns.labels, batch_size=ns.batch_size,
                        threads=ns.threads, device=ns.device, amp=ns.amp, use_ema=ns.use_ema)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fkd_dali.cli import build_parser
-from fkd_dali.cli.train import apply_config_file
+from fkd_dali.cli.train import apply_config_file, train_config
 from fkd_dali.config import TrainConfig, load_config_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +26,7 @@ def resolve(path: Path, *flags: str) -> TrainConfig:
     """The TrainConfig `fkd-dali train --config PATH FLAGS...` would run with (as `cli.train._train` builds it)."""
     argv = ["train", "--config", str(path), *flags]
     parser = build_parser()
-    args = apply_config_file(parser, parser.parse_args(argv), argv)
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "progress"}
-    return TrainConfig(**fields, progress=not args.no_progress)
+    return train_config(apply_config_file(parser, parser.parse_args(argv), argv))
 
 
 def test_there_are_recipes() -> None:

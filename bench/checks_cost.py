@@ -64,8 +64,8 @@ def _wall_and_cpu(fn: Callable[[], object], repeats: int) -> dict:
 
 # -- make ------------------------------------------------------------------------------------------
 def make_store(url: str, n: int, digests: bool) -> None:
-    from bench.bench_store import _synthetic_index
-    from bench.labels import write_synthetic_labels
+    from .bench_store import _synthetic_index
+    from .labels import write_synthetic_labels
     from fkd_dali.data.digest import FileDigests
 
     index = _synthetic_index(n, 0)
@@ -182,7 +182,7 @@ def _first_read(repeats: int) -> dict:
 
 
 def run_time(args: argparse.Namespace) -> dict:
-    from bench.bench_store import time_pass_tables
+    from .bench_store import time_pass_tables
 
     out = Path(args.out)
     doc: dict = {"label": args.label, "n_images": args.images, "load_average_start": os.getloadavg()}

@@ -25,6 +25,7 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import DEVICE_CHOICES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION, RECOVERY, SMOOTHING
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.batch import BatchLoader, CropBatch, FkdBatch
+from fkd_dali.loaders.feed import read_encoded
 from fkd_dali.loaders.guard import ImageGuard
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.loaders.sources import StoreCrops
@@ -159,7 +160,7 @@ def image_guard(index: DatasetIndex, store: LabelStore, verify: bool, skip: bool
     if verify and index.digests is None:
         _log.info("store %s records no file digests (made by an older fkd-dali): the images are not checked "
                   "against the files it was labelled on; regenerating it adds the check", store.url)
-    guard.check_stale()
+    guard.check_stale(read_encoded)
     return guard
 
 

@@ -88,8 +88,9 @@ class ImageGuard:
                 self.dropped[i] = error.reason
                 _log.warning("left out of this run (--skip-corrupt): %s: %s", error.path, error.reason)
 
-    def check_stale(self, limit: int = STALE_CHECK_LIMIT) -> int:
-        """Check now the files whose modification time changed since labelling; how many were checked."""
+    def check_stale(self, read: Callable[[str], np.ndarray], limit: int = STALE_CHECK_LIMIT) -> int:
+        """Check now (reading them with `read`) the files whose modification time changed since labelling;
+        how many were checked."""
         digests = self.index.digests
         if self.checked is None or digests is None or digests.stale is None:
             return 0
@@ -98,10 +99,8 @@ class ImageGuard:
             _log.info("%d files have other modification times than when %s was labelled (a copy?); each is checked "
                       "against its crc32c when it is first read", len(stale), self.store)
             return 0
-        from fkd_dali.loaders.feed import read_encoded
-
         for i in stale.tolist():
-            self.admit(i, self.index.abspath(i), read_encoded)
+            self.admit(i, self.index.abspath(i), read)
         return len(stale)
 
     def drop_path(self, path: str, error: ImageError) -> bool:

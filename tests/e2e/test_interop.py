@@ -71,7 +71,7 @@ def test_import_names_missing_file_and_resumes(small_store, exported, photo_root
         import_fkd(fkd, photo_root, str(out), layout=StoreLayout(8, 4))
     partial = open_store(str(out))
     assert partial.missing_chunks() == [1, 2] and partial.made_by == "import-fkd"  # image 12: chunk 1 failed
-    with pytest.raises(LabelStoreError, match="Rerun the same `fkd-dali labels import-fkd` command"):
+    with pytest.raises(LabelStoreError, match="rerun the same `fkd-dali labels import-fkd` command"):
         partial.check_complete()
     shutil.copy(exported / victim.relative_to(fkd), victim)  # fixed: the rerun finishes the store
     store = import_fkd(fkd, photo_root, str(out), layout=StoreLayout(8, 4))

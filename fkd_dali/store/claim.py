@@ -159,8 +159,9 @@ def check_out_location(url: str) -> None:
         except OSError as e:
             raise LabelStoreError(f"--out {url} cannot be listed ({e.strerror or e}); choose another --out") from e
         # zarr writes zarr.json through a temporary `*.partial` file: another writer
-        # creating the store right now, not a foreign folder
-        entries = [e for e in entries if not e.endswith(".partial")]
+        # creating the store right now, not a foreign folder (zarr.json itself may have
+        # appeared since the check above: the same writer, a moment later)
+        entries = [e for e in entries if not e.endswith(".partial") and e != "zarr.json"]
         if entries:
             raise LabelStoreError(f"--out {url} is a folder with other files in it ({len(entries)} entries, e.g. "
                                   f"{entries[0]!r}) but no store; choose a new or empty folder for the store")

@@ -101,3 +101,19 @@ def random_teacher(path: Path, num_classes: int = 1000) -> Path:
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet10t", num_classes=num_classes).state_dict(), path)
     return path
+
+
+@pytest.fixture
+def captured_fit(monkeypatch):
+    """`fkd-dali train` without training: the TrainConfig each call of `fit` got (the CLI's view of a run)."""
+    import fkd_dali.train.loop as loop
+    from fkd_dali.train.loop import TrainResult
+
+    seen = []
+
+    def fake_fit(cfg):
+        seen.append(cfg)
+        return TrainResult(passes=0, steps=0, final_loss=0.0, images_per_s=0.0, crops_per_s=0.0, history=[])
+
+    monkeypatch.setattr(loop, "fit", fake_fit)
+    return seen

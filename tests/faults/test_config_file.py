@@ -9,23 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-import fkd_dali.train.loop as loop
 from fkd_dali.cli import main
-from fkd_dali.train.loop import TrainResult
 
 BASE = "data: /data/train\nlabels: s.zarr\n"
-
-
-@pytest.fixture
-def captured_fit(monkeypatch):
-    seen = []
-
-    def fake_fit(cfg):
-        seen.append(cfg)
-        return TrainResult(passes=0, steps=0, final_loss=0.0, images_per_s=0.0, crops_per_s=0.0, history=[])
-
-    monkeypatch.setattr(loop, "fit", fake_fit)
-    return seen
 
 
 def _run(tmp_path, capsys, content: str | bytes, *flags: str) -> tuple[int, str]:

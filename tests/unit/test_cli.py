@@ -5,9 +5,7 @@ import importlib
 
 import pytest
 
-import fkd_dali.train.loop as loop
 from fkd_dali.cli import main
-from fkd_dali.train.loop import TrainResult
 
 GEN = ["labels", "generate", "--data", "d", "--out", "o.zarr"]
 TRAIN = ["train", "--data", "d", "--labels", "s.zarr"]
@@ -70,18 +68,6 @@ def test_bad_values_are_one_line_naming_the_flag(base, extra, flag, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert flag in err
-
-
-@pytest.fixture
-def captured_fit(monkeypatch):
-    seen = []
-
-    def fake_fit(cfg):
-        seen.append(cfg)
-        return TrainResult(passes=0, steps=0, final_loss=0.0, images_per_s=0.0, crops_per_s=0.0, history=[])
-
-    monkeypatch.setattr(loop, "fit", fake_fit)
-    return seen
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path, captured_fit, capsys):

@@ -19,7 +19,7 @@ from fkd_dali.errors import ConfigError, StoreMismatchError
 from fkd_dali.store.checks import read_written
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_or_create_store
-from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
+from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, MERGE_ATTR_KEY, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -69,6 +69,16 @@ def _check_same_crops(stores: Sequence[LabelStore]) -> None:
             raise StoreMismatchError(f"{s.url} and {first.url} have different class counts")
 
 
+def merge_record(stores: Sequence[LabelStore], weights: np.ndarray) -> dict:
+    """Each merged teacher as its store recorded it, with its weight: the merged store's own teacher
+    attributes can hold only one normalization and input size, so `labels info` shows these instead."""
+    return {"teachers": [{"store": s.url, "name": s.spec.teacher.name, "timm_name": s.spec.teacher.timm_name,
+                          "checkpoint_sha256": s.spec.teacher.checkpoint_sha256,
+                          "input_size": list(s.spec.teacher.input_size), "interpolation": s.spec.teacher.interpolation,
+                          "mean": list(s.spec.teacher.mean), "std": list(s.spec.teacher.std),
+                          "k": s.spec.label.k, "weight": round(float(wt), 6)} for s, wt in zip(stores, weights)]}
+
+
 def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None = None,
                  k: int | None = None) -> LabelStore:
     """Write the weighted ensemble of stores `urls` (same crops) to `out`."""
@@ -96,6 +106,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
         gt=None)  # an ensemble keeps no ground-truth probabilities
     index = first.load_index()
     merged = open_or_create_store(out, index, spec)
+    merged.group.attrs[MERGE_ATTR_KEY] = merge_record(stores, w)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
         parts = [read_written(s, a, b, TOPK_ONLY) for s in stores]

@@ -24,7 +24,16 @@ from fkd_dali.store.ground_truth import consistent_gt_prob
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
-from fkd_dali.store.schema import PROB_QUANTUM, CropLabels, LabelKind, array_defs, array_mismatches
+from fkd_dali.store.schema import (
+    ENSEMBLE_TIMM_NAME,
+    IMPORT_ATTR_KEY,
+    MERGE_ATTR_KEY,
+    PROB_QUANTUM,
+    CropLabels,
+    LabelKind,
+    array_defs,
+    array_mismatches,
+)
 
 MAX_EXAMPLES = 5  # offending (image, slot) pairs kept per problem kind
 PROB_SUM_TOLERANCE = 1e-2  # K float16 roundings of probabilities summing to <= 1
@@ -55,7 +64,7 @@ def store_info(url: str) -> dict[str, Any]:
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
                   **({"width": spec.label.num_classes} if spec.label.kind is LabelKind.LOGITS else {})},
-        "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
+        "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": _short_hashes(t.checkpoint_sha256),
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
         "crop": {"scale": list(spec.crop.scale), "ratio": list(spec.crop.ratio),
@@ -70,10 +79,18 @@ def store_info(url: str) -> dict[str, Any]:
         "created": meta.get("created"),
         "writer_version": meta.get("writer_version"),
     }
-    imported = store.group.attrs.get("fkd_dali_import")
+    imported = store.group.attrs.get(IMPORT_ATTR_KEY)
     if imported is not None:
         info["imported"] = imported
+    if t.timm_name == ENSEMBLE_TIMM_NAME:
+        info["merged"] = store.group.attrs.get(MERGE_ATTR_KEY)  # None: merged by an older fkd-dali
     return info
+
+
+def _short_hashes(joined: str) -> str:
+    """A checkpoint hash cut to 16 characters; a merged store's comma-joined hashes each kept whole
+    (they are 12-character prefixes already, and cutting the joined text would drop teachers)."""
+    return joined if "," in joined else joined[:16]
 
 
 def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
@@ -109,9 +126,7 @@ def format_store_info(info: dict[str, Any]) -> str:
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
         f"labels          {_describe_labels(lab)}",
-        f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
-        f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
-        f"normalization   mean {t['mean']}, std {t['std']}",
+        *(_merged_teacher_lines(t, info["merged"]) if "merged" in info else _teacher_lines(t)),
         f"layout          {info['layout']}",
         f"gt_prob         {_describe_gt(info['gt_prob'])}",
         f"completeness    {comp['chunks_done']}/{comp['chunks_total']} chunks done"
@@ -121,6 +136,27 @@ def format_store_info(info: dict[str, Any]) -> str:
     if "imported" in info:
         lines.append(f"imported        {info['imported']}")
     return "\n".join(lines)
+
+
+def _teacher_lines(t: dict[str, Any]) -> list[str]:
+    return [f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
+            f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
+            f"normalization   mean {t['mean']}, std {t['std']}"]
+
+
+def _merged_teacher_lines(t: dict[str, Any], merged: dict[str, Any] | None) -> list[str]:
+    """The teacher and normalization lines of a merged store: one line per teacher, with its own pixels."""
+    if merged is None:
+        return [f"teacher         {t['name']} (sha256 {t['checkpoint_sha256']}; merged by an older fkd-dali, which "
+                "recorded only the first teacher's input)",
+                f"normalization   first teacher's: mean {t['mean']}, std {t['std']}"]
+    lines = [f"teacher         {t['name']}: {len(merged['teachers'])} teachers, weighted mean of their top-K"]
+    for i, m in enumerate(merged["teachers"]):
+        lines.append(f"  teacher {i + 1}     {m['name']} (timm {m['timm_name']}, sha256 "
+                     f"{m['checkpoint_sha256'][:16] or '-'}), weight {m['weight']:g}, K={m['k']}, input "
+                     f"{'x'.join(map(str, m['input_size']))} {m['interpolation']}, mean {m['mean']}, std {m['std']}, "
+                     f"from {m['store']}")
+    return lines
 
 
 # -- verify -------------------------------------------------------------------

@@ -61,6 +61,13 @@ def loaders_markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _verdict(met: bool, judged: bool = True) -> str:
+    """'met' / 'missed', or 'not judged' for a run too small to tell (`bench store` says why in its notes)."""
+    if not judged:
+        return "not judged (run too small; see the notes)"
+    return "met" if met else "missed"
+
+
 def store_markdown(doc: dict) -> str:
     s = doc["sizes"]
     big_key = next(k for k in s if k.startswith("at_M"))
@@ -74,7 +81,7 @@ def store_markdown(doc: dict) -> str:
              f"| ReLabel maps (15x15, independent of M) | {_f(s['relabel_maps']['bytes_per_image'], 0)} | "
              f"{_f(big['relabel_bytes_per_image'], 0)} |"]
     out = ["\n".join(lines), "", f"Store at {m500}: {big['store_method']}. Target <= 10 KB per image: "
-           f"**{'met' if big['store_target_met'] else 'missed'}**."]
+           f"**{_verdict(big['store_target_met'], big.get('store_target_judged', True))}**."]
     pt = doc.get("pass_table")
     if pt:
         t, e = pt["timing"], pt["extrapolated_read_pass_table_s"]
@@ -85,7 +92,7 @@ def store_markdown(doc: dict) -> str:
                    f"{t['warm']['read_pass_table_median_s']:.3f} s warm (median of {len(t['cold']['read_pass_table_s'])} "
                    f"passes); {pt['extrapolation']}: **{e['cold']:.2f} s cold, {e['warm']:.2f} s warm** for "
                    f"{pt['full_scale_images']:,} images (target <= {pt['target_s']:g} s: "
-                   f"**{'met' if pt['target_met']['cold'] else 'missed'}**).")
+                   f"**{_verdict(pt['target_met']['cold'], pt.get('target_judged', True))}**).")
     out.append("")
     out.append(f"{_load(doc)}.")
     return "\n".join(out)

@@ -95,6 +95,12 @@ def check_normalization(cfg: Any) -> None:
         raise ConfigError(f"--std must be three finite numbers > 0, got {cfg.std}")
 
 
+def check_storage_options(value: Any) -> None:
+    """`--storage-options`: a mapping of fsspec/zarr file-system options (from JSON or a config file), or None."""
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"--storage-options must be a JSON object like '{{\"anon\": true}}', got {value!r}")
+
+
 def check_recovery(kind: str, k: int | None = None, stored_k: int | None = None, smoothing: float = 0.0) -> None:
     """Validate a label-recovery choice once, at build time, so the hot path can stay cheap.
 
@@ -151,8 +157,10 @@ class LabelGenConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     progress: bool = True
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of --out and --reference (endpoint, ...)
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
         check_at_least(self, 1, "crops_per_image", "top_k", "batch_size", "crops_per_round", "images_per_chunk",
                        "slots_per_chunk", "threads", "num_classes")
         check_at_least(self, 0, "seed")
@@ -258,8 +266,13 @@ class TrainConfig:
     # online KD (--labels online): the teacher runs on every training crop
     teacher: str | None = None  # a named teacher or a timm model name
     teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
+    val_labels: str | None = None  # ground truth of a flat --val folder (ImageNet's devkit file or LOC_val_solution.csv)
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store (never recorded)
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
+        if self.val_labels is not None and self.val is None:
+            raise ConfigError("--val-labels gives the classes of a flat --val folder: add --val DIR")
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
                        "val_batch_size", "image_size", "recovery_k")
         check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
@@ -352,8 +365,11 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     use_ema: bool = False  # evaluate the checkpoint's weight EMA (trained with --model-ema), timm's flag
+    val_labels: str | None = None  # ground truth of a flat --data folder (as TrainConfig.val_labels)
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
         check_at_least(self, 1, "batch_size", "threads")
         check_choice("device", self.device, DEVICE_CHOICES)
         check_choice("amp", self.amp, AMP_CHOICES)
@@ -443,6 +459,11 @@ def load_config_file(path: str | os.PathLike[str], config_cls: type) -> dict[str
     return out
 
 
+#: Fields never written into a run's record (config.yaml, checkpoints): file-system options may hold credentials.
+UNRECORDED_FIELDS = ("storage_options",)
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain JSON/YAML types (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """A config as plain JSON/YAML types (tuples become lists), `UNRECORDED_FIELDS` left out (None)."""
+    values = {k: (None if k in UNRECORDED_FIELDS else v) for k, v in dataclasses.asdict(cfg).items()}
+    return json.loads(json.dumps(values, default=str))

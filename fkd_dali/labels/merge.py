@@ -80,13 +80,13 @@ def merge_record(stores: Sequence[LabelStore], weights: np.ndarray) -> dict:
 
 
 def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None = None,
-                 k: int | None = None) -> LabelStore:
-    """Write the weighted ensemble of stores `urls` (same crops) to `out`."""
+                 k: int | None = None, storage_options: dict | None = None) -> LabelStore:
+    """Write the weighted ensemble of stores `urls` (same crops) to `out` (`storage_options`: fsspec's, for all)."""
     if len(urls) < 2:
         raise ConfigError("merge needs at least two stores")
     need = StoreNeeds(no_logits="merge: their dimensions are no shared classes to average; merge stores of "
                                 "class probabilities")
-    stores = [open_checked_store(u, need)[0] for u in urls]
+    stores = [open_checked_store(u, need, storage_options=storage_options)[0] for u in urls]
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
     if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
@@ -105,7 +105,7 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
                             mean=first.spec.teacher.mean, std=first.spec.teacher.std),
         gt=None)  # an ensemble keeps no ground-truth probabilities
     index = first.load_index()
-    merged = open_or_create_store(out, index, spec)
+    merged = open_or_create_store(out, index, spec, storage_options=storage_options)
     merged.group.attrs[MERGE_ATTR_KEY] = merge_record(stores, w)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)

@@ -41,7 +41,7 @@ class RepairOptions:
         reference: the `--reference` store the labels were generated with, if any.
         batch_size, crops_per_round: as given to `labels generate` (None: its defaults);
             other values give the same labels up to float rounding, not bit-identical ones.
-        device, threads, progress: as for `labels generate`.
+        device, threads, progress, storage_options: as for `labels generate`.
     """
 
     data: str
@@ -52,6 +52,7 @@ class RepairOptions:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    storage_options: dict[str, Any] | None = None  # fsspec options of the store and the reference store
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,16 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
         ConfigError: the stored crops are not the ones the seed draws and no (or another)
             `--reference` was given.
     """
-    store = open_store(url, mode="r+")
+    store = open_store(url, mode="r+", storage_options=opts.storage_options)
     refuse_unrecomputable(store, "labels repair")
     _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
-    report = verify_store(url)
+    report = verify_store(url, storage_options=opts.storage_options)
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
     if not damaged and not unfinished:
         return RepairSummary([], [], None)
     index = index_for_store(store, opts.data)
     cfg = repair_config(store, opts)
-    reference = open_store(cfg.reference) if cfg.reference else None
+    reference = open_store(cfg.reference, storage_options=opts.storage_options) if cfg.reference else None
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)

@@ -41,7 +41,7 @@ _PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
 
 
 # -- info ---------------------------------------------------------------------
-def store_info(url: str) -> dict[str, Any]:
+def store_info(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
 
     Keys: url, schema_version, dataset, crops_per_image, label (with `width` D for kind
@@ -50,7 +50,7 @@ def store_info(url: str) -> dict[str, Any]:
     (bytes stored, bytes per image), created, writer_version, and `imported` where the
     store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
-    store = open_store(url)
+    store = open_store(url, storage_options=storage_options)
     meta, spec = store.meta, store.spec
     missing = store.missing_chunks()
     stored = store.nbytes_stored()
@@ -237,7 +237,8 @@ def prob_sum_floor(k: int, num_classes: int) -> float:
     return k / num_classes - k * PROB_QUANTUM / 2
 
 
-def verify_store(url: str, data: str | None = None, workers: int = 16) -> VerifyReport:
+def verify_store(url: str, data: str | None = None, workers: int = 16,
+                 storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Check a store's metadata, index, completeness, every stored value and (with `data`) the images.
 
     - metadata: every array exists with the shape, dtype, chunks, fill value and crc32c
@@ -263,7 +264,7 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         LabelStoreError: the store cannot be opened at all (damaged attributes included).
         DatasetIndexError: `data` is not a readable dataset folder.
     """
-    store = open_store(url)
+    store = open_store(url, storage_options=storage_options)
     report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
     found = _Problems()
     _check_metadata(store, found, report.notes)
@@ -483,7 +484,7 @@ def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int],
 
 
 def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
-                 max_crops: int = SHOW_MAX_CROPS) -> Path:
+                 max_crops: int = SHOW_MAX_CROPS, storage_options: dict[str, Any] | None = None) -> Path:
     """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes
     (a "logits" store: its 3 largest raw outputs, "dim i value").
 
@@ -512,7 +513,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if data_root is None:
         raise DatasetIndexError("showing crops needs the image files: pass --data DIR, the dataset folder "
                                 "the labels were generated for")
-    store = open_store(url)
+    store = open_store(url, storage_options=storage_options)
     i = resolve_image(store, image)
     index = store.load_index(str(data_root))
     path = index.abspath(i)

@@ -198,7 +198,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     """`fkd-dali eval`: load a training checkpoint and evaluate it on `cfg.data` (DDP-aware)."""
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.labels:
-        check_store_matches(ckpt, open_store(cfg.labels), cfg.checkpoint, command="eval")
+        check_store_matches(ckpt, open_store(cfg.labels, storage_options=cfg.storage_options), cfg.checkpoint,
+                            command="eval")
     with distributed(cfg.device) as (env, device):
         model = model_from_checkpoint(ckpt, cfg.checkpoint, ema=cfg.use_ema).to(device)
         loader, cmap = validation_data(cfg.data, ckpt["data_config"], int(ckpt["num_classes"]),

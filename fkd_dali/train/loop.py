@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fkd_dali.atomic import ensure_writable_dir
+from fkd_dali.atomic import ensure_writable_dir, writable_dir_problem
 from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
@@ -471,11 +471,16 @@ def fit(cfg: TrainConfig) -> TrainResult:
         `CheckpointError` (resume from another model, store or layout).
     """
     with distributed(cfg.device) as (env, device), StopOnSignal() as stop:
+        problem = writable_dir_problem(cfg.output)  # checked first, created only once training can start:
+        if problem is not None:  # a run that fails before training leaves no empty folder behind
+            raise ConfigError(f"--output {cfg.output}: cannot be written ({problem}); choose a folder that can be "
+                              "written")
+        run = build_run(cfg, env, device)
         try:
             ensure_writable_dir(cfg.output, f"--output {cfg.output}")
         except OSError as e:
+            run.loader.close()
             raise ConfigError(f"{e}; choose a folder that can be written") from e
-        run = build_run(cfg, env, device)
         _write_config(run)
         metrics = RunLog(cfg.output, env.is_main, run.passes * run.steps_per_pass, run.global_step,
                          append=bool(cfg.resume), progress=cfg.progress, tensorboard=cfg.tensorboard)

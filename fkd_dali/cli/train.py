@@ -209,12 +209,24 @@ def check_train_paths(cfg: TrainConfig) -> None:
     check_folder("--val", cfg.val, "give the validation folder (class subfolders, or ImageNet's flat folder "
                                    "with --val-labels)")
     check_val_labels("--val-labels", cfg.val_labels)
+    check_val_layout("--val", cfg.val, cfg.val_labels)
     check_file("--resume", cfg.resume, "give a checkpoint written by `fkd-dali train` (OUTPUT/last.pth), or drop "
                                        "--resume to start afresh")
     check_file("--initial-checkpoint", cfg.initial_checkpoint, "give a local weights file (a timm state dict or "
                                                                "an fkd-dali checkpoint)")
     check_file("--teacher-checkpoint", cfg.teacher_checkpoint, "give the teacher's local weights file")
     check_writable("--output", cfg.output)
+
+
+def check_val_layout(flag: str, folder: str | None, val_labels: str | None) -> None:
+    """A flat folder of images needs --val-labels, a folder of class folders must not get it (lists the folder only)."""
+    if folder is None:
+        return
+    from fkd_dali.data.imagenet_val import flat_folder_problem
+
+    problem = flat_folder_problem(folder, flag, "--val-labels", val_labels)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def check_val_labels(flag: str, path: str | None) -> None:
@@ -255,6 +267,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_file("--checkpoint", cfg.checkpoint, "give a checkpoint written by `fkd-dali train` (OUTPUT/last.pth)")
     check_store("--labels", cfg.labels)
     check_val_labels("--val-labels", cfg.val_labels)
+    check_val_layout("--data", cfg.data, cfg.val_labels)
     from fkd_dali.train.evaluate import evaluate_checkpoint
 
     print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",

@@ -263,7 +263,7 @@ def _make_val(run: TrainRun) -> None:
     model_classes = run.index.class_names if cfg.vanilla else None  # vanilla: the folder's classes
     run.val_loader, run.class_map = validation_data(cfg.val, run.data_config, run.num_classes,  # type: ignore[arg-type]
                                                     model_classes, cfg.val_batch_size, cfg.threads, run.device,
-                                                    run.env.rank, run.env.world)
+                                                    run.env.rank, run.env.world, cfg.val_labels)
 
 
 # -- the loop ----------------------------------------------------------------------

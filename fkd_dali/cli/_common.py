@@ -72,6 +72,16 @@ def add_storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
 
 
+def launcher_rank() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun): only rank 0 prints summaries."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def print_json_line(obj: Any) -> None:
     """One JSON line in a single write: under torchrun every rank shares stdout, and
     print() may write the text and its newline separately (PYTHONUNBUFFERED), letting

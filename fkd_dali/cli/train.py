@@ -17,6 +17,7 @@ from fkd_dali.cli._common import (
     defaults_of,
     float_pair,
     float_triple,
+    launcher_rank,
     print_json_line,
 )
 from fkd_dali.config import EvalConfig, TrainConfig, load_config_file
@@ -196,8 +197,11 @@ def _train(args: argparse.Namespace) -> int:
     from fkd_dali.train.loop import fit
 
     result = fit(cfg)
-    summary = {k: v for k, v in vars(result).items() if k != "history"}
-    print_json_line(summary)
+    if launcher_rank() == 0:  # under torchrun, one summary (rank 0's), not one per process
+        from fkd_dali.train.run_log import summary_line
+
+        print(summary_line(result, cfg.m), flush=True)  # for people; the JSON line below is for machines
+        print_json_line({k: v for k, v in vars(result).items() if k != "history"})
     return 128 + result.signal if result.interrupted and result.signal else 0
 
 
@@ -270,6 +274,10 @@ def _eval(args: argparse.Namespace) -> int:
     check_val_layout("--data", cfg.data, cfg.val_labels)
     from fkd_dali.train.evaluate import evaluate_checkpoint
 
-    print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",
-                     **evaluate_checkpoint(cfg).as_dict()})
+    result = evaluate_checkpoint(cfg)
+    if launcher_rank() == 0:
+        print(f"{args.checkpoint} ({'weight EMA' if args.use_ema else 'model'}): top-1 {result.top1:.2f}%, top-5 "
+              f"{result.top5:.2f}% on {result.images:,} images of {args.data}", flush=True)
+        print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",
+                         **result.as_dict()})
     return 0

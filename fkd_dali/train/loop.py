@@ -19,6 +19,7 @@ written), so every rank sees the same value and all stop together.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import time
@@ -59,7 +60,7 @@ from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, val
 from fkd_dali.train.mix import BatchMixer, MixSpec, same_image_pairs
 from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
 from fkd_dali.train.precision import amp_context, resolve_amp
-from fkd_dali.train.run_log import RunLog, write_run_config
+from fkd_dali.train.run_log import RunLog, pass_line, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
@@ -419,18 +420,50 @@ def _validate(run: TrainRun, model: torch.nn.Module) -> EvalResult:
     return evaluate(model, run.val_loader, run.class_map, run.device, run.amp_dtype, run.cfg.channels_last)
 
 
+def _stop_record(run: TrainRun, stats: PassStats, stop: StopOnSignal, ckpt: str | None) -> dict[str, Any]:
+    """The metrics line of a run stopped before its end (signal or --max-steps): where, why, and the loss
+    of the steps run in its last pass, so a run stopped within its first pass does not leave metrics empty."""
+    reason = f"signal {stop.signum}" if stop.signum is not None else "--max-steps"
+    done = stats.crops // run.crops_per_step
+    return {"kind": "stop", "pass": stats.pass_idx, "step": stats.steps_done, "global_step": run.global_step,
+            "epoch": round((stats.pass_idx + stats.steps_done / run.steps_per_pass) * run.m, 4),
+            "loss": stats.loss if done and np.isfinite(stats.loss) else None, "lr": stats.lr,
+            "steps_run": done, "reason": reason, "checkpoint": ckpt}
+
+
+def _eta_s(run: TrainRun, pass_idx: int, t_start: float) -> float | None:
+    """Seconds left at the end of pass `pass_idx`: the mean time of the passes run now, times those left."""
+    done = pass_idx + 1 - run.start_pass
+    return (time.perf_counter() - t_start) / done * (run.passes - pass_idx - 1) if done > 0 else None
+
+
+def warmup_note(spec: ScheduleSpec) -> str | None:
+    """The note of a warmup longer than the run: the schedule shortens it to end one step before the run does."""
+    asked = spec.epochs_to_steps(spec.warmup_epochs)
+    if asked <= spec.warmup_steps:
+        return None
+    return (f"note: --warmup-epochs {spec.warmup_epochs:g} ({asked:,} steps) is longer than this run "
+            f"({spec.passes * spec.m} epochs, {spec.total_steps:,} steps): warmup shortened to {spec.warmup_steps:,} "
+            "steps, so the lr reaches --lr only at the last step (lower --warmup-epochs to keep a decay phase)")
+
+
 def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
     history: list[dict[str, Any]] = []
     loss, ckpt, val, val_ema = float("nan"), None, None, None
     pass_idx, start = run.start_pass, run.start_step
+    t_start = time.perf_counter()
+    note = warmup_note(run.schedule.spec)
+    if note is not None:
+        metrics.note(note)
     while pass_idx < run.passes:
         stats = train_one_pass(run, pass_idx, start, metrics, stop)
         loss = stats.loss if stats.steps_done > start else loss
         if stats.steps_done < run.steps_per_pass:
             ckpt = _save(run, pass_idx, stats.steps_done)
+            metrics.write(_stop_record(run, stats, stop, ckpt))
             break
         record = {"kind": "pass", "pass": pass_idx, "step": stats.steps_done, "global_step": run.global_step,
-                  "loss": stats.loss,
+                  "epoch": (pass_idx + 1) * run.m, "loss": stats.loss,
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m
@@ -447,10 +480,15 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
                 run.untimed_s += val_ema.seconds
                 record.update(val_top1_ema=val_ema.top1, val_top5_ema=val_ema.top5)
         metrics.write(record)
+        metrics.note(pass_line(record, run.passes, run.passes * run.m, time.perf_counter() - t_start,
+                               _eta_s(run, pass_idx, t_start)))
         history.append(record)
         ckpt = _save(run, pass_idx + 1, 0, pass_idx if run.cfg.save_every_pass else None)
         pass_idx, start = pass_idx + 1, 0
         if stats.stop:
+            if pass_idx < run.passes:
+                metrics.write(_stop_record(run, dataclasses.replace(stats, pass_idx=pass_idx, steps_done=0, crops=0),
+                                           stop, ckpt))
             break
     interrupted = stop.signum is not None
     elapsed = time.perf_counter() - run.timed_since - run.untimed_s if run.timed_since is not None else 0.0

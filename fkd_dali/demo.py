@@ -13,12 +13,19 @@
    held-out views, and the throughput of each stage. These figures show that
    training on stored labels works end to end; they do not measure generalisation
    to unseen photos.
+
+Before any of it, the demo prints how long it expects to take, from a quick
+measurement of the teacher's and the student's speed on this machine (`estimate`);
+at the end it writes two figures beside report.json: a few stored crops of one
+training image with their top labels (`labels show`'s rendering) and the loss and
+teacher-agreement curves of the training run.
 """
 from __future__ import annotations
 
 import json
+import resource
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,16 @@ import torch
 
 from fkd_dali.config import DemoConfig
 from fkd_dali.data.sample_data import SAMPLE_PHOTOS
+
+# How the demo's stages relate to the two speeds `estimate` measures, from demo runs on 2-core CPU VMs
+# (the stage time divided by what the measured speed alone predicts): labelling also decodes, crops and
+# writes (LABEL_OVERHEAD), a training step also loads and recovers its batch (TRAIN_OVERHEAD), and
+# building the photos, the DALI pipelines and the evaluations take about FIXED_S of speed-independent work
+# per unit of measured speed, scaled by the teacher's measured time (see `estimate`).
+LABEL_OVERHEAD = 1.35
+TRAIN_OVERHEAD = 1.25
+FIXED_TEACHER_BATCHES = 30.0  # the fixed work, in teacher-probe batches (slower machines are slower at it too)
+PROBE_CROPS = 16
 
 #: What the held-out split is, stated in the report so that no one reads its top-1 as generalisation.
 HELD_OUT_NOTE = (f"held-out images are fresh random crops/rescales of the same {len(SAMPLE_PHOTOS)} source photos "
@@ -49,15 +66,115 @@ def _build_data(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
     return train, val
 
 
-def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int) -> dict[str, Any]:
+def _label(cfg: DemoConfig, data: Path, store: Path, crops: int, seed: int, teacher: Any) -> dict[str, Any]:
     from fkd_dali.config import LabelGenConfig
     from fkd_dali.labels.generate import generate_labels
 
     summary = generate_labels(LabelGenConfig(
         data=str(data), out=str(store), teacher=cfg.teacher, crops_per_image=crops, top_k=5, seed=seed,
         batch_size=64, crops_per_round=min(8, crops), images_per_chunk=32, device=cfg.device,
-        threads=cfg.threads, progress=cfg.progress))
+        threads=cfg.threads, progress=cfg.progress), teacher=teacher)
     return summary.as_dict()
+
+
+# -- the estimate printed before work starts -----------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    teacher_crops_per_s: float  # measured: the teacher's forward pass alone
+    step_s: float  # measured: one training step of the student (forward, backward, update) alone
+
+
+def _timed(fn: Any, repeats: int = 2) -> float:
+    """Seconds of the fastest of `repeats` calls of `fn` after one untimed call (first calls set up kernels)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def estimate(cfg: DemoConfig, teacher: Any, device: torch.device, train_images: int, val_images: int) -> Estimate:
+    """The demo's expected wall time, from the teacher's and the student's speed measured now (~2 s).
+
+    Measuring on this machine, under its current load, beats a table of known rates:
+    the 2-core VMs the demo was sized on, a laptop and a GPU differ by orders of magnitude.
+    """
+    import timm
+
+    side = teacher.input_size[-1]
+    x = torch.randn(PROBE_CROPS, 3, side, side, device=device)
+    model = teacher.model.to(device)
+    with torch.no_grad():
+        teacher_s = _timed(lambda: model(x), repeats=1)
+    torch.manual_seed(cfg.seed)
+    student = timm.create_model(cfg.student, pretrained=False, num_classes=1000).to(device)
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    batch = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+
+    def step() -> None:
+        opt.zero_grad()
+        student(batch).logsumexp(dim=1).mean().backward()
+        opt.step()
+
+    step_s = _timed(step, repeats=1)
+    crops_per_s = PROBE_CROPS / teacher_s
+    label_crops = train_images * cfg.crops_per_image + val_images * cfg.val_crops_per_image
+    steps = cfg.passes * -(-train_images * cfg.num_crops // cfg.batch_size)
+    seconds = (label_crops / crops_per_s * LABEL_OVERHEAD + steps * step_s * TRAIN_OVERHEAD
+               + FIXED_TEACHER_BATCHES * teacher_s)
+    return Estimate(seconds, crops_per_s, step_s)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} minutes"
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+# -- the figures written beside report.json ------------------------------------------------
+def _crops_figure(store: Path, train: Path, out: Path) -> Path:
+    """A few stored crops of the first training image with their top-3 stored labels (`labels show`)."""
+    from fkd_dali.store.tools import render_crops
+
+    return render_crops(str(store), 0, out, str(train), max_crops=9)
+
+
+def _training_figure(metrics: Path, agreement: dict[str, float], out: Path) -> Path:
+    """Loss and teacher agreement on the training crops per logged step, with the held-out agreement
+    measured before and after training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in steps if r.get("kind") == "step"]
+    x = [r["global_step"] for r in steps]
+    fig, loss_ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    loss_ax.plot(x, [r["loss"] for r in steps], color="tab:blue", label="training loss")
+    loss_ax.set_xlabel("training step")
+    loss_ax.set_ylabel("soft-label cross-entropy", color="tab:blue")
+    agree_ax = loss_ax.twinx()
+    agree_ax.plot(x, [100 * r.get("agreement", 0.0) for r in steps], color="tab:orange",
+                  label="student top-1 = teacher top-1, training crops")
+    last = x[-1] if x else 1
+    agree_ax.plot([0, last], [100 * agreement["before"], 100 * agreement["after"]], "o--", color="tab:green",
+                  label="same, held-out crops (before / after)")
+    agree_ax.set_ylabel("agreement with the teacher (%)")
+    agree_ax.set_ylim(0, 100)
+    lines = loss_ax.get_lines() + agree_ax.get_lines()
+    loss_ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
+    loss_ax.set_title("fkd-dali demo: the student learns the teacher's stored labels")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def _student_agreement(model: torch.nn.Module, val_store: Path, val: Path, cfg: DemoConfig,
@@ -89,17 +206,23 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
     from fkd_dali.train.loop import fit
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
+    teacher = load_teacher(cfg.teacher)
+    train_images = len(SAMPLE_PHOTOS) * cfg.images_per_class
+    guess = estimate(cfg, teacher, device, train_images, len(SAMPLE_PHOTOS) * cfg.val_images_per_class)
+    _say(f"[0/4] expect about {_minutes(guess.seconds)} on {device} (measured just now: teacher "
+         f"{guess.teacher_crops_per_s:.0f} crops/s, a student step {guess.step_s:.2f} s; longer if other jobs "
+         "share the machine)")
     _say(f"[1/4] building the real-photo dataset in {out / 'data'}")
     train, val = _build_data(cfg, out)
 
     _say(f"[2/4] labelling {cfg.crops_per_image} crops per image with teacher {cfg.teacher}")
     store, val_store = out / "labels.zarr", out / "val-labels.zarr"
-    labelgen = _label(cfg, train, store, cfg.crops_per_image, cfg.seed)
-    _label(cfg, val, val_store, cfg.val_crops_per_image, cfg.seed + 1)
+    labelgen = _label(cfg, train, store, cfg.crops_per_image, cfg.seed, teacher)
+    _label(cfg, val, val_store, cfg.val_crops_per_image, cfg.seed + 1, teacher)
 
     torch.manual_seed(cfg.seed)
     untrained = timm.create_model(cfg.student, pretrained=False, num_classes=1000)
@@ -111,13 +234,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         data=str(train), labels=str(store), arch=cfg.student, output=str(out / "run"),
         epochs=cfg.passes * cfg.num_crops, num_crops=cfg.num_crops, batch_size=cfg.batch_size, lr=cfg.lr,
         opt="adamw", weight_decay=0.01, warmup_epochs=cfg.num_crops, image_size=cfg.image_size,
-        device=cfg.device, threads=cfg.threads, seed=cfg.seed, log_interval=10, progress=cfg.progress))
+        device=cfg.device, threads=cfg.threads, seed=cfg.seed, log_interval=2, progress=cfg.progress))
 
     _say(f"[4/4] evaluating on held-out crops of the held-out views (the same {len(SAMPLE_PHOTOS)} photos)")
     ckpt_path = result.checkpoint or str(out / "run" / "last.pth")
     student = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
     after = _student_agreement(student, val_store, val, cfg, device)
-    teacher = load_teacher(cfg.teacher)
+    agreement = {"before": round(before, 4), "after": round(after, 4), "chance": 0.001}
+    figures = {"crops": str(_crops_figure(store, train, out / "crops.png")),
+               "training": str(_training_figure(out / "run" / "metrics.jsonl", agreement, out / "training.png"))}
     report = {
         "dataset": {"train_images": sum(1 for _ in train.rglob("*.*")), "val_images": sum(1 for _ in val.rglob("*.*")),
                     "classes": len([p for p in train.iterdir() if p.is_dir()]), "source_photos": len(SAMPLE_PHOTOS),
@@ -126,11 +251,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "training": {"passes": result.passes, "steps": result.steps, "final_loss": round(result.final_loss, 4),
                      "first_loss": _first_loss(result.history), "images_per_s": round(result.images_per_s, 1),
                      "crops_per_s": round(result.crops_per_s, 1)},
-        "agreement_with_teacher": {"before": round(before, 4), "after": round(after, 4), "chance": 0.001},
+        "agreement_with_teacher": agreement,
         "imagenet_top1_val": {"student": round(_top1(student, val, cfg.image_size, cfg, device), 2),
                               "teacher": round(_top1(teacher.model, val, teacher.input_size[-1], cfg, device), 2)},
+        "figures": figures,
         "device": str(device),
         "seconds": round(time.perf_counter() - t_start, 1),
+        "estimated_seconds": round(guess.seconds, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
         "config": asdict(cfg),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -162,6 +290,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  caveat      the held-out images are new crops/rescales of the same {r['dataset']['source_photos']} photos "
         "the student trained on:",
         "              these figures show that training works, not that it generalises to new photos",
-        f"  total       {r['seconds']:.0f} s on {r['device']}",
+        f"  figures     {r['figures']['crops']} (stored crops and their labels), {r['figures']['training']} "
+        "(loss and agreement)",
+        f"  total       {r['seconds']:.0f} s on {r['device']} (estimated {r['estimated_seconds']:.0f} s), "
+        f"{r['cpu_seconds']:.0f} CPU-seconds",
     ]
     return "\n".join(lines)

@@ -279,6 +279,7 @@ class PassStats:
     crops: int  # global crops trained now
     stop: bool = False  # the run must stop (signal or --max-steps) after this pass's steps_done
     bands: list[int] | None = None  # --calibrate: crops per band (easy, hard, negative), all ranks, steps run now
+    agreement: float | None = None  # fraction of the crops run now whose student top-1 was the target's top-1
 
 
 def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
@@ -313,15 +314,18 @@ def _step_inputs(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
 
 
 def _train_step(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws).
 
-    Returns the detached loss and, with --calibrate, the (3,) crops per band, both on the device.
+    Returns the detached loss, with --calibrate the (3,) crops per band (else None), and how
+    many crops the student's top-1 already matched the target's top-1 (the teacher's, before
+    this step's update): the "agreement" of the metrics, free to count here. All on the device.
     """
     images, target, weight, counts = _step_inputs(run, batch, pass_idx, step)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
     loss = run.loss(logits, target, weight)  # weight None: unweighted, exactly
+    agree = (logits.detach().argmax(dim=1) == target.argmax(dim=1)).sum()
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:
@@ -336,7 +340,7 @@ def _train_step(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
         if clip:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
         run.optimizer.step()
-    return loss.detach(), counts
+    return loss.detach(), counts, agree
 
 
 def _mark_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, global_step: int) -> torch.Tensor:
@@ -371,17 +375,21 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     step, lr = start_step, run.schedule.lr
     zero = torch.zeros((), device=run.device)
     pass_loss, log_loss, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
+    pass_agree, log_agree = zero.clone(), zero.clone()  # crops whose student top-1 is the target's top-1
+    per_rank = cfg.batch_size // run.env.world
     first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
     bands = torch.zeros(len(BANDS), dtype=torch.int64, device=run.device)  # summed on the device, reduced at the end
     stopping = cfg.max_steps is not None and run.global_step >= cfg.max_steps
     batches = run.loader.pass_batches(pass_idx, start_step) if not stopping else iter(())
     for batch in batches:
         lr = run.schedule.update(pass_idx, step)
-        loss, counts = _train_step(run, batch, pass_idx, step)
+        loss, counts, agree = _train_step(run, batch, pass_idx, step)
         if counts is not None:
             bands += counts
         pass_loss += loss
         log_loss += loss
+        pass_agree += agree
+        log_agree += agree
         log_steps += 1
         step += 1
         run.global_step += 1
@@ -397,11 +405,13 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
             dt = max(time.perf_counter() - t_log, 1e-9)
             crops_s = log_steps * run.crops_per_step / dt
             log_mean = all_mean(log_loss, run.env.world) / log_steps
+            agreement = all_mean(log_agree, run.env.world) / (log_steps * per_rank)
             metrics.write({"kind": "step", "pass": pass_idx, "step": step, "global_step": run.global_step,
                            "epoch": round((pass_idx + step / run.steps_per_pass) * run.m, 4),
-                           "loss": log_mean, "lr": lr, "images_per_s": crops_s / run.m, "crops_per_s": crops_s})
+                           "loss": log_mean, "lr": lr, "images_per_s": crops_s / run.m, "crops_per_s": crops_s,
+                           "agreement": round(agreement, 4)})
             _stop_if_nonfinite(run, log_mean, first_bad, pass_idx)
-            log_loss, log_steps, t_log = zero.clone(), 0, time.perf_counter()
+            log_loss, log_agree, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
         if _should_stop(run, stop, step - 1):
             stopping = True
             break
@@ -409,11 +419,12 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
         batches.close()
     done = step - start_step
     mean = all_mean(pass_loss, run.env.world) / done if done else float("nan")
+    agreement = all_mean(pass_agree, run.env.world) / (done * per_rank) if done else None
     if done:
         _stop_if_nonfinite(run, mean, first_bad, pass_idx)  # steps after the last log, before a checkpoint
     band_totals = all_sum(bands, run.env.world).tolist() if run.calibration is not None else None
     return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping,
-                     band_totals)
+                     band_totals, agreement)
 
 
 def _validate(run: TrainRun, model: torch.nn.Module) -> EvalResult:
@@ -463,7 +474,7 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
             metrics.write(_stop_record(run, stats, stop, ckpt))
             break
         record = {"kind": "pass", "pass": pass_idx, "step": stats.steps_done, "global_step": run.global_step,
-                  "epoch": (pass_idx + 1) * run.m, "loss": stats.loss,
+                  "epoch": (pass_idx + 1) * run.m, "loss": stats.loss, "agreement": round(stats.agreement or 0.0, 4),
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TB_KEYS = ("loss", "lr", "images_per_s", "val_top1", "val_top5")  # what goes to TensorBoard
+TB_KEYS = ("loss", "lr", "images_per_s", "agreement", "val_top1", "val_top5")  # what goes to TensorBoard
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_per_s")  # timm's, + images_per_s
 
 
@@ -31,7 +31,10 @@ def _duration(seconds: float) -> str:
 def pass_line(record: dict[str, Any], passes: int, epochs: int, elapsed_s: float, eta_s: float | None) -> str:
     """The readable line of one pass (timm prints one per epoch): where, loss, validation, speed, time left."""
     parts = [f"pass {record['pass'] + 1}/{passes}", f"epoch {record.get('epoch', record['pass'] + 1):g}/{epochs}",
-             f"loss {record['loss']:.4f}", f"lr {record['lr']:.3g}"]
+             f"loss {record['loss']:.4f}"]
+    if record.get("agreement") is not None:
+        parts.append(f"agree {100 * record['agreement']:.1f}%")
+    parts.append(f"lr {record['lr']:.3g}")
     if record.get("val_top1") is not None:
         parts.append(f"val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%")
     if record.get("val_top1_ema") is not None:

@@ -83,10 +83,10 @@ def test_summary_csv_has_timms_columns_and_one_row_per_pass_after_a_resume(tmp_p
 def test_pass_line_reads_like_timms():
     from fkd_dali.train.run_log import pass_line
 
-    line = pass_line(pass_record(2, 3.14159, val_top1=71.2, val_top5=90.1), passes=75, epochs=300,
-                     elapsed_s=754, eta_s=3723)
-    assert line.split("  ") == ["pass 3/75", "epoch 12/300", "loss 3.1416", "lr 0.1", "val top-1 71.20% top-5 90.10%",
-                                "12.3 img/s", "elapsed 0:12:34", "ETA 1:02:03"]
+    line = pass_line(pass_record(2, 3.14159, val_top1=71.2, val_top5=90.1, agreement=0.4567), passes=75,
+                     epochs=300, elapsed_s=754, eta_s=3723)
+    assert line.split("  ") == ["pass 3/75", "epoch 12/300", "loss 3.1416", "agree 45.7%", "lr 0.1",
+                                "val top-1 71.20% top-5 90.10%", "12.3 img/s", "elapsed 0:12:34", "ETA 1:02:03"]
     assert "val" not in pass_line(pass_record(0, 1.0), 2, 8, 1.0, None) and "ETA" not in pass_line(
         pass_record(0, 1.0), 2, 8, 1.0, None)
 

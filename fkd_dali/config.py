@@ -382,7 +382,7 @@ class DemoConfig:
     output: str = "demo-out"
     images_per_class: int = 8
     val_images_per_class: int = 3
-    crops_per_image: int = 32
+    crops_per_image: int = 24
     val_crops_per_image: int = 4
     teacher: str = "efficientnet_lite0"
     student: str = "resnet10t"

@@ -147,31 +147,38 @@ def _crops_figure(store: Path, train: Path, out: Path) -> Path:
 
 
 def _training_figure(metrics: Path, agreement: dict[str, float], out: Path) -> Path:
-    """Loss and teacher agreement on the training crops per logged step, with the held-out agreement
-    measured before and after training."""
+    """Loss and teacher agreement on the training crops (per logged step, faint; per pass, bold), with the
+    held-out agreement measured before and after training as two points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [json.loads(line) for line in metrics.read_text().splitlines()]
-    steps = [r for r in steps if r.get("kind") == "step"]
-    x = [r["global_step"] for r in steps]
-    fig, loss_ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    loss_ax.plot(x, [r["loss"] for r in steps], color="tab:blue", label="training loss")
-    loss_ax.set_xlabel("training step")
-    loss_ax.set_ylabel("soft-label cross-entropy", color="tab:blue")
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in records if r.get("kind") == "step"]
+    passes = [r for r in records if r.get("kind") == "pass"]
+    fig, loss_ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     agree_ax = loss_ax.twinx()
-    agree_ax.plot(x, [100 * r.get("agreement", 0.0) for r in steps], color="tab:orange",
-                  label="student top-1 = teacher top-1, training crops")
-    last = x[-1] if x else 1
-    agree_ax.plot([0, last], [100 * agreement["before"], 100 * agreement["after"]], "o--", color="tab:green",
-                  label="same, held-out crops (before / after)")
-    agree_ax.set_ylabel("agreement with the teacher (%)")
+    loss_ax.plot([r["global_step"] for r in steps], [r["loss"] for r in steps], color="tab:blue", alpha=0.25, lw=1)
+    loss_ax.plot([r["global_step"] for r in passes], [r["loss"] for r in passes], "o-", color="tab:blue", ms=3,
+                 label="training loss (per pass)")
+    agree_ax.plot([r["global_step"] for r in steps], [100 * r.get("agreement", 0.0) for r in steps],
+                  color="tab:orange", alpha=0.25, lw=1)
+    agree_ax.plot([r["global_step"] for r in passes], [100 * r.get("agreement", 0.0) for r in passes], "o-",
+                  color="tab:orange", ms=3, label="student top-1 = teacher top-1, training crops (per pass)")
+    last = passes[-1]["global_step"] if passes else 1
+    agree_ax.plot([0, last], [100 * agreement["before"], 100 * agreement["after"]], "D", color="tab:green", ms=7,
+                  label="the same on held-out crops, before and after training")
+    for x, key in ((0, "before"), (last, "after")):
+        agree_ax.annotate(f"{100 * agreement[key]:.0f}%", (x, 100 * agreement[key]), textcoords="offset points",
+                          xytext=(6, 6), color="tab:green", fontsize=8)
+    loss_ax.set_xlabel("training step")
+    loss_ax.set_ylabel("loss (soft-label cross-entropy)", color="tab:blue")
+    agree_ax.set_ylabel("agreement with the teacher (%)", color="tab:orange")
     agree_ax.set_ylim(0, 100)
-    lines = loss_ax.get_lines() + agree_ax.get_lines()
-    loss_ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
-    loss_ax.set_title("fkd-dali demo: the student learns the teacher's stored labels")
+    lines = loss_ax.get_lines()[1:] + agree_ax.get_lines()[1:]
+    fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", fontsize=8, ncol=1)
+    loss_ax.set_title("fkd-dali demo: the student learns the teacher's stored labels", fontsize=10)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

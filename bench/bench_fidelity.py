@@ -37,11 +37,10 @@ import torch
 
 from .corpus import prepare_dataset
 from .harness import load_average, load_notes, machine_description
-from .labels import _STRIDE as STRIDE  # map side = input side / the CNN's output stride
 from .labels import load_pil_rgb, teacher_crop, write_relabel_maps, write_store_labels
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
-from fkd_dali.interop.relabel_maps import MAP_SIZE
+from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE, MAP_SIZE
 
 KL_FLOOR = 1e-8  # labels are floored here inside KL(p || q): zeros in q would make it infinite
 METRICS = ("kl", "kl_reverse", "top1_agreement", "top5_overlap")

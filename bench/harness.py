@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import resource
 import statistics
 import threading
@@ -318,7 +319,26 @@ def machine_description() -> dict:
     info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
     info["versions"] = library_versions()
+    info["code"] = code_version()
     return info
+
+
+def code_version() -> dict:
+    """Which code made a result: the release, and in a git checkout the commit and whether the tree was dirty."""
+    from fkd_dali.checkout import CHECKOUT
+    from fkd_dali.version import __version__
+
+    out: dict = {"release": __version__, "commit": None, "dirty": None}
+    if CHECKOUT is None:
+        return out
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CHECKOUT,
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return out  # not a git checkout (a copied tree), or no git
+    return {**out, "commit": commit, "dirty": bool(status.strip())}
 
 
 def library_versions() -> dict[str, str | None]:

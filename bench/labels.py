@@ -26,7 +26,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from fkd_dali.data.index import DatasetIndex
-from fkd_dali.interop.relabel_maps import MAP_SIZE, dense_label_map, label_map_path, write_label_map
+from fkd_dali.interop.relabel_maps import MAP_SIZE
+from fkd_dali.interop.relabel_writer import write_teacher_maps
 from fkd_dali.labels.teacher import Teacher
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ MANIFEST = "manifest.json"
 STORE_NAME = "store.zarr"
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-_STRIDE = 32  # output stride of timm's classification CNNs
 
 
 @dataclass(frozen=True)
@@ -314,23 +314,9 @@ def write_relabel_maps(index: DatasetIndex, out_root: str | os.PathLike[str], te
     if _reusable(out_root, info):
         return info
     _forget_manifest(out_root)
-    side = map_size * _STRIDE
-    for first in _steps(len(index), batch_size, "ReLabel maps", progress):
-        numbers = range(first, min(first + batch_size, len(index)))
-        batch = []
-        for i in numbers:
-            img = load_pil_rgb(index.abspath(i))
-            batch.append(teacher_crop(img, (0, 0, img.height, img.width), False,
-                                      _with_size(teacher, side)))
-        scores, ids = dense_label_map(teacher.model, torch.stack(batch), k=top_k, size=map_size)
-        for n, i in enumerate(numbers):
-            write_label_map(label_map_path(out_root, index.paths[i]), scores[n], ids[n])
+    write_teacher_maps(index, out_root, teacher, top_k, map_size, batch_size, progress=progress)
     _write_manifest(out_root, info)
     return info
-
-
-def _with_size(teacher: Teacher, side: int) -> Teacher:
-    return Teacher(**{**teacher.__dict__, "input_size": (3, side, side)})
 
 
 def _steps(n: int, step: int, desc: str, progress: bool) -> Iterator[int]:

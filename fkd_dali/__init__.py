@@ -19,12 +19,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fkd_dali.checkout import load_checkout_package
 from fkd_dali.version import __version__
+
+# The DALI graphs live in the repository's top-level pipelines/ folder and install as
+# fkd_dali.pipelines; in a source checkout, its own folder serves (`fkd_dali.checkout`).
+load_checkout_package("fkd_dali.pipelines", "pipelines")
 
 _PUBLIC = {
     "create_loader": "fkd_dali.loaders.fkd_loader",
     "FkdLoader": "fkd_dali.loaders.fkd_loader",
-    "FkdBatch": "fkd_dali.loaders.fkd_loader",
+    "FkdBatch": "fkd_dali.loaders.batch",
     "SoftTargetCrossEntropy": "fkd_dali.targets.loss",
     "recover_labels": "fkd_dali.targets.recovery",
     "open_store": "fkd_dali.store.opening",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from fkd_dali.local import process_running
 
 _TMP_TAG = ".tmp"
 _TMP_SUFFIX = ".partial"
@@ -67,12 +69,22 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     """
     import torch  # here, not at the top: the CLI checks folders with this module before torch is loaded
 
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically, as `save_torch` does."""
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
+    """`write(temp file)` beside `path`, then rename it over `path`; the temp file never outlives a failure."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     tmp = target.with_name(f".{target.name}{_TMP_TAG}{os.getpid()}{_TMP_SUFFIX}")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, target)
     except RuntimeError as e:  # e.g. "[enforce fail at inline_container.cc:...] ... file write failed"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -93,18 +105,9 @@ def _remove_stale_temps(target: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
         pid = name[len(prefix):-len(_TMP_SUFFIX)]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             try:
                 os.unlink(target.parent / name)
             except OSError:
                 pass
 
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

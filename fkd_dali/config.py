@@ -101,6 +101,17 @@ def check_storage_options(value: Any) -> None:
         raise ConfigError(f"--storage-options must be a JSON object like '{{\"anon\": true}}', got {value!r}")
 
 
+def shard_of(text: str) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), with 0 <= i < n (else a `ConfigError` saying so)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
 def check_recovery(kind: str, k: int | None = None, stored_k: int | None = None, smoothing: float = 0.0) -> None:
     """Validate a label-recovery choice once, at build time, so the hot path can stay cheap.
 
@@ -190,6 +201,26 @@ def check_logits_options(cfg: LabelGenConfig) -> None:
                           "are features, not classes: drop --gt-prob")
 
 
+@dataclass(frozen=True)
+class LabelMapsConfig:
+    """Options of `fkd-dali labels relabel-maps`: ReLabel's dense label maps of a folder, one file per image."""
+
+    data: str
+    out: str
+    teacher: str = "efficientnet_lite0"
+    checkpoint: str | None = None
+    num_classes: int | None = None  # classifier width of a plain timm teacher (timm's default otherwise)
+    top_k: int = 5
+    map_size: int | None = None  # None: the teacher's native map (input side / stride); S: image at S * 32 px
+    batch_size: int = 16
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "top_k", "batch_size", "num_classes", "map_size")
+        check_choice("device", self.device, DEVICE_CHOICES)
+
+
 # -- training --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
@@ -201,7 +232,7 @@ class TrainConfig:
     """
 
     data: str
-    labels: str  # store path/URL, "none" for vanilla training with hard folder labels, "online" for online KD
+    labels: str  # store path/URL; "none": hard folder labels; "online": online KD; "relabel": ReLabel label maps
     arch: str = "resnet50"
     output: str = "output"
     epochs: int = 300
@@ -266,6 +297,8 @@ class TrainConfig:
     # online KD (--labels online): the teacher runs on every training crop
     teacher: str | None = None  # a named teacher or a timm model name
     teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
+    # ReLabel (--labels relabel): each fresh crop's label is its image's label map pooled over the crop
+    label_maps: str | None = None  # a folder of maps made by `fkd-dali labels relabel-maps`
     val_labels: str | None = None  # ground truth of a flat --val folder (ImageNet's devkit file or LOC_val_solution.csv)
     storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store (never recorded)
 
@@ -289,6 +322,9 @@ class TrainConfig:
         if not self.online and (self.teacher or self.teacher_checkpoint):
             which = "--teacher" if self.teacher else "--teacher-checkpoint"
             raise ConfigError(f"{which} only applies to --labels online (stored labels already name their teacher)")
+        if self.relabel != (self.label_maps is not None):
+            raise ConfigError("--labels relabel needs --label-maps DIR (made by `fkd-dali labels relabel-maps`)"
+                              if self.relabel else "--label-maps only applies to --labels relabel")
         check_at_least(self, 0, "seed", "max_steps", "lr", "momentum", "weight_decay", "warmup_epochs",
                        "warmup_lr", "min_lr", "decay_rate")
         check_finite(self, "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr",
@@ -322,8 +358,8 @@ class TrainConfig:
         check_choice("ferkd_negatives", self.ferkd_negatives, FERKD_NEGATIVE_MODES)
         if self.calibrate is not None:
             check_choice("calibrate", self.calibrate, CALIBRATIONS)
-            if self.vanilla or self.online or self.synthetic:
-                which = "--labels none" if self.vanilla else "--labels online" if self.online else "--synthetic"
+            if self.vanilla or self.online or self.relabel or self.synthetic:
+                which = "--synthetic" if self.synthetic else f"--labels {self.labels}"
                 raise ConfigError(f"--calibrate {self.calibrate} calibrates stored labels by the store's per-crop "
                                   f"ground-truth probabilities (labels/gt_prob), which {which} does not have: "
                                   "train from a store (--labels STORE) or drop --calibrate")
@@ -345,6 +381,16 @@ class TrainConfig:
     def online(self) -> bool:
         """Online KD: the teacher labels fresh crops in the loop instead of a store."""
         return self.labels.lower() == "online"
+
+    @property
+    def relabel(self) -> bool:
+        """ReLabel: fresh crops labelled by pooling their image's stored label map over the crop."""
+        return self.labels.lower() == "relabel"
+
+    @property
+    def fresh_crops(self) -> bool:
+        """Crops drawn anew every pass (online KD, ReLabel), not replayed from a store."""
+        return self.online or self.relabel
 
     @property
     def m(self) -> int:

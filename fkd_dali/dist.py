@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from fkd_dali.config import shard_of
 from fkd_dali.errors import ConfigError
 
 
@@ -59,15 +60,7 @@ def dali_device_id(device: torch.device | str) -> int | None:
 
 def parse_shard(text: str | None, env: DistEnv) -> tuple[int, int]:
     """`--shard i/n` wins; else torchrun's rank/world; else the whole job (0/1)."""
-    if text is None:
-        return env.rank, env.world
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ConfigError(f"--shard {text}: need 0 <= i < n")
-    return i, n
+    return (env.rank, env.world) if text is None else shard_of(text)
 
 
 def _current_env() -> DistEnv:

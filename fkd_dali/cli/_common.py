@@ -12,7 +12,8 @@ import math
 import sys
 from typing import Any, Callable
 
-from fkd_dali.config import field_default
+from fkd_dali.config import field_default, shard_of
+from fkd_dali.errors import ConfigError
 
 
 def defaults_of(config_cls: type) -> Callable[[str], Any]:
@@ -43,11 +44,9 @@ def float_triple(text: str) -> tuple[float, float, float]:
 def shard(text: str) -> str:
     """`i/n` with 0 <= i < n, checked at parse time (kept as text: `fkd_dali.dist.parse_shard` reads it)."""
     try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected i/n like 0/4, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"{text}: need 0 <= i < n")
+        shard_of(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--shard ")) from None
     return text
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
+
+from fkd_dali.checkout import load_checkout_package
 
 _PACKAGE = "fkd_dali_bench"
 
@@ -25,20 +24,7 @@ def bench_package() -> ModuleType:
     machine where nothing is installed) uses its own benchmarks, never a
     stale installed copy, and never a top-level `bench` of someone else's.
     """
-    loaded = sys.modules.get(_PACKAGE)
-    if loaded is not None:
-        return loaded
-    checkout = Path(__file__).resolve().parents[2]
-    source = checkout / "bench" / "__init__.py"
-    if not ((checkout / "setup.cfg").is_file() and source.is_file()):  # installed: never someone else's `bench`
-        return importlib.import_module(_PACKAGE)
-    spec = importlib.util.spec_from_file_location(_PACKAGE, source, submodule_search_locations=[str(source.parent)])
-    if spec is None or spec.loader is None:
-        return importlib.import_module(_PACKAGE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_checkout_package(_PACKAGE, "bench") or importlib.import_module(_PACKAGE)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""`fkd-dali labels ...`: generate, info, verify, repair, add-gt-prob, show, import-fkd, export-fkd, merge.
+"""`fkd-dali labels ...`: generate, info, verify, repair, add-gt-prob, show, import-fkd, export-fkd, merge, relabel-maps.
 
 Parsers import nothing heavy; each handler builds its config (so bad values fail at
 once) and only then imports the library code it calls.
@@ -21,7 +21,7 @@ from fkd_dali.cli._common import (
     print_json_line,
     shard,
 )
-from fkd_dali.config import LabelGenConfig
+from fkd_dali.config import LabelGenConfig, LabelMapsConfig
 from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, SHOW_MAX_CROPS
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     labels = sub.add_parser("labels", help="create and inspect soft-label stores")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
     for add in (_add_generate, _add_info, _add_verify, _add_repair, _add_add_gt_prob, _add_show, _add_import,
-                _add_export, _add_merge):
+                _add_export, _add_merge, _add_relabel_maps):
         add(lsub)
 
 
@@ -323,4 +323,39 @@ def _merge(args: argparse.Namespace) -> int:
     store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k,
                          storage_options=args.storage_options)
     print_json_line({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k})
+    return 0
+
+
+def _add_relabel_maps(lsub: argparse._SubParsersAction) -> None:
+    d = defaults_of(LabelMapsConfig)
+    p = lsub.add_parser("relabel-maps", help="write ReLabel's dense label maps of a folder (train --labels relabel)",
+                        description="Run a CNN teacher over every whole image and keep the top-K classes of "
+                                    "each position of its last feature map: one [2, K, S, S] file per image "
+                                    "(ReLabel's format) and label_maps.json.")
+    p.add_argument("--data", required=True, help="ImageNet-style folder root/<class>/<image>")
+    p.add_argument("--out", required=True, help="folder for <class>/<stem>.pt maps and label_maps.json")
+    p.add_argument("--teacher", default=d("teacher"), help="named teacher or timm CNN name (default %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="local weights file (required for plain timm names)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width of a plain timm teacher")
+    p.add_argument("--top-k", "-K", type=int, default=d("top_k"), help="K classes kept per position")
+    p.add_argument("--map-size", type=int, default=None,
+                   help="S: feed whole images at S x 32 px for S x S maps (ReLabel: 15); default: the teacher's "
+                        "own input size and map (its native resolution)")
+    p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"), help="images per teacher batch")
+    p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_relabel_maps)
+
+
+def _relabel_maps(args: argparse.Namespace) -> int:
+    fields = {f: getattr(args, f) for f in LabelMapsConfig.__dataclass_fields__ if hasattr(args, f)}
+    cfg = LabelMapsConfig(**fields, progress=not args.no_progress)
+    check_folder("--data", cfg.data, _DATA_REMEDY)
+    check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
+    check_writable("--out", cfg.out)
+    from dataclasses import asdict
+
+    from fkd_dali.interop.relabel_writer import make_label_maps
+
+    print_json_line({"out": args.out, **asdict(make_label_maps(cfg))})
     return 0

@@ -54,12 +54,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                                 "(required)")
     g.add_argument("--labels", default=None,
                    help="soft-label store (path or fsspec URL; required); 'none' for vanilla (hard-label) training; "
-                        "'online' for online KD, where the teacher given by --teacher labels fresh crops in the loop")
+                        "'online' for online KD, where the teacher given by --teacher labels fresh crops in the loop; "
+                        "'relabel' for ReLabel, fresh crops labelled by pooling their image's label map (--label-maps)")
     add_storage_options(g)
     g.add_argument("--teacher", default=None,
                    help="online KD: a named teacher (efficientnet_lite0) or a timm model name with "
                         "--teacher-checkpoint; it sees each crop resized on the device to its own input size")
     g.add_argument("--teacher-checkpoint", default=None, metavar="FILE", help="online KD: the teacher's weights")
+    g.add_argument("--label-maps", default=None, metavar="DIR",
+                   help="ReLabel: the folder of label maps `fkd-dali labels relabel-maps` wrote for --data")
     g.add_argument("--val", default=None,
                    help="validation folder (top-1/top-5 after every --val-every passes): class subfolders named as "
                         "the training folder's, or ImageNet's flat folder with --val-labels")
@@ -208,8 +211,9 @@ def _train(args: argparse.Namespace) -> int:
 def check_train_paths(cfg: TrainConfig) -> None:
     """Every local path `train` reads or writes, checked before torch is imported (one line naming the flag)."""
     check_folder("--data", cfg.data, "give the training folder root/<class>/<image> the labels were made for")
-    if not (cfg.vanilla or cfg.online):
+    if not (cfg.vanilla or cfg.online or cfg.relabel):
         check_store("--labels", cfg.labels)
+    check_folder("--label-maps", cfg.label_maps, "give the folder `fkd-dali labels relabel-maps` wrote for --data")
     check_folder("--val", cfg.val, "give the validation folder (class subfolders, or ImageNet's flat folder "
                                    "with --val-labels)")
     check_val_labels("--val-labels", cfg.val_labels)

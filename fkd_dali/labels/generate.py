@@ -25,7 +25,7 @@ from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, StoreMismatchError, TeacherError
 from fkd_dali.store.checks import check_chunk_files, check_written
 from fkd_dali.store.ground_truth import ground_truth_spec
-from fkd_dali.labels.teacher import Teacher, load_teacher
+from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher
 from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_or_create_store, open_store
@@ -148,26 +148,20 @@ class _TeacherRunner:
     """
 
     def __init__(self, teacher: Teacher, spec: LabelSpec, device: torch.device) -> None:
-        # channels_last: ~2x faster depthwise convolutions on CPU as well as on GPU
-        self.model = teacher.model.to(device, memory_format=torch.channels_last)
+        self.forward = TeacherForward(teacher, device, torch.bfloat16 if device.type == "cuda" else None)
         self.device = device
         self.spec = spec
 
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor, gt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x = crops.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = self.model(x)
-        else:
-            logits = self.model(x.float())
-        probs = torch.softmax(logits.float() / (self.spec.temperature or 1.0), dim=1)
+        logits = self.forward.logits(crops)
+        probs = torch.softmax(logits / (self.spec.temperature or 1.0), dim=1)
         top_p, top_i = probs.topk(self.spec.k, dim=1)
         out = {"index": top_i.to(torch.int16).cpu(), "prob": top_p.half().cpu()}
         if self.spec.kind is LabelKind.FULL:
             out["full"] = probs.half().cpu()
         if self.spec.kind is LabelKind.LOGITS:
-            out["logits"] = logits.float().half().cpu()
+            out["logits"] = logits.half().cpu()
         if gt is not None:
             out["gt_prob"] = probs.gather(1, gt.to(self.device, torch.int64)[:, None])[:, 0].half().cpu()
         return out

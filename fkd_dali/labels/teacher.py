@@ -63,6 +63,34 @@ class Teacher:
     num_classes: int
 
 
+class TeacherForward:
+    """A teacher on a device as label generation and online KD run it: eval mode, channels_last, autocast or float32.
+
+    Args:
+        teacher: the loaded teacher (its model is moved to `device`).
+        device: where it runs.
+        amp_dtype: autocast dtype (bf16 on GPUs), or None for float32 (the CPU).
+    """
+
+    def __init__(self, teacher: Teacher, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        # channels_last: ~2x faster depthwise convolutions on the CPU as well as on the GPU
+        self.model = teacher.model.to(device, memory_format=torch.channels_last).eval()
+        self.device, self.amp_dtype = device, amp_dtype
+
+    @torch.no_grad()  # not inference_mode: online KD's targets enter the student's autograd graph
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C) float32 outputs of the teacher on (B, 3, H, W) crops normalised as it expects."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is None:
+            return self.model(x.float()).float()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            return self.model(x).float()
+
+    def probabilities(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(B, C) float32 softmax of the outputs at `temperature`."""
+        return torch.softmax(self.logits(x) / temperature, dim=1)
+
+
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -119,13 +147,17 @@ def load_weights(model: torch.nn.Module, path: str, remap: str = "none") -> None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        target = model.state_dict()
-        missing = [k for k in target if k not in state][:3]
-        unexpected = [k for k in state if k not in target][:3]
-        shape = [k for k in state if k in target and state[k].shape != target[k].shape][:3]
-        raise TeacherError(
-            f"checkpoint {path} does not fit the teacher's architecture: missing {missing}, "
-            f"unexpected {unexpected}, wrong shape {shape}. Pass the matching --teacher.") from e
+        raise TeacherError(f"checkpoint {path} does not fit the teacher's architecture: "
+                           f"{state_dict_mismatch(state, model.state_dict())}. Pass the matching --teacher.") from e
+
+
+def state_dict_mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """"missing [...], unexpected [...], wrong shape [...]": the first three keys of each way `state` misfits."""
+    missing = [k for k in target if k not in state][:3]
+    unexpected = [k for k in state if k not in target][:3]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+             if k in target and state[k].shape != target[k].shape][:3]
+    return f"missing {missing}, unexpected {unexpected}, wrong shape {shape}"
 
 
 def resolve_teacher_name(name: str) -> tuple[str, NamedTeacher | None]:

@@ -334,17 +334,22 @@ class EpochRunner:
 
     DALI iterators cannot be reset mid-epoch (batches already prefetched would leak into
     the next epoch), so a consumer that stops early marks the pipeline for rebuilding.
+    `build` makes the pipeline around a fresh external source made by `make_source`.
     """
 
-    def __init__(self, build: Callable[[ImageSource], Pipeline]) -> None:
-        self._build = build
-        self._iter = None
+    def __init__(self, build: Callable[[BatchSource], Pipeline],
+                 make_source: Callable[[], BatchSource] = ImageSource) -> None:
+        self._build, self._make_source = build, make_source
+        self._iter: CropIterator | None = None
         self._dirty = False
 
-    def epoch(self, feed: Iterable[ImageFeed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, feed: Iterable[Feed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._iter is None or self._dirty:
-            source = ImageSource()
+            source = self._make_source()
             self._iter = CropIterator(self._build(source), source)
         self._dirty = True
         yield from self._iter.epoch(feed)
         self._dirty = False
+
+    def close(self) -> None:
+        self._iter = None

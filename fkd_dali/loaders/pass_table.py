@@ -13,8 +13,8 @@ images of step s are the contiguous rows [s * images_per_step, (s + 1) * images_
 Field names (keys of `PassTable.crop_values`, `PassTable.image_values` and of a batch's
 `fields`): "index" (K,) int, "prob" (K,) float (`CropField.TOPK`); "dense" (C,) float
 (`CropField.DENSE`); "gt_prob" float per crop and "gt_class" int per image
-(`CropField.GT_PROB`); "box" (4,) float fractions (y, x, h, w) and "flip" bool per crop
-(`CropField.BOX`).
+(`CropField.GT_PROB`); "box" (4,) float32 exact fractions (y, x, h, w) of (H, W, H, W) and
+"flip" bool per crop (`CropField.BOX`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from fkd_dali.crops.boxes import BOX_SCALE, decode_boxes, roi_corners
+from fkd_dali.crops.boxes import boxes_to_fractions, decode_boxes, roi_corners
 from fkd_dali.crops.plan import PassPlan
 from fkd_dali.errors import LabelStoreError
 from fkd_dali.store.checks import check_written
@@ -125,13 +125,12 @@ class DeviceFields:
         out = {k: v[rows].reshape(-1, *v.shape[2:]).to(_DEVICE_DTYPES[k]) for k, v in self.crop_values.items()}
         out.update({k: v[rows].repeat_interleave(self.m, dim=0).to(_DEVICE_DTYPES[k])
                     for k, v in self.image_values.items()})
-        if "box" in out:
-            out["box"] = out["box"] / BOX_SCALE  # uint16 fractions -> float fractions of (H, W, H, W)
         return out
 
 
-def _crop_values(block: CropLabels, images: np.ndarray, fields: frozenset[CropField]) -> dict[str, np.ndarray]:
-    """The declared per-crop fields of `block` (all images, the pass's slots), rows of `images`."""
+def _crop_values(block: CropLabels, images: np.ndarray, fields: frozenset[CropField],
+                 sizes: np.ndarray) -> dict[str, np.ndarray]:
+    """The declared per-crop fields of `block` (all images, the pass's slots), rows of `images` of `sizes`."""
     out: dict[str, np.ndarray] = {}
     if CropField.TOPK in fields:
         out["index"], out["prob"] = block.index[images], block.prob[images]  # type: ignore[index]
@@ -141,7 +140,7 @@ def _crop_values(block: CropLabels, images: np.ndarray, fields: frozenset[CropFi
     if CropField.GT_PROB in fields:
         out["gt_prob"] = block.gt_prob[images]  # type: ignore[index]
     if CropField.BOX in fields:
-        out["box"], out["flip"] = block.boxes[images], block.flips[images]
+        out["box"], out["flip"] = boxes_to_fractions(block.boxes[images], sizes), block.flips[images]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -172,9 +171,9 @@ def read_pass_table(store: LabelStore, sizes: np.ndarray, slots: np.ndarray, ima
     block = store.read_slots(slots.tolist(), fields)
     check_written(store, block, 0, slots)  # every image, so all DDP ranks refuse the same pass
     image_values = {"gt_class": store.gt_classes()[images]} if CropField.GT_PROB in fields else {}
-    boxes = np.ascontiguousarray(block.boxes[images])
-    return table_of_boxes(pass_idx, slots, images, boxes, decode_boxes(boxes, np.asarray(sizes)[images]),
-                          block.flips[images], store.n_images, _crop_values(block, images, fields), image_values,
+    boxes, sizes = np.ascontiguousarray(block.boxes[images]), np.asarray(sizes)[images]
+    return table_of_boxes(pass_idx, slots, images, boxes, decode_boxes(boxes, sizes), block.flips[images],
+                          store.n_images, _crop_values(block, images, fields, sizes), image_values,
                           time.perf_counter() - t0)
 
 

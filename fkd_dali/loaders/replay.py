@@ -28,7 +28,7 @@ from fkd_dali.defaults import INTERPOLATION, default_threads
 from fkd_dali.dist import dali_device_id
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.batch import CropBatch
-from fkd_dali.loaders.feed import FeedBatch, FileReader
+from fkd_dali.loaders.feed import BatchSource, EpochRunner, FeedBatch, FileReader, JitterBatchSource
 from fkd_dali.loaders.pass_table import DeviceFields, PassTable
 from fkd_dali.loaders.sources import CropSource
 
@@ -103,8 +103,7 @@ class ReplayLoader:
         self.color_jitter = color_jitter
         make_pass_plan(seed, 0, m, self.M, len(index), rank, world)  # validates m, rank, world now
         self._feeder = _Feeder(index, read_threads)
-        self._iter = None
-        self._dirty = False
+        self._runner = EpochRunner(self._build_pipeline, JitterBatchSource if color_jitter else BatchSource)
 
     # -- stage 1: plan ---------------------------------------------------------
     def plan(self, pass_idx: int) -> PassPlan:
@@ -143,14 +142,6 @@ class ReplayLoader:
                                   num_threads=self.threads, device_id=dali_device_id(self.device),
                                   half=self.half, seed=self.seed, jitter=bool(self.color_jitter))
 
-    def _crop_iterator(self):
-        from fkd_dali.loaders.feed import BatchSource, CropIterator, JitterBatchSource
-
-        if self._iter is None or self._dirty:
-            source = JitterBatchSource() if self.color_jitter else BatchSource()
-            self._iter, self._dirty = CropIterator(self._build_pipeline(source), source), False
-        return self._iter
-
     # -- the chain ---------------------------------------------------------------
     def pass_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[CropBatch]:
         """The batches of pass `pass_idx`, from step `start_step` (earlier steps are not decoded)."""
@@ -172,12 +163,9 @@ class ReplayLoader:
             return
         fields = table.to_device(self.device)
         slots = torch.from_numpy(np.array(table.slots))
-        crop_iter = self._crop_iterator()
         jitter = self._jitter_factors(table) if self.color_jitter else None
-        self._dirty = True  # until the epoch is drained, the pipeline may hold prefetched batches
-        for crops, meta in crop_iter.epoch(self._feeder.batches(table, blocks, jitter)):
+        for crops, meta in self._runner.epoch(self._feeder.batches(table, blocks, jitter)):
             yield self._assemble(crops, meta, fields, slots)
-        self._dirty = False
 
     def _jitter_factors(self, table: PassTable) -> np.ndarray:
         """(rows, m, 3) colour-jitter factors of the table's crops, a pure function of (seed, pass, image, slot)."""
@@ -198,4 +186,4 @@ class ReplayLoader:
     def close(self) -> None:
         self.source.close()
         self._feeder.close()
-        self._iter = None
+        self._runner.close()

@@ -10,7 +10,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from fkd_dali.crops.boxes import CropDistribution, encode_boxes, sample_crops
+from fkd_dali.crops.boxes import CropDistribution, boxes_to_fractions, encode_boxes, sample_crops
 from fkd_dali.crops.plan import PassPlan, make_pass_plan
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.pass_table import PassTable, PassTablePrefetcher, plan_table, table_of_boxes
@@ -93,7 +93,8 @@ class FreshCrops:
         sizes = self.sizes[plan.images]
         boxes, flips = sample_crops(sizes, plan.images, plan.slots, self.crops)
         stored = encode_boxes(boxes, sizes)
-        values = {"box": stored, "flip": flips.astype(bool)} if CropField.BOX in self.fields else {}
+        values = ({"box": boxes_to_fractions(stored, sizes), "flip": flips.astype(bool)}
+                  if CropField.BOX in self.fields else {})
         return table_of_boxes(plan.pass_idx, plan.slots, plan.images, stored, boxes, flips, len(self.sizes), values)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fkd_dali.errors import LabelStoreError
+from fkd_dali.local import local_path, process_running
 
 CREATING_KEY = "fkd_dali_creating"
 CLAIM_SUFFIX = ".fkd_dali_creating.json"  # `.<store name>` + this, beside a local store while it is created
@@ -58,14 +59,8 @@ def creator_alive(marker: dict[str, Any]) -> bool | None:
     if boot and marker.get("boot_id") and marker["boot_id"] != boot:
         return False  # the machine rebooted since: the creator is gone
     pid = int(marker.get("pid", -1))
-    if pid <= 0:
+    if pid <= 0 or not process_running(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
     started = marker.get("pid_start")
     return started is None or _process_start(pid) in (None, started)
 
@@ -80,23 +75,16 @@ def creator_age_s(marker: dict[str, Any]) -> float:
 
 def clear_command(url: str) -> str:
     """The command that removes a store (and the claim file a killed creator left beside it)."""
-    if "://" in url and not url.startswith("file://"):
+    if local_path(url) is None:
         return f"delete {url} with your storage's tools"
     claim = claim_path(url)
     extra = f" {claim}" if claim is not None and claim.exists() else ""
     return f"`rm -r {url.removeprefix('file://')}{extra}`"
 
 
-def _local_path(url: str) -> Path | None:
-    """The folder of a local store (`path` or `file://path`); None for a remote URL."""
-    if "://" in url and not url.startswith("file://"):
-        return None
-    return Path(url.removeprefix("file://")).expanduser()
-
-
 def claim_path(url: str) -> Path | None:
     """The claim file of a local store: hidden, beside the store folder (zarr wants the folder empty)."""
-    path = _local_path(url)
+    path = local_path(url)
     return None if path is None else path.parent / f".{path.name}{CLAIM_SUFFIX}"
 
 
@@ -156,9 +144,9 @@ def check_out_location(url: str) -> None:
     exists", which the resume logic would take for another writer's store. Remote
     URLs are left to zarr.
     """
-    if "://" in url and not url.startswith("file://"):
+    path = local_path(url)
+    if path is None:
         return
-    path = Path(url.removeprefix("file://")).expanduser()
     if path.is_symlink() and not path.exists():
         raise LabelStoreError(f"--out {url} is a dangling symbolic link; remove it or choose another --out")
     if path.exists() and not path.is_dir():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import zarr
+
+from fkd_dali.local import local_path
 
 RECOPY = ("copy the store again from its source, or regenerate it into a new --out "
           "(`fkd-dali labels verify STORE` lists what is damaged)")
@@ -116,15 +117,9 @@ def describe_chunk(key: str, arr: zarr.Array, coords: tuple[int, ...], images: t
     return what
 
 
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(url[len("file://"):])
-    return None if "://" in url else Path(url).expanduser()
-
-
 def open_failure(url: str, error: Exception) -> str:
     """Why `url` cannot be opened as a store, and what to pass instead."""
-    local = _local_path(url)
+    local = local_path(url)
     made_by = "a store is the folder `fkd-dali labels generate --out` writes"
     if local is not None and not local.exists():
         return f"no soft-label store at {url}: the path does not exist"

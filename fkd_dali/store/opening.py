@@ -20,6 +20,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import LabelStoreError, StoreSchemaError
+from fkd_dali.local import local_path
 from fkd_dali.store.checks import check_chunk_files, check_dataset, check_same_spec, index_for_store
 from fkd_dali.store.claim import (
     CREATE_WAIT_S,
@@ -127,9 +128,9 @@ def _remove_local(url: str) -> bool:
 
     Retried briefly: zarr's other writes of the failed step may still land after the error.
     """
-    if "://" in url and not url.startswith("file://"):
+    path = local_path(url)
+    if path is None:
         return False
-    path = url.removeprefix("file://")
     for _ in range(20):
         shutil.rmtree(path, ignore_errors=True)
         time.sleep(0.1)

@@ -21,6 +21,7 @@ import torch
 
 from fkd_dali.atomic import save_torch
 from fkd_dali.errors import CheckpointError
+from fkd_dali.labels.teacher import state_dict_mismatch
 from fkd_dali.store.label_store import LabelStore
 
 CHECKPOINT_FORMAT = "fkd-dali-train/1"
@@ -155,13 +156,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: s
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        target = model.state_dict()
-        missing = [k for k in target if k not in state][:3]
-        unexpected = [k for k in state if k not in target][:3]
-        shape = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
-                 if k in target and state[k].shape != target[k].shape][:3]
-        raise CheckpointError(f"{path} does not fit {what}: missing {missing}, unexpected {unexpected}, "
-                              f"wrong shape {shape}") from e
+        raise CheckpointError(f"{path} does not fit {what}: {state_dict_mismatch(state, model.state_dict())}") from e
 
 
 def load_initial_weights(model: torch.nn.Module, path: str, what: str) -> None:

@@ -3,7 +3,8 @@
 Every mode is one `FkdLoader` (batches + a target function): the store's replay built
 exactly as `create_loader` builds it (FKD), DALI's random crops with folder classes
 (vanilla), fresh crops of the replay graph labelled by the teacher in the loop (online
-KD), or the real loader's first batch replayed as device tensors (`--synthetic`).
+KD) or by pooling label maps over them (ReLabel), or the real loader's first batch
+replayed as device tensors (`--synthetic`).
 FKD mode takes the index from the store (`index_for_store`: the folder is only listed
 and fingerprinted, no image header is read on any rank); the other modes index the folder.
 """
@@ -23,7 +24,7 @@ from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.loaders.sources import FreshCrops
 from fkd_dali.loaders.targets import FolderTargets, TargetFn
 from fkd_dali.store.label_store import LabelStore
-from fkd_dali.store.schema import LabelKind
+from fkd_dali.store.schema import CropField, LabelKind
 from fkd_dali.targets.recovery import Recovery
 
 
@@ -36,7 +37,7 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
             files missing), holds fewer than m crops per image, or lacks what `--calibrate`
             (`labels/gt_prob`) needs.
     """
-    if cfg.vanilla or cfg.online:
+    if cfg.vanilla or cfg.fresh_crops:
         return build_index(cfg.data), None
     index, store = open_replay_data(cfg.data, cfg.labels, cfg.num_crops, with_gt_prob=cfg.calibrate is not None,
                                     storage_options=cfg.storage_options)
@@ -48,8 +49,9 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
 
 def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, index: DatasetIndex,
                       store: LabelStore | None, dc: dict[str, Any], num_classes: int,
-                      teacher_targets: TargetFn | None = None) -> FkdLoader:
-    """This rank's loader of the run's mode (module docstring); `teacher_targets` labels online-KD crops."""
+                      fresh_targets: TargetFn | None = None) -> FkdLoader:
+    """This rank's loader of the run's mode (module docstring); `fresh_targets` labels fresh crops (online KD:
+    the teacher; ReLabel: label maps pooled over each crop's box)."""
     from fkd_dali.loaders.vanilla import VanillaLoader
 
     per_rank = cfg.batch_size // env.world
@@ -65,13 +67,14 @@ def make_train_loader(cfg: TrainConfig, env: DistEnv, device: torch.device, inde
                                 **pixels, **common)
         check_fills_a_step(vanilla, len(index), env.world)
         loader = FkdLoader(vanilla, FolderTargets(num_classes), num_classes)
-    else:  # online KD: fresh crops, labelled by the teacher
-        source = FreshCrops(index.sizes, CropDistribution(tuple(cfg.scale), tuple(cfg.ratio), seed=cfg.seed))
+    else:  # fresh crops: labelled by the teacher (online KD) or by label maps (ReLabel, which needs the boxes)
+        fields = {CropField.BOX} if cfg.relabel else set()
+        source = FreshCrops(index.sizes, CropDistribution(tuple(cfg.scale), tuple(cfg.ratio), seed=cfg.seed), fields)
         fresh = ReplayLoader(source, index, cfg.num_crops, per_rank, dc["size"], device=device,
                              color_jitter=cfg.color_jitter, **pixels, **common)
         check_fills_a_step(fresh, len(index), env.world)
-        loader = FkdLoader(fresh, teacher_targets, num_classes,  # type: ignore[arg-type]
-                           getattr(teacher_targets, "temperature", 1.0))
+        loader = FkdLoader(fresh, fresh_targets, num_classes,  # type: ignore[arg-type]
+                           getattr(fresh_targets, "temperature", 1.0))
     return synthetic_loader(loader, cfg.seed + env.rank) if cfg.synthetic else loader
 
 

@@ -1,6 +1,6 @@
 """Weight EMA of the student (`--model-ema`), with timm's EMA class.
 
-timm's `ModelEmaV3` (timm >= 1.0; `ModelEmaV2` on older versions) keeps a copy of the
+timm's `ModelEmaV3` keeps a copy of the
 model whose float tensors move towards the model's after every optimizer step:
 ``ema = decay * ema + (1 - decay) * model``; integer buffers are copied. With a step
 number V3 copies the model outright at the first step (decay 0), then uses `decay`;
@@ -19,11 +19,9 @@ class WeightEma:
     """An EMA copy of `model` (eval mode) that `update` moves after each optimizer step."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        import timm.utils
+        from timm.utils import ModelEmaV3
 
-        ema_cls = getattr(timm.utils, "ModelEmaV3", None)
-        self._with_step = ema_cls is not None
-        self._ema = (ema_cls or timm.utils.ModelEmaV2)(model, decay=decay)
+        self._ema = ModelEmaV3(model, decay=decay)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -32,10 +30,7 @@ class WeightEma:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, global_step: int) -> None:
         """Move towards `model` after optimizer step number `global_step` (1 = the first step)."""
-        if self._with_step:
-            self._ema.update(model, step=global_step)
-        else:
-            self._ema.update(model)
+        self._ema.update(model, step=global_step)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

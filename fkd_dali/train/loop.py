@@ -38,9 +38,11 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
 from fkd_dali.targets.loss import SoftTargetCrossEntropy
+from fkd_dali.interop.relabel_maps import LabelMaps, load_label_maps
 from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.batch import FkdBatch
 from fkd_dali.loaders.fkd_loader import FkdLoader
+from fkd_dali.loaders.targets import TargetFn
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.train.calibrate import BANDS, FerKDCalibration, describe_bands, make_calibration
 from fkd_dali.train.checkpoint import (
@@ -59,6 +61,7 @@ from fkd_dali.train.ema import WeightEma
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
 from fkd_dali.train.mix import BatchMixer, MixSpec, same_image_pairs
 from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
+from fkd_dali.train.relabel import RelabelTargets
 from fkd_dali.train.precision import amp_context, resolve_amp
 from fkd_dali.train.run_log import RunLog, pass_line, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
@@ -116,6 +119,7 @@ class TrainRun:
     data_config: dict[str, Any]
     num_classes: int
     teacher: Teacher | None = None  # online KD
+    label_maps: LabelMaps | None = None  # ReLabel
     mixer: BatchMixer | None = None  # --cutmix / --mixup, or --selfmix
     calibration: FerKDCalibration | None = None  # --calibrate ferkd
     ema: WeightEma | None = None  # --model-ema
@@ -133,11 +137,23 @@ class TrainRun:
         return self.cfg.batch_size  # global
 
 
-def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher | None) -> int:
-    """The student's outputs: the teacher's classes (store or online teacher), else the folder's."""
+def _num_classes(index: DatasetIndex, store: LabelStore | None, teacher: Teacher | None,
+                 maps: LabelMaps | None) -> int:
+    """The student's outputs: the teacher's classes (store, online teacher or label maps), else the folder's."""
     if teacher is not None:
         return teacher.num_classes
+    if maps is not None:
+        return maps.info.num_classes
     return len(index.class_names) if store is None else store.spec.label.num_classes
+
+
+def _fresh_targets(cfg: TrainConfig, teacher: Teacher | None, maps: LabelMaps | None, dc: dict[str, Any],
+                   device: torch.device, amp_dtype: torch.dtype | None) -> TargetFn | None:
+    """What labels fresh crops: the teacher in the loop (online KD) or pooled label maps (ReLabel); else None."""
+    if teacher is not None:
+        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
+                             cfg.temperature or 1.0)
+    return RelabelTargets(maps, device) if maps is not None else None
 
 
 def _mixer(cfg: TrainConfig, env: DistEnv) -> BatchMixer | None:
@@ -161,7 +177,8 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
     amp_dtype = resolve_amp(cfg.amp, device)
     index, store = open_training_data(cfg)
     teacher = load_online_teacher(cfg) if cfg.online else None
-    num_classes = _num_classes(index, store, teacher)
+    maps = load_label_maps(cfg.label_maps, index.paths, index.fingerprint) if cfg.relabel else None
+    num_classes = _num_classes(index, store, teacher, maps)
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=num_classes)
     if cfg.initial_checkpoint:
@@ -176,16 +193,16 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
                                         momentum=cfg.momentum)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"--opt {cfg.opt!r}: {e}") from e
-    teacher_targets = (OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
-                                     cfg.temperature or 1.0) if teacher is not None else None)
-    loader = make_train_loader(cfg, env, device, index, store, dc, num_classes, teacher_targets)
+    fresh_targets = _fresh_targets(cfg, teacher, maps, dc, device, amp_dtype)
+    loader = make_train_loader(cfg, env, device, index, store, dc, num_classes, fresh_targets)
     passes = cfg.epochs if cfg.vanilla else epochs_to_passes(cfg.epochs, cfg.m)
     spec = ScheduleSpec(cfg.sched, passes, loader.steps_per_pass, cfg.m, cfg.warmup_epochs, cfg.warmup_lr,
                         cfg.min_lr, cfg.decay_epochs, cfg.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     run = TrainRun(cfg, env, device, index, store, model, model, optimizer, create_schedule(optimizer, spec), scaler,
                    SoftTargetCrossEntropy(loader.temperature), loader, amp_dtype, cfg.m, passes, loader.steps_per_pass, dc,
-                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher, calibration=make_calibration(cfg))
+                   num_classes, mixer=_mixer(cfg, env), ema=ema, teacher=teacher, label_maps=maps,
+                   calibration=make_calibration(cfg))
     try:
         if cfg.resume:
             _resume(run, cfg.resume)
@@ -201,15 +218,24 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device) -> TrainRun:
 def run_identity(run: TrainRun) -> RunIdentity:
     """What a checkpoint of this run records so that a resume (or `eval`) can check it."""
     cfg = run.cfg
-    mode = "vanilla" if cfg.vanilla else "online" if cfg.online else "distill"
+    mode = "vanilla" if cfg.vanilla else "online" if cfg.online else "relabel" if cfg.relabel else "distill"
     return RunIdentity(arch=cfg.arch, num_classes=run.num_classes, mode=mode,
                        store_fingerprint=store_id(run.store) if run.store is not None else None,
                        data_fingerprint=run.index.fingerprint,
                        model_classes=run.index.class_names if cfg.vanilla else None,
                        num_crops=run.m, batch_size=cfg.batch_size, world=run.env.world, seed=cfg.seed,
                        data_config=run.data_config, config=config_dict(cfg),
-                       teacher_fingerprint=(f"{run.teacher.name}:{run.teacher.checkpoint_sha256}"
-                                            if run.teacher is not None else None))
+                       teacher_fingerprint=_teacher_fingerprint(run))
+
+
+def _teacher_fingerprint(run: TrainRun) -> str | None:
+    """The labels' source that is not a store: the online teacher's weights, or the label maps' teacher and data."""
+    if run.teacher is not None:
+        return f"{run.teacher.name}:{run.teacher.checkpoint_sha256}"
+    if run.label_maps is not None:
+        info = run.label_maps.info
+        return f"label maps of {info.teacher}:{info.teacher_sha256} (K={info.top_k}, S={info.map_size})"
+    return None
 
 
 def _resume(run: TrainRun, path: str) -> None:

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from fkd_dali.config import LabelGenConfig, TrainConfig, check_recovery, field_default
 from fkd_dali.errors import TeacherError
 from fkd_dali.targets.recovery import recover_labels
-from fkd_dali.labels.teacher import Teacher, load_teacher, resolve_teacher_name
+from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher, resolve_teacher_name
 from fkd_dali.loaders.batch import CropBatch
-from fkd_dali.train.precision import amp_context
 
 _TORCH_MODES = {"bicubic": "bicubic", "cubic": "bicubic", "bilinear": "bilinear", "linear": "bilinear",
                 "nearest": "nearest"}
@@ -55,8 +54,8 @@ class OnlineTeacher:
     def __init__(self, teacher: Teacher, student: dict[str, Any], device: torch.device,
                  amp_dtype: torch.dtype | None, kind: str, k: int, smoothing: float, temperature: float) -> None:
         check_recovery(kind, k, stored_k=None, smoothing=smoothing)
-        self.model = teacher.model.to(device, memory_format=torch.channels_last).eval()
-        self.device, self.amp_dtype = device, amp_dtype
+        self.forward = TeacherForward(teacher, device, amp_dtype)
+        self.device = device
         self.kind, self.k, self.smoothing, self.temperature = kind, k, smoothing, temperature
         self.size = (int(teacher.input_size[1]), int(teacher.input_size[2]))  # (H, W)
         self.mode = _TORCH_MODES.get(teacher.interpolation, "bicubic")
@@ -74,12 +73,9 @@ class OnlineTeacher:
         x = (x - self._teacher_mean) / self._teacher_std
         return x.contiguous(memory_format=torch.channels_last)
 
-    @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C) float32 softmax of the teacher at `temperature` on the crops."""
-        with amp_context(self.device, self.amp_dtype):
-            logits = self.model(self.teacher_pixels(images))
-        return torch.softmax(logits.float() / self.temperature, dim=1)
+        return self.forward.probabilities(self.teacher_pixels(images), self.temperature)
 
     def __call__(self, batch: CropBatch) -> torch.Tensor:
         probs = self.probabilities(batch.images)

@@ -263,3 +263,14 @@ def test_tiny_stages_benchmark_and_summary(tmp_path: Path, tiny_teacher: Path) -
 
     text = summarize_dir(out)
     assert text.startswith("#### stages") and "| fkd-dali |" in text
+
+
+def test_results_name_the_code_that_made_them() -> None:
+    """Every benchmark JSON carries machine.code: the release, the commit and whether the tree was dirty."""
+    import re
+
+    from bench.harness import code_version, machine_description
+
+    code = code_version()
+    assert re.fullmatch(r"[0-9a-f]{40}", code["commit"]) and isinstance(code["dirty"], bool)
+    assert machine_description()["code"] == code

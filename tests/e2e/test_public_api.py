@@ -105,3 +105,31 @@ def test_example_loop_trains_on_cpu(photo_root, small_store, tmp_path):
     assert all(np.isfinite(float(line.split()[-1])) for line in lines)
     saved = torch.load(out, weights_only=True)
     assert tuple(saved["position"]) == (2, 0) and "fc.weight" in saved["model"]
+
+
+def test_fkd_dali_train_and_create_loader_run_one_replay_path(photo_root, small_store, tmp_path, one_torch_thread):
+    """The loader `fkd-dali train` builds and `create_loader` give the same crops, targets and order."""
+    from fkd_dali.dist import DistEnv
+    from fkd_dali.train.loop import build_run
+
+    from ..conftest import tiny_train_config
+
+    cfg = tiny_train_config(photo_root, small_store, tmp_path / "run", recovery_k=3, threads=1)
+    run = build_run(cfg, DistEnv(0, 1, 0), torch.device("cpu"))
+    dc = run.data_config
+    public = fkd_dali.create_loader(str(photo_root), str(small_store), num_crops=cfg.num_crops,
+                                    batch_size=cfg.batch_size, image_size=dc["size"], device="cpu",
+                                    recovery_k=3, mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"],
+                                    seed=cfg.seed, threads=1)
+    try:
+        assert type(run.loader) is type(public) and len(run.loader) == len(public)
+        assert run.loader.temperature == public.temperature and run.loader.num_classes == public.num_classes
+        public.set_pass(1, 2)
+        trained = run.loader.pass_batches(1, 2)
+        for ours, theirs in zip(trained, public):
+            assert torch.equal(ours.meta, theirs.meta)
+            assert torch.equal(ours.images, theirs.images)
+            assert torch.equal(ours.target, theirs.target)
+    finally:
+        run.loader.close()
+        public.close()

@@ -152,7 +152,9 @@ def test_boxes_on_the_device_are_the_stored_fractions_and_flips(fake_store, phot
     table = read_pass_table(fake_store, photo_index.sizes, [2, 0], np.array([5, 1]), fields={CropField.BOX})
     got = table.to_device(torch.device("cpu")).gather(torch.tensor([1, 5]))
     stored = fake_store.read_images(0, fake_store.n_images)
-    want_box = stored.boxes[[1, 1, 5, 5], [2, 0, 2, 0]].astype(np.float32) / 65535
-    np.testing.assert_allclose(got["box"].numpy(), want_box, rtol=1e-6)
+    sizes = photo_index.sizes[[1, 1, 5, 5]]
+    want_box = decode_boxes(stored.boxes[[1, 1, 5, 5], [2, 0, 2, 0]], sizes) / sizes[:, [0, 1, 0, 1]]
+    np.testing.assert_allclose(got["box"].numpy(), want_box, rtol=1e-6)  # exact pixel fractions, (i/H, j/W, h/H, w/W)
+    assert got["box"].dtype == torch.float32
     assert got["flip"].tolist() == stored.flips[[1, 1, 5, 5], [2, 0, 2, 0]].tolist()
     assert set(got) == {"box", "flip"}

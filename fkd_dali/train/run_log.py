@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fkd_dali.atomic import save_text_atomic
+
 TB_KEYS = ("loss", "lr", "images_per_s", "agreement", "val_top1", "val_top5")  # what goes to TensorBoard
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_per_s")  # timm's, + images_per_s
 
@@ -64,9 +66,7 @@ def write_summary_csv(path: Path, records: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in summary_rows(records):
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(path)
+    save_text_atomic(path, buf.getvalue())
 
 
 def _finite_or_none(value: float | None) -> float | None:

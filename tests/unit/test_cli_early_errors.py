@@ -39,6 +39,7 @@ CASES = [
     (["train", "--data", "{D}", "--labels", "{S}", "--output", "{UNDER_FILE}"],
      "--output {UNDER_FILE}: cannot be written ({F} is a file, not a folder)"),
     (["train", "--data", "{D}", "--labels", "{S}", "--output", "{F}"], "--output {F}: cannot be written (it is a file"),
+    (["train", "--data", "{D}", "--labels", "relabel", "--label-maps", "{NO}"], "--label-maps {NO}: no such folder"),
     (["eval", "--data", "{D}", "--checkpoint", "{NO}"], "--checkpoint {NO}: no such file"),
     (["eval", "--data", "{NO}", "--checkpoint", "{F}"], "--data {NO}: no such folder"),
     (["eval", "--data", "{D}", "--checkpoint", "{F}", "--labels", "{NO}"], "--labels {NO}: no such store"),

@@ -251,7 +251,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     d = defaults_of(EvalConfig)
     p = sub.add_parser("eval", help="top-1/top-5 of a training checkpoint on a labelled folder",
                        description="Resize, centre crop (the arch's crop_pct), normalize; counts reduced over ranks.")
-    p.add_argument("--data", required=True, help="validation folder root/<class>/<image>")
+    p.add_argument("--data", required=True,
+                   help="validation folder root/<class>/<image>, or ImageNet's flat folder with --val-labels")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `fkd-dali train`")
     p.add_argument("--val-labels", default=None, metavar="FILE", help=VAL_LABELS_HELP.replace("validation folder",
                                                                                             "validation folder --data"))

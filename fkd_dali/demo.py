@@ -42,7 +42,7 @@ from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 LABEL_OVERHEAD = 1.35
 TRAIN_OVERHEAD = 1.25
 FIXED_TEACHER_BATCHES = 30.0  # the fixed work, in teacher-probe batches (slower machines are slower at it too)
-PROBE_CROPS = 16
+PROBE_CROPS = 8  # crops (teacher) and images (student) of the timed probe batches
 
 #: What the held-out split is, stated in the report so that no one reads its top-1 as generalisation.
 HELD_OUT_NOTE = (f"held-out images are fresh random crops/rescales of the same {len(SAMPLE_PHOTOS)} source photos "
@@ -85,41 +85,41 @@ class Estimate:
     step_s: float  # measured: one training step of the student (forward, backward, update) alone
 
 
-def _timed(fn: Any, repeats: int = 2) -> float:
-    """Seconds of the fastest of `repeats` calls of `fn` after one untimed call (first calls set up kernels)."""
+def _timed(fn: Any) -> float:
+    """Seconds of the second call of `fn` (a first call sets up kernels and memory for its shapes)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def estimate(cfg: DemoConfig, teacher: Any, device: torch.device, train_images: int, val_images: int) -> Estimate:
-    """The demo's expected wall time, from the teacher's and the student's speed measured now (~2 s).
+    """The demo's expected wall time, from the teacher's and the student's speed measured now (about 1 s).
 
     Measuring on this machine, under its current load, beats a table of known rates:
     the 2-core VMs the demo was sized on, a laptop and a GPU differ by orders of magnitude.
+    The teacher runs as label generation runs it (`TeacherForward`), the student as a
+    training step does, on small batches (a full one would cost as much as a few steps).
     """
     import timm
 
+    from fkd_dali.labels.teacher import TeacherForward
+
     side = teacher.input_size[-1]
-    x = torch.randn(PROBE_CROPS, 3, side, side, device=device)
-    model = teacher.model.to(device)
-    with torch.no_grad():
-        teacher_s = _timed(lambda: model(x), repeats=1)
+    forward = TeacherForward(teacher, device, torch.bfloat16 if device.type == "cuda" else None)
+    crops = torch.randn(PROBE_CROPS, 3, side, side, device=device)
+    teacher_s = _timed(lambda: forward.logits(crops))
     torch.manual_seed(cfg.seed)
     student = timm.create_model(cfg.student, pretrained=False, num_classes=1000).to(device)
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    batch = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    images = torch.randn(PROBE_CROPS, 3, cfg.image_size, cfg.image_size, device=device)
 
-    def step() -> None:
+    def step(batch: torch.Tensor) -> None:
         opt.zero_grad()
         student(batch).logsumexp(dim=1).mean().backward()
         opt.step()
 
-    step_s = _timed(step, repeats=1)
+    step_s = _timed(lambda: step(images)) * cfg.batch_size / PROBE_CROPS
     crops_per_s = PROBE_CROPS / teacher_s
     label_crops = train_images * cfg.crops_per_image + val_images * cfg.val_crops_per_image
     steps = cfg.passes * -(-train_images * cfg.num_crops // cfg.batch_size)
@@ -203,53 +203,80 @@ def _top1(model: torch.nn.Module, val: Path, size: int, cfg: DemoConfig, device:
     return evaluate(model.to(device), loader, cmap, device).top1
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run the four steps and return the report (also written to `output/report.json`)."""
-    import timm
+class _Stages:
+    """Wall seconds of each stage, for the report (and for recalibrating `estimate`)."""
 
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name, self._t = "", time.perf_counter()
+
+    def start(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._name:
+            self.seconds[self._name] = round(now - self._t, 1)
+        self._name, self._t = name, now
+
+
+def _train_student(cfg: DemoConfig, train: Path, store: Path, out: Path) -> Any:
     from fkd_dali.config import TrainConfig
-    from fkd_dali.dist import pick_device
-    from fkd_dali.labels.teacher import load_teacher
-    from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
     from fkd_dali.train.loop import fit
 
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    teacher = load_teacher(cfg.teacher)
-    train_images = len(SAMPLE_PHOTOS) * cfg.images_per_class
-    guess = estimate(cfg, teacher, device, train_images, len(SAMPLE_PHOTOS) * cfg.val_images_per_class)
-    _say(f"[0/4] expect about {_minutes(guess.seconds)} on {device} (measured just now: teacher "
-         f"{guess.teacher_crops_per_s:.0f} crops/s, a student step {guess.step_s:.2f} s; longer if other jobs "
-         "share the machine)")
-    _say(f"[1/4] building the real-photo dataset in {out / 'data'}")
-    train, val = _build_data(cfg, out)
-
-    _say(f"[2/4] labelling {cfg.crops_per_image} crops per image with teacher {cfg.teacher}")
-    store, val_store = out / "labels.zarr", out / "val-labels.zarr"
-    labelgen = _label(cfg, train, store, cfg.crops_per_image, cfg.seed, teacher)
-    _label(cfg, val, val_store, cfg.val_crops_per_image, cfg.seed + 1, teacher)
-
-    torch.manual_seed(cfg.seed)
-    untrained = timm.create_model(cfg.student, pretrained=False, num_classes=1000)
-    before = _student_agreement(untrained, val_store, val, cfg, device)
-
-    _say(f"[3/4] training {cfg.student} at {cfg.image_size}px for {cfg.passes} passes "
-         f"(m={cfg.num_crops} crops per image, {cfg.passes * cfg.num_crops} FKD epochs)")
-    result = fit(TrainConfig(
+    return fit(TrainConfig(
         data=str(train), labels=str(store), arch=cfg.student, output=str(out / "run"),
         epochs=cfg.passes * cfg.num_crops, num_crops=cfg.num_crops, batch_size=cfg.batch_size, lr=cfg.lr,
         opt="adamw", weight_decay=0.01, warmup_epochs=cfg.num_crops, image_size=cfg.image_size,
         device=cfg.device, threads=cfg.threads, seed=cfg.seed, log_interval=2, progress=cfg.progress))
 
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the four steps and return the report (also written to `output/report.json`)."""
+    import timm
+
+    from fkd_dali.dist import pick_device
+    from fkd_dali.labels.teacher import load_teacher
+    from fkd_dali.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    stages, cpu_start = _Stages(), _cpu_seconds()
+    stages.start("estimate")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    teacher = load_teacher(cfg.teacher)
+    guess = estimate(cfg, teacher, device, len(SAMPLE_PHOTOS) * cfg.images_per_class,
+                     len(SAMPLE_PHOTOS) * cfg.val_images_per_class)
+    _say(f"[0/4] expect about {_minutes(guess.seconds)} on {device} (measured just now: teacher "
+         f"{guess.teacher_crops_per_s:.0f} crops/s, a student step {guess.step_s:.2f} s; longer if other jobs "
+         "share the machine)")
+    stages.start("data")
+    _say(f"[1/4] building the real-photo dataset in {out / 'data'}")
+    train, val = _build_data(cfg, out)
+
+    stages.start("labels")
+    _say(f"[2/4] labelling {cfg.crops_per_image} crops per image with teacher {cfg.teacher}")
+    store, val_store = out / "labels.zarr", out / "val-labels.zarr"
+    labelgen = _label(cfg, train, store, cfg.crops_per_image, cfg.seed, teacher)
+    _label(cfg, val, val_store, cfg.val_crops_per_image, cfg.seed + 1, teacher)
+
+    stages.start("training")
+    torch.manual_seed(cfg.seed)
+    before = _student_agreement(timm.create_model(cfg.student, pretrained=False, num_classes=1000), val_store, val,
+                                cfg, device)
+    _say(f"[3/4] training {cfg.student} at {cfg.image_size}px for {cfg.passes} passes "
+         f"(m={cfg.num_crops} crops per image, {cfg.passes * cfg.num_crops} FKD epochs)")
+    result = _train_student(cfg, train, store, out)
+
+    stages.start("evaluation")
     _say(f"[4/4] evaluating on held-out crops of the held-out views (the same {len(SAMPLE_PHOTOS)} photos)")
     ckpt_path = result.checkpoint or str(out / "run" / "last.pth")
     student = model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
-    after = _student_agreement(student, val_store, val, cfg, device)
-    agreement = {"before": round(before, 4), "after": round(after, 4), "chance": 0.001}
+    agreement = {"before": round(before, 4), "after": round(_student_agreement(student, val_store, val, cfg, device), 4),
+                 "chance": 0.001}
+    top1 = {"student": round(_top1(student, val, cfg.image_size, cfg, device), 2),
+            "teacher": round(_top1(teacher.model, val, teacher.input_size[-1], cfg, device), 2)}
+    stages.start("figures")
     figures = {"crops": str(_crops_figure(store, train, out / "crops.png")),
                "training": str(_training_figure(out / "run" / "metrics.jsonl", agreement, out / "training.png"))}
+    stages.start("")
     report = {
         "dataset": {"train_images": sum(1 for _ in train.rglob("*.*")), "val_images": sum(1 for _ in val.rglob("*.*")),
                     "classes": len([p for p in train.iterdir() if p.is_dir()]), "source_photos": len(SAMPLE_PHOTOS),
@@ -259,12 +286,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                      "first_loss": _first_loss(result.history), "images_per_s": round(result.images_per_s, 1),
                      "crops_per_s": round(result.crops_per_s, 1)},
         "agreement_with_teacher": agreement,
-        "imagenet_top1_val": {"student": round(_top1(student, val, cfg.image_size, cfg, device), 2),
-                              "teacher": round(_top1(teacher.model, val, teacher.input_size[-1], cfg, device), 2)},
+        "imagenet_top1_val": top1,
         "figures": figures,
         "device": str(device),
-        "seconds": round(time.perf_counter() - t_start, 1),
+        "seconds": round(sum(stages.seconds.values()), 1),
+        "stage_seconds": stages.seconds,
         "estimated_seconds": round(guess.seconds, 1),
+        "estimate_inputs": {"teacher_crops_per_s": round(guess.teacher_crops_per_s, 2), "step_s": round(guess.step_s, 3)},
         "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
         "config": asdict(cfg),
     }

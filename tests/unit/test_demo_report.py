@@ -40,7 +40,7 @@ def test_the_estimate_needs_no_data_and_scales_with_the_work(monkeypatch):
     from fkd_dali.demo import estimate
     from fkd_dali.labels.teacher import Teacher
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(1000))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 1000))
     teacher = Teacher(name="t", timm_name="t", model=model, checkpoint_sha256="", input_size=(3, 32, 32),
                       interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=1000)
     cfg = DemoConfig(image_size=32, batch_size=8, num_crops=4, passes=2, crops_per_image=8)

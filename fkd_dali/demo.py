@@ -34,14 +34,14 @@ import torch
 from fkd_dali.config import DemoConfig
 from fkd_dali.data.sample_data import SAMPLE_PHOTOS
 
-# How the demo's stages relate to the two speeds `estimate` measures, from demo runs on 2-core CPU VMs
-# (the stage time divided by what the measured speed alone predicts): labelling also decodes, crops and
-# writes (LABEL_OVERHEAD), a training step also loads and recovers its batch (TRAIN_OVERHEAD), and
-# building the photos, the DALI pipelines and the evaluations take about FIXED_S of speed-independent work
-# per unit of measured speed, scaled by the teacher's measured time (see `estimate`).
-LABEL_OVERHEAD = 1.35
-TRAIN_OVERHEAD = 1.25
-FIXED_TEACHER_BATCHES = 30.0  # the fixed work, in teacher-probe batches (slower machines are slower at it too)
+# How the demo's stages relate to the two speeds `estimate` measures, calibrated on a demo run on a 2-core
+# CPU VM (load average 4.5, OMP_WAIT_POLICY=PASSIVE): labelling also decodes, crops and writes
+# (LABEL_OVERHEAD: stage time / (crops / probed teacher speed)); a real step of 32 images runs faster per
+# image than the probe's 8 (TRAIN_OVERHEAD < 1); building the photos and the DALI pipelines, evaluating and
+# drawing take about FIXED_TEACHER_BATCHES probe batches of the teacher (a slower machine is slower there too).
+LABEL_OVERHEAD = 1.34
+TRAIN_OVERHEAD = 0.85
+FIXED_TEACHER_BATCHES = 25.0
 PROBE_CROPS = 8  # crops (teacher) and images (student) of the timed probe batches
 
 #: What the held-out split is, stated in the report so that no one reads its top-1 as generalisation.

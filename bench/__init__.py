@@ -1,7 +1,8 @@
 """fkd-dali's benchmark programs: `python -m bench <name> ...` or `fkd-dali bench <name> ...`.
 
 Each benchmark is a module `bench.bench_<name>` with `main(argv) -> int` that writes
-a JSON document (machine described) and a PNG chart. This package's import stays
+a JSON document (machine described) and a PNG chart; `summary` (`bench.summary`)
+prints the tables of such documents. This package's import stays
 light: a benchmark's module is imported only when it is run.
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ BENCHMARKS.add("feed", Benchmark(".bench_feed", "images per CPU-second of the re
                                                 "taken out, by stage"))
 BENCHMARKS.add("fidelity", Benchmark(".bench_fidelity", "label fidelity vs the teacher on each crop: stored "
                                                         "top-K, ReLabel maps, one label per image"))
+BENCHMARKS.add("summary", Benchmark(".summary", "Markdown tables of the JSON results in a folder (default: the "
+                                                "committed CPU results)"))
 
 _USAGE = "usage: bench {" + "|".join(BENCHMARKS.names()) + "} [options]   (bench NAME --help for options)"
 

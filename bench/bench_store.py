@@ -19,6 +19,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,13 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 CROP_FIELDS = ("crops/box", "crops/flip", "labels/index", "labels/prob")
 TARGET_BYTES_PER_IMAGE = 10_000  # at M=500, K=5 (docs/design.md, "Targets")
 TARGET_PASS_TABLE_S = 2.0  # 1.28M images, local disk
+# Below these sizes a verdict on the targets would be an artefact of the small run, not a measurement:
+# with few crops or images the store's per-chunk headers and per-image index dominate the bytes per crop
+# that are multiplied by 500, and a pass table of a few thousand images times in milliseconds, which the
+# extrapolation to 1.28M images multiplies by hundreds (the committed runs: M=16, 128 images, 100,000 images).
+MIN_JUDGED_CROPS = 16
+MIN_JUDGED_IMAGES = 64
+MIN_JUDGED_SYNTHETIC_IMAGES = 50_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,24 @@ class StoreBenchConfig:
     @property
     def assets_dir(self) -> Path:
         return Path(self.assets) if self.assets else Path(self.out) / "assets"
+
+
+def sizes_too_small(cfg: StoreBenchConfig) -> str | None:
+    """Why the store-size target cannot be judged from this run's sizes (None: it can)."""
+    if cfg.crops_per_image < MIN_JUDGED_CROPS or cfg.corpus_images < MIN_JUDGED_IMAGES:
+        return (f"sizes measured at M={cfg.crops_per_image} on {cfg.corpus_images} images are too small to judge the "
+                f"M={cfg.target_crops} target (per-chunk overhead dominates; use -M >= {MIN_JUDGED_CROPS} and "
+                f"--corpus-images >= {MIN_JUDGED_IMAGES})")
+    return None
+
+
+def pass_table_too_small(cfg: StoreBenchConfig) -> str | None:
+    """Why the pass-table target cannot be judged from this run's synthetic store (None: it can)."""
+    if 0 < cfg.synthetic_images < MIN_JUDGED_SYNTHETIC_IMAGES:
+        return (f"the pass table of {cfg.synthetic_images:,} images extrapolated x"
+                f"{cfg.full_scale_images / cfg.synthetic_images:,.0f} is too small to judge the "
+                f"{TARGET_PASS_TABLE_S:g} s target (use --synthetic-images >= {MIN_JUDGED_SYNTHETIC_IMAGES:,})")
+    return None
 
 
 # -- sizes --------------------------------------------------------------------------
@@ -171,7 +197,8 @@ def measure_sizes(cfg: StoreBenchConfig) -> tuple[dict, dict]:
             "K as above (torch.save stores the arrays uncompressed, so size depends only on M and K)",
             "relabel_bytes_per_image": map_apparent / max(1, map_files),
             "target_store_bytes_per_image": TARGET_BYTES_PER_IMAGE,
-            "store_target_met": store_big <= TARGET_BYTES_PER_IMAGE},
+            "store_target_met": store_big <= TARGET_BYTES_PER_IMAGE,
+            "store_target_judged": sizes_too_small(cfg) is None},
     }
     sizes["ratios"] = {"fkd_files_over_store": sizes["fkd_files"]["bytes_per_image"] / store["bytes_per_image"],
                        "relabel_over_store": sizes["relabel_maps"]["bytes_per_image"] / store["bytes_per_image"],
@@ -272,6 +299,7 @@ def measure_pass_table(cfg: StoreBenchConfig) -> dict:
             if scale != 1 else "none (measured at full scale)",
             "target_s": TARGET_PASS_TABLE_S,
             "target_met": {c: v <= TARGET_PASS_TABLE_S for c, v in extrapolated.items()},
+            "target_judged": pass_table_too_small(cfg) is None,
             "labels": "synthetic (see bench.labels.synthetic_labels); boxes from "
                       "fkd_dali.crops.boxes.sample_crops"}
 
@@ -289,8 +317,12 @@ def run_store_benchmark(cfg: StoreBenchConfig) -> dict:
              "ReLabel maps are file sizes (apparent); *_allocated_* are disk blocks (small files round up)"]
     if cfg.crops_per_image != cfg.target_crops:
         notes.append(f"the store's size at M={cfg.target_crops} is an extrapolation from M={cfg.crops_per_image}")
+    warnings = [w for w in (sizes_too_small(cfg), pass_table_too_small(cfg) if pass_table else None) if w]
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+    notes.extend(warnings)
     notes.extend(load_notes(load))
-    doc = {"benchmark": "store", "machine": machine, "load_average": load, "config": asdict(cfg),
+    doc = {"benchmark": "store", "warnings": warnings, "machine": machine, "load_average": load, "config": asdict(cfg),
            "dataset": dataset, "sizes": sizes, "pass_table": pass_table, "notes": notes}
     out = Path(cfg.out)
     write_json(out / "store.json", doc)
@@ -373,6 +405,8 @@ def _summary(cfg, doc: dict) -> dict:
                          "relabel_maps": round(s["relabel_maps"]["bytes_per_image"])},
                f"bytes_per_image_at_M{cfg.target_crops}": {"store": round(big["store_bytes_per_image"]),
                                                          "fkd_files": big["fkd_file_bytes_per_image"]}}
+    if doc["warnings"]:
+        summary["warnings"] = doc["warnings"]
     if doc["pass_table"]:
         summary["pass_table_s_full_scale"] = {k: round(v, 3) for k, v in
                                               doc["pass_table"]["extrapolated_read_pass_table_s"].items()}

@@ -1,6 +1,7 @@
-"""`python -m bench.summary DIR`: Markdown tables of the JSON results in DIR (what docs/benchmarks.md shows).
+"""`fkd-dali bench summary [DIR]`: Markdown tables of the JSON results in DIR (what docs/benchmarks.md shows).
 
-Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json, feed.json
+Also `python -m bench summary DIR`. Without DIR it reads the CPU results committed beside
+this file (`bench/results/cpu`), so it works from any folder. Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json, feed.json
 and fidelity.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.
 """
 from __future__ import annotations
@@ -60,6 +61,13 @@ def loaders_markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _verdict(met: bool, judged: bool = True) -> str:
+    """'met' / 'missed', or 'not judged' for a run too small to tell (`bench store` says why in its notes)."""
+    if not judged:
+        return "not judged (run too small; see the notes)"
+    return "met" if met else "missed"
+
+
 def store_markdown(doc: dict) -> str:
     s = doc["sizes"]
     big_key = next(k for k in s if k.startswith("at_M"))
@@ -73,7 +81,7 @@ def store_markdown(doc: dict) -> str:
              f"| ReLabel maps (15x15, independent of M) | {_f(s['relabel_maps']['bytes_per_image'], 0)} | "
              f"{_f(big['relabel_bytes_per_image'], 0)} |"]
     out = ["\n".join(lines), "", f"Store at {m500}: {big['store_method']}. Target <= 10 KB per image: "
-           f"**{'met' if big['store_target_met'] else 'missed'}**."]
+           f"**{_verdict(big['store_target_met'], big.get('store_target_judged', True))}**."]
     pt = doc.get("pass_table")
     if pt:
         t, e = pt["timing"], pt["extrapolated_read_pass_table_s"]
@@ -84,7 +92,7 @@ def store_markdown(doc: dict) -> str:
                    f"{t['warm']['read_pass_table_median_s']:.3f} s warm (median of {len(t['cold']['read_pass_table_s'])} "
                    f"passes); {pt['extrapolation']}: **{e['cold']:.2f} s cold, {e['warm']:.2f} s warm** for "
                    f"{pt['full_scale_images']:,} images (target <= {pt['target_s']:g} s: "
-                   f"**{'met' if pt['target_met']['cold'] else 'missed'}**).")
+                   f"**{_verdict(pt['target_met']['cold'], pt.get('target_judged', True))}**).")
     out.append("")
     out.append(f"{_load(doc)}.")
     return "\n".join(out)
@@ -187,9 +195,44 @@ def summarize_dir(results: str | Path) -> str:
     return "\n\n".join(out)
 
 
+#: The committed CPU results, found relative to this file (not to the current folder).
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "cpu"
+
+
+def parse_args(argv: Sequence[str] | None) -> Path:
+    """The results folder to summarise (not checked yet: `check_results_dir`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fkd-dali bench summary",
+                                description="Print Markdown tables of the benchmark JSON documents in DIR.")
+    p.add_argument("dir", nargs="?", default=str(DEFAULT_RESULTS), metavar="DIR",
+                   help="folder holding loaders.json, store.json, ... (default: the committed CPU results)")
+    return Path(p.parse_args(argv).dir)
+
+
+def check_results_dir(folder: Path) -> Path:
+    """`folder` if it holds at least one result; a missing folder or one without results is a user error."""
+    from fkd_dali.errors import ConfigError
+
+    if not folder.is_dir():
+        raise ConfigError(f"bench summary: {folder} is not a folder; give the --out folder of a benchmark run")
+    names = [f"{name}.json" for name, _ in SECTIONS]
+    if not any((folder / n).is_file() for n in names):
+        raise ConfigError(f"bench summary: {folder} holds none of {', '.join(names)}; give the --out folder of "
+                          "a benchmark run")
+    return folder
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    print(summarize_dir(args[0] if args else "bench/results/cpu"))
+    """Entry point of `fkd-dali bench summary`; user errors print one line and return 2."""
+    from fkd_dali.errors import FkdError
+
+    try:
+        folder = check_results_dir(parse_args(list(sys.argv[1:] if argv is None else argv)))
+    except FkdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summarize_dir(folder))
     return 0
 
 

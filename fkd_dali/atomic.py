@@ -10,8 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from fkd_dali.local import process_running
 
 _TMP_TAG = ".tmp"
@@ -38,6 +36,28 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     return folder
 
 
+def writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why folder `path` could not be created or written, without creating it; None when it could.
+
+    A run that fails before it writes anything must not leave an empty folder behind,
+    so the check looks at `path` if it exists and otherwise at its nearest existing
+    ancestor (where `mkdir -p` would start).
+    """
+    folder = Path(path).expanduser().absolute()
+    if folder.exists():
+        if not folder.is_dir():
+            return "it is a file, not a folder"
+        return None if os.access(folder, os.W_OK | os.X_OK) else "permission denied"
+    parent = folder.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} cannot be written (permission denied)"
+    return None
+
+
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     """`torch.save(obj)` to `path` atomically; missing parent folders are created.
 
@@ -47,6 +67,8 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
             as a RuntimeError from its zip writer, which is turned into this too. The old
             file at `path`, if any, is untouched.
     """
+    import torch  # here, not at the top: the CLI checks folders with this module before torch is loaded
+
     _write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -95,6 +95,12 @@ def check_normalization(cfg: Any) -> None:
         raise ConfigError(f"--std must be three finite numbers > 0, got {cfg.std}")
 
 
+def check_storage_options(value: Any) -> None:
+    """`--storage-options`: a mapping of fsspec/zarr file-system options (from JSON or a config file), or None."""
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"--storage-options must be a JSON object like '{{\"anon\": true}}', got {value!r}")
+
+
 def shard_of(text: str) -> tuple[int, int]:
     """`--shard i/n` as (i, n), with 0 <= i < n (else a `ConfigError` saying so)."""
     try:
@@ -162,8 +168,10 @@ class LabelGenConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     progress: bool = True
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of --out and --reference (endpoint, ...)
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
         check_at_least(self, 1, "crops_per_image", "top_k", "batch_size", "crops_per_round", "images_per_chunk",
                        "slots_per_chunk", "threads", "num_classes")
         check_at_least(self, 0, "seed")
@@ -293,8 +301,13 @@ class TrainConfig:
     teacher_checkpoint: str | None = None  # its local weights (required for a plain timm name)
     # ReLabel (--labels relabel): each fresh crop's label is its image's label map pooled over the crop
     label_maps: str | None = None  # a folder of maps made by `fkd-dali labels relabel-maps`
+    val_labels: str | None = None  # ground truth of a flat --val folder (ImageNet's devkit file or LOC_val_solution.csv)
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store (never recorded)
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
+        if self.val_labels is not None and self.val is None:
+            raise ConfigError("--val-labels gives the classes of a flat --val folder: add --val DIR")
         check_at_least(self, 1, "epochs", "num_crops", "batch_size", "log_interval", "threads", "val_every",
                        "val_batch_size", "image_size", "recovery_k")
         check_at_least(self, 0, "cutmix", "mixup", "color_jitter")
@@ -403,8 +416,11 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     use_ema: bool = False  # evaluate the checkpoint's weight EMA (trained with --model-ema), timm's flag
+    val_labels: str | None = None  # ground truth of a flat --data folder (as TrainConfig.val_labels)
+    storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store
 
     def __post_init__(self) -> None:
+        check_storage_options(self.storage_options)
         check_at_least(self, 1, "batch_size", "threads")
         check_choice("device", self.device, DEVICE_CHOICES)
         check_choice("amp", self.amp, AMP_CHOICES)
@@ -417,7 +433,7 @@ class DemoConfig:
     output: str = "demo-out"
     images_per_class: int = 8
     val_images_per_class: int = 3
-    crops_per_image: int = 32
+    crops_per_image: int = 24
     val_crops_per_image: int = 4
     teacher: str = "efficientnet_lite0"
     student: str = "resnet10t"
@@ -515,6 +531,11 @@ def close_name_hint(name: str, names: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+#: Fields never written into a run's record (config.yaml, checkpoints): file-system options may hold credentials.
+UNRECORDED_FIELDS = ("storage_options",)
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain JSON/YAML types (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """A config as plain JSON/YAML types (tuples become lists), `UNRECORDED_FIELDS` left out (None)."""
+    values = {k: (None if k in UNRECORDED_FIELDS else v) for k, v in dataclasses.asdict(cfg).items()}
+    return json.loads(json.dumps(values, default=str))

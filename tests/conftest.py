@@ -28,7 +28,7 @@ def has_gpu() -> bool:
 def pytest_collection_modifyitems(config, items):
     if has_gpu():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (runs on the accelerator machine)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; skipped on CPU-only machines")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -5,7 +5,8 @@ handler turns the namespace into a config object (`fkd_dali.config`), makes one
 library call and returns an exit code. Parsing imports no torch, DALI, timm or
 matplotlib, so `--help` and argument errors answer at once; handlers import what they
 need. User errors (`FkdError`, bad flags) print one line and exit with status 2
-(tracebacks with --debug).
+(tracebacks with --debug). Under torchrun only rank 0 prints warnings, notes and
+summaries; an error is printed by every rank that has it, marked with its rank.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import sys
 import warnings
 from typing import NoReturn, Sequence
 
-from fkd_dali.version import __version__
+from fkd_dali.cli._common import launcher_rank
 from fkd_dali.errors import FkdError
+from fkd_dali.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank = launcher_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format="%(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+    if rank > 0:  # under torchrun only rank 0 speaks: the others' warnings and notes would repeat its own
+        warnings.simplefilter("ignore")
     try:
         if getattr(args, "config", None):
             from fkd_dali.cli.train import apply_config_file
@@ -55,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FkdError as e:
         if args.debug:
             raise
-        print(f"fkd-dali: error: {e}", file=sys.stderr)
+        where = f" (rank {rank})" if rank > 0 else ""  # an error may be one rank's own: every rank reports it
+        print(f"fkd-dali: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fkd-dali: interrupted", file=sys.stderr)

@@ -50,6 +50,37 @@ def shard(text: str) -> str:
     return text
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """`--storage-options '{"endpoint_url": "https://..."}'` -> a dict (a JSON object, nothing else)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"anon\": true}}', got {text!r}")
+    return value
+
+
+STORAGE_OPTIONS_HELP = ("JSON object of options for the file system of fsspec URLs (s3://..., gs://...), passed to "
+                        "zarr/fsspec as storage_options, e.g. '{\"endpoint_url\": \"https://s3.example.org\"}'; "
+                        "not written to the run's config.yaml")
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """The `--storage-options JSON` flag of every command that opens or creates a store."""
+    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
+
+
+def launcher_rank() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun): only rank 0 prints summaries."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def print_json_line(obj: Any) -> None:
     """One JSON line in a single write: under torchrun every rank shares stdout, and
     print() may write the text and its newline separately (PYTHONUNBUFFERED), letting
@@ -60,3 +91,73 @@ def print_json_line(obj: Any) -> None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# -- early checks of the paths a command names ------------------------------------------
+# Run by the handlers before they import torch, DALI or zarr, so that a mistyped path is
+# answered in a fraction of a second with one line naming the flag. Only local paths are
+# checked: a URL (`scheme://...`) is opened, and checked, by the library later.
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def check_folder(flag: str, path: str | None, remedy: str) -> None:
+    """`path` (the value of `flag`) is an existing, readable folder; else a one-line `ConfigError`."""
+    if path is None or is_url(path):
+        return
+    import os
+
+    from fkd_dali.errors import ConfigError
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{flag} {path}: no such folder; {remedy}")
+    if not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a file, not a folder; {remedy}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the folder cannot be read (permission denied); {remedy}")
+
+
+def check_file(flag: str, path: str | None, remedy: str) -> None:
+    """`path` (the value of `flag`) is an existing, readable file; else a one-line `ConfigError`."""
+    if path is None or is_url(path):
+        return
+    import os
+
+    from fkd_dali.errors import ConfigError
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{flag} {path}: no such file; {remedy}")
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a folder, not a file; {remedy}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag} {path}: the file cannot be read (permission denied); {remedy}")
+
+
+def check_store(flag: str, path: str | None) -> None:
+    """A store to read: a local one must exist (whether it is a store is the library's check)."""
+    if path is None or is_url(path):
+        return
+    import os
+
+    from fkd_dali.errors import ConfigError
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{flag} {path}: no such store (nothing at that path); give the store's path, or create "
+                          "it with `fkd-dali labels generate`")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag} {path}: the store cannot be read (permission denied)")
+
+
+def check_writable(flag: str, path: str | None, what: str = "folder") -> None:
+    """`path` can be created or written (a folder, or with what="file" a file's folder), creating nothing."""
+    if path is None or is_url(path):
+        return
+    import os
+
+    from fkd_dali.atomic import writable_dir_problem
+    from fkd_dali.errors import ConfigError
+
+    folder = os.path.dirname(os.path.abspath(path)) if what == "file" else path
+    problem = writable_dir_problem(folder)
+    if problem is not None:
+        raise ConfigError(f"{flag} {path}: cannot be written ({problem}); choose a {what} that can be written")

@@ -20,8 +20,8 @@ _PACKAGE = "fkd_dali_bench"
 def bench_package() -> ModuleType:
     """The benchmarks beside this fkd_dali (a source checkout's `bench/`), else the installed `fkd_dali_bench`.
 
-    Looking beside the package first means a checkout run with PYTHONPATH (as on the
-    accelerator machine, where nothing is installed) uses its own benchmarks, never a
+    Looking beside the package first means a checkout run with PYTHONPATH (as on a GPU
+    machine where nothing is installed) uses its own benchmarks, never a
     stale installed copy, and never a top-level `bench` of someone else's.
     """
     return load_checkout_package(_PACKAGE, "bench") or importlib.import_module(_PACKAGE)

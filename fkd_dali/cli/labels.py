@@ -8,12 +8,26 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json, print_json_line, shard
+from fkd_dali.cli._common import (
+    add_storage_options,
+    check_file,
+    check_folder,
+    check_store,
+    check_writable,
+    defaults_of,
+    float_pair,
+    float_triple,
+    print_json,
+    print_json_line,
+    shard,
+)
 from fkd_dali.config import LabelGenConfig, LabelMapsConfig
 from fkd_dali.defaults import DEVICE_CHOICES, FKD_NUM_CLASSES, IMPORTED_TEACHER_NAME, SHOW_MAX_CROPS
 
 if TYPE_CHECKING:
     from fkd_dali.labels.repair import RepairOptions
+
+_DATA_REMEDY = "give the image folder root/<class>/<image> the labels are for"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +80,7 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", default=None, help="override the teacher's interpolation")
     p.add_argument("--mean", type=float_triple, default=None, help="override mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=float_triple, default=None, help="override std")
+    add_storage_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_generate)
 
@@ -73,6 +88,10 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in LabelGenConfig.__dataclass_fields__ if hasattr(args, f)}
     cfg = LabelGenConfig(**fields, progress=not args.no_progress)
+    check_folder("--data", cfg.data, _DATA_REMEDY)
+    check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
+    check_store("--reference", cfg.reference)
+    check_writable("--out", cfg.out)
     from fkd_dali.labels.generate import generate_labels
 
     summary = generate_labels(cfg)
@@ -84,13 +103,15 @@ def _add_info(lsub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("info", help="summarize a store: dataset, teacher, crops, labels, completeness, size")
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_storage_options(p)
     p.set_defaults(handler=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
+    check_store("STORE", args.store)
     from fkd_dali.store.tools import format_store_info, store_info
 
-    info = store_info(args.store)
+    info = store_info(args.store, storage_options=args.storage_options)
     if args.json:
         print_json(info)
     else:
@@ -103,13 +124,16 @@ def _add_verify(lsub: argparse._SubParsersAction) -> None:
                         description="Exit status 0: no problems; 1: problems found (listed); 2: cannot check.")
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--data", default=None, help="dataset folder to check the store's fingerprint against")
+    add_storage_options(p)
     p.set_defaults(handler=_verify)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    check_store("STORE", args.store)
+    check_folder("--data", args.data, _DATA_REMEDY)
     from fkd_dali.store.tools import verify_store
 
-    report = verify_store(args.store, args.data)
+    report = verify_store(args.store, args.data, storage_options=args.storage_options)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -144,21 +168,27 @@ def _add_rerun_args(p: argparse.ArgumentParser) -> None:
                    help=f"as given to generate (default {d('crops_per_round')})")
     p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
     p.add_argument("--threads", "-j", type=_positive_int, default=None, help="DALI CPU threads")
+    add_storage_options(p)
     p.add_argument("--no-progress", action="store_true")
 
 
 def _rerun_options(args: argparse.Namespace, **extra: object) -> RepairOptions:
+    check_store("STORE", args.store)
+    check_folder("--data", args.data, _DATA_REMEDY)
+    check_file("--checkpoint", args.checkpoint, "give the teacher weights the store was generated with")
+    check_store("--reference", extra.get("reference"))  # type: ignore[arg-type]
     from fkd_dali.labels.repair import RepairOptions
 
     return RepairOptions(data=args.data, checkpoint=args.checkpoint, batch_size=args.batch_size,
                          crops_per_round=args.crops_per_round, device=args.device, threads=args.threads,
-                         progress=not args.no_progress, **extra)
+                         progress=not args.no_progress, storage_options=args.storage_options, **extra)
 
 
 def _repair(args: argparse.Namespace) -> int:
+    opts = _rerun_options(args, reference=args.reference)  # checks the paths before the library loads
     from fkd_dali.labels.repair import repair_store
 
-    summary = repair_store(args.store, _rerun_options(args, reference=args.reference))
+    summary = repair_store(args.store, opts)
     print_json_line({"store": args.store, **summary.as_dict()})
     return 0
 
@@ -178,9 +208,10 @@ def _add_add_gt_prob(lsub: argparse._SubParsersAction) -> None:
 
 
 def _add_gt_prob(args: argparse.Namespace) -> int:
+    opts = _rerun_options(args)  # checks the paths before the library loads
     from fkd_dali.labels.add_gt_prob import add_gt_prob
 
-    summary = add_gt_prob(args.store, _rerun_options(args))
+    summary = add_gt_prob(args.store, opts)
     print_json_line({"store": args.store, **summary.as_dict()})
     return 0
 
@@ -203,13 +234,18 @@ def _add_show(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset folder holding the image files (required)")
     p.add_argument("--max-crops", type=_positive_int, default=SHOW_MAX_CROPS,
                    help="show at most this many crops (default %(default)s)")
+    add_storage_options(p)
     p.set_defaults(handler=_show)
 
 
 def _show(args: argparse.Namespace) -> int:
+    check_store("STORE", args.store)
+    check_folder("--data", args.data, _DATA_REMEDY)
+    check_writable("--out", args.out, what="file")
     from fkd_dali.store.tools import render_crops
 
-    out = render_crops(args.store, args.image, args.out, args.data, max_crops=args.max_crops)
+    out = render_crops(args.store, args.image, args.out, args.data, max_crops=args.max_crops,
+                       storage_options=args.storage_options)
     print(out)
     return 0
 
@@ -227,15 +263,20 @@ def _add_import(lsub: argparse._SubParsersAction) -> None:
                    help="teacher name recorded in the store (default %(default)s)")
     p.add_argument("--images-per-chunk", type=_positive_int, default=d("images_per_chunk"))
     p.add_argument("--slots-per-chunk", type=_positive_int, default=d("slots_per_chunk"))
+    add_storage_options(p)
     p.set_defaults(handler=_import)
 
 
 def _import(args: argparse.Namespace) -> int:
+    check_folder("DIR", args.fkd_dir, "give the root of FKD's per-image label files (<class>/<image>.tar)")
+    check_folder("--data", args.data, _DATA_REMEDY)
+    check_writable("--out", args.out)
     from fkd_dali.interop.fkd_store import import_fkd
     from fkd_dali.store.schema import StoreLayout
 
     store = import_fkd(args.fkd_dir, args.data, args.out, teacher_name=args.teacher_name,
-                       num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk))
+                       num_classes=args.num_classes, layout=StoreLayout(args.images_per_chunk, args.slots_per_chunk),
+                       storage_options=args.storage_options)
     print_json_line({"store": args.out, "images": store.n_images, "crops_per_image": store.crops_per_image,
                      "k": store.spec.label.k})
     return 0
@@ -245,13 +286,16 @@ def _add_export(lsub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("export-fkd", help="write a complete store as FKD per-image label files")
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--out", required=True, help="folder for <class>/<stem>.tar files")
+    add_storage_options(p)
     p.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_store("STORE", args.store)
+    check_writable("--out", args.out)
     from fkd_dali.interop.fkd_store import export_fkd
 
-    n = export_fkd(args.store, args.out)
+    n = export_fkd(args.store, args.out, storage_options=args.storage_options)
     print_json_line({"out": args.out, "files": n})
     return 0
 
@@ -266,13 +310,18 @@ def _add_merge(lsub: argparse._SubParsersAction) -> None:
                    help="one finite weight > 0 per store (default equal)")
     p.add_argument("--top-k", "-K", type=_positive_int, default=None,
                    help="K of the result (default: the largest input K)")
+    add_storage_options(p)
     p.set_defaults(handler=_merge)
 
 
 def _merge(args: argparse.Namespace) -> int:
+    for url in args.stores:
+        check_store("STORE", url)
+    check_writable("--out", args.out)
     from fkd_dali.labels.merge import merge_stores
 
-    store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k)
+    store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k,
+                         storage_options=args.storage_options)
     print_json_line({"out": args.out, "teacher": store.spec.teacher.name, "k": store.spec.label.k})
     return 0
 
@@ -301,6 +350,9 @@ def _add_relabel_maps(lsub: argparse._SubParsersAction) -> None:
 def _relabel_maps(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in LabelMapsConfig.__dataclass_fields__ if hasattr(args, f)}
     cfg = LabelMapsConfig(**fields, progress=not args.no_progress)
+    check_folder("--data", cfg.data, _DATA_REMEDY)
+    check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
+    check_writable("--out", cfg.out)
     from dataclasses import asdict
 
     from fkd_dali.interop.relabel_writer import make_label_maps

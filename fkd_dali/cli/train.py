@@ -8,7 +8,18 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from fkd_dali.cli._common import defaults_of, float_pair, float_triple, print_json_line
+from fkd_dali.cli._common import (
+    add_storage_options,
+    check_file,
+    check_folder,
+    check_store,
+    check_writable,
+    defaults_of,
+    float_pair,
+    float_triple,
+    launcher_rank,
+    print_json_line,
+)
 from fkd_dali.config import EvalConfig, TrainConfig, read_config_mapping
 from fkd_dali.defaults import (
     AMP_CHOICES,
@@ -20,7 +31,10 @@ from fkd_dali.defaults import (
 )
 from fkd_dali.errors import ConfigError
 
-_REQUIRED = ("data", "labels")  # required, but may come from --config instead of the command line
+_REQUIRED = ("data", "labels")
+VAL_LABELS_HELP = ("ground truth of ImageNet's flat validation folder (ILSVRC2012_val_*.JPEG): the devkit's "
+                   "ILSVRC2012_validation_ground_truth.txt (with the devkit's meta.mat beside it), the devkit "
+                   "folder itself, or Kaggle's LOC_val_solution.csv; classes are matched by WordNet id")  # required, but may come from --config instead of the command line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,16 +53,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", default=None, help="training folder root/<class>/<image> the labels were made for "
                                                 "(required)")
     g.add_argument("--labels", default=None,
-                   help="soft-label store; 'none' for vanilla (hard-label) training; 'online' for online KD, the "
-                        "teacher (--teacher) labelling fresh crops in the loop; 'relabel' for ReLabel, fresh crops "
-                        "labelled by pooling their image's label map (--label-maps) (required)")
+                   help="soft-label store (path or fsspec URL; required); 'none' for vanilla (hard-label) training; "
+                        "'online' for online KD, where the teacher given by --teacher labels fresh crops in the loop; "
+                        "'relabel' for ReLabel, fresh crops labelled by pooling their image's label map (--label-maps)")
+    add_storage_options(g)
     g.add_argument("--teacher", default=None,
                    help="online KD: a named teacher (efficientnet_lite0) or a timm model name with "
                         "--teacher-checkpoint; it sees each crop resized on the device to its own input size")
     g.add_argument("--teacher-checkpoint", default=None, metavar="FILE", help="online KD: the teacher's weights")
     g.add_argument("--label-maps", default=None, metavar="DIR",
                    help="ReLabel: the folder of label maps `fkd-dali labels relabel-maps` wrote for --data")
-    g.add_argument("--val", default=None, help="validation folder (top-1/top-5 after every --val-every passes)")
+    g.add_argument("--val", default=None,
+                   help="validation folder (top-1/top-5 after every --val-every passes): class subfolders named as "
+                        "the training folder's, or ImageNet's flat folder with --val-labels")
+    g.add_argument("--val-labels", default=None, metavar="FILE", help=VAL_LABELS_HELP)
     g.add_argument("--num-crops", "-m", type=int, default=d("num_crops"), help="crops per image per pass (m)")
     g.add_argument("--batch-size", "-b", type=int, default=d("batch_size"),
                    help="global batch in crops, divisible by m x processes (default %(default)s)")
@@ -185,21 +203,68 @@ def _train(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"--{missing[0]} is required (on the command line or in --config)")
     cfg = train_config(args)
+    check_train_paths(cfg)
     from fkd_dali.train.loop import fit
 
     result = fit(cfg)
-    summary = {k: v for k, v in vars(result).items() if k != "history"}
-    print_json_line(summary)
+    if launcher_rank() == 0:  # under torchrun, one summary (rank 0's), not one per process
+        from fkd_dali.train.run_log import summary_line
+
+        print(summary_line(result, cfg.m), flush=True)  # for people; the JSON line below is for machines
+        print_json_line({k: v for k, v in vars(result).items() if k != "history"})
     return 128 + result.signal if result.interrupted and result.signal else 0
+
+
+def check_train_paths(cfg: TrainConfig) -> None:
+    """Every local path `train` reads or writes, checked before torch is imported (one line naming the flag)."""
+    check_folder("--data", cfg.data, "give the training folder root/<class>/<image> the labels were made for")
+    if not (cfg.vanilla or cfg.online or cfg.relabel):
+        check_store("--labels", cfg.labels)
+    check_folder("--label-maps", cfg.label_maps, "give the folder `fkd-dali labels relabel-maps` wrote for --data")
+    check_folder("--val", cfg.val, "give the validation folder (class subfolders, or ImageNet's flat folder "
+                                   "with --val-labels)")
+    check_val_labels("--val-labels", cfg.val_labels)
+    check_val_layout("--val", cfg.val, cfg.val_labels)
+    check_file("--resume", cfg.resume, "give a checkpoint written by `fkd-dali train` (OUTPUT/last.pth), or drop "
+                                       "--resume to start afresh")
+    check_file("--initial-checkpoint", cfg.initial_checkpoint, "give a local weights file (a timm state dict or "
+                                                               "an fkd-dali checkpoint)")
+    check_file("--teacher-checkpoint", cfg.teacher_checkpoint, "give the teacher's local weights file")
+    check_writable("--output", cfg.output)
+
+
+def check_val_layout(flag: str, folder: str | None, val_labels: str | None) -> None:
+    """A flat folder of images needs --val-labels, a folder of class folders must not get it (lists the folder only)."""
+    if folder is None:
+        return
+    from fkd_dali.data.imagenet_val import flat_folder_problem
+
+    problem = flat_folder_problem(folder, flag, "--val-labels", val_labels)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def check_val_labels(flag: str, path: str | None) -> None:
+    """A ground-truth file, or the devkit folder that holds one."""
+    import os
+
+    if path is not None and os.path.isdir(path):
+        return
+    check_file(flag, path, "give ILSVRC2012_validation_ground_truth.txt (meta.mat beside it), the devkit folder, "
+                           "or LOC_val_solution.csv")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     d = defaults_of(EvalConfig)
     p = sub.add_parser("eval", help="top-1/top-5 of a training checkpoint on a labelled folder",
                        description="Resize, centre crop (the arch's crop_pct), normalize; counts reduced over ranks.")
-    p.add_argument("--data", required=True, help="validation folder root/<class>/<image>")
+    p.add_argument("--data", required=True,
+                   help="validation folder root/<class>/<image>, or ImageNet's flat folder with --val-labels")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `fkd-dali train`")
+    p.add_argument("--val-labels", default=None, metavar="FILE", help=VAL_LABELS_HELP.replace("validation folder",
+                                                                                            "validation folder --data"))
     p.add_argument("--labels", default=None, help="the store the model was trained with (checked against it)")
+    add_storage_options(p)
     p.add_argument("--batch-size", "-b", type=int, default=d("batch_size"), help="images per rank")
     p.add_argument("--threads", "-j", type=int, default=d("threads"))
     p.add_argument("--device", default=d("device"), choices=DEVICE_CHOICES)
@@ -211,9 +276,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
-                     threads=args.threads, device=args.device, amp=args.amp, use_ema=args.use_ema)
+                     threads=args.threads, device=args.device, amp=args.amp, use_ema=args.use_ema,
+                     val_labels=args.val_labels, storage_options=args.storage_options)
+    check_folder("--data", cfg.data, "give the validation folder (class subfolders, or ImageNet's flat folder with "
+                                     "--val-labels)")
+    check_file("--checkpoint", cfg.checkpoint, "give a checkpoint written by `fkd-dali train` (OUTPUT/last.pth)")
+    check_store("--labels", cfg.labels)
+    check_val_labels("--val-labels", cfg.val_labels)
+    check_val_layout("--data", cfg.data, cfg.val_labels)
     from fkd_dali.train.evaluate import evaluate_checkpoint
 
-    print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",
-                     **evaluate_checkpoint(cfg).as_dict()})
+    result = evaluate_checkpoint(cfg)
+    if launcher_rank() == 0:
+        print(f"{args.checkpoint} ({'weight EMA' if args.use_ema else 'model'}): top-1 {result.top1:.2f}%, top-5 "
+              f"{result.top5:.2f}% on {result.images:,} images of {args.data}", flush=True)
+        print_json_line({"checkpoint": args.checkpoint, "weights": "ema" if args.use_ema else "model",
+                         **result.as_dict()})
     return 0

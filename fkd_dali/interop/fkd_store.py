@@ -36,7 +36,7 @@ from fkd_dali.store.schema import (
 )
 
 
-def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
+def export_fkd(url: str, out_dir: str | os.PathLike[str], storage_options: dict | None = None) -> int:
     """Write every image's crops of a complete store as FKD label files under `out_dir`.
 
     File names follow `fkd_file_paths` (FKD's `<class>/<stem>.tar`, whole file names
@@ -52,7 +52,8 @@ def export_fkd(url: str, out_dir: str | os.PathLike[str]) -> int:
             holds logits (kind "logits": no class probabilities to export).
     """
     store, _ = open_checked_store(url, StoreNeeds(no_logits="export-fkd: FKD's label files hold class "
-                                                  "probabilities, so there is nothing to export them as"))
+                                                  "probabilities, so there is nothing to export them as"),
+                                  storage_options=storage_options)
     index = store.load_index()
     _prepare_out_dir(Path(out_dir))
     targets = fkd_file_paths(out_dir, index.paths)
@@ -88,7 +89,7 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
                input_size: tuple[int, int, int] = (3, 224, 224), interpolation: str = INTERPOLATION,
                mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
                std: tuple[float, float, float] = IMAGENET_DEFAULT_STD, temperature: float = 1.0,
-               layout: StoreLayout | None = None) -> LabelStore:
+               layout: StoreLayout | None = None, storage_options: dict | None = None) -> LabelStore:
     """Build a store at `out` from FKD label files, one per image of the dataset at `data`.
 
     M and K come from the first image's file; every other file must agree. FKD files
@@ -128,7 +129,7 @@ def import_fkd(fkd_dir: str | os.PathLike[str], data: str | os.PathLike[str], ou
                             input_size=tuple(input_size), interpolation=interpolation,  # type: ignore[arg-type]
                             mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]
         layout=layout or StoreLayout())
-    store = open_or_create_store(out, index, spec)
+    store = open_or_create_store(out, index, spec, storage_options=storage_options)
     if IMPORT_ATTR_KEY not in store.group.attrs:
         store.group.attrs[IMPORT_ATTR_KEY] = {"source": str(fkd_dir), "format": "FKD per-image files",
                                               "crop_distribution": "unknown (placeholder recorded)",

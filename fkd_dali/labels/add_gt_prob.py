@@ -67,7 +67,7 @@ def add_gt_prob(url: str, opts: RepairOptions) -> AddGtSummary:
         ConfigError: the folder classes cannot be mapped to the teacher's classes.
         TeacherError: no weights for a plain timm teacher (`opts.checkpoint`).
     """
-    store = open_store(url, mode="r+")
+    store = open_store(url, mode="r+", storage_options=opts.storage_options)
     if store.has_gt_prob:
         return AddGtSummary(0, store.n_chunks, 0, 0.0, store.spec.gt.mapping, None)  # type: ignore[union-attr]
     refuse_unrecomputable(store, COMMAND)

@@ -309,7 +309,7 @@ def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
     env = dist_env()
     shard, n_shards = parse_shard(cfg.shard, env)
     device = pick_device(cfg.device, env.local_rank)
-    reference = open_store(cfg.reference) if cfg.reference else None
+    reference = open_store(cfg.reference, storage_options=cfg.storage_options) if cfg.reference else None
     if reference is not None:
         index = _reference_index(reference, cfg)
     elif index is None:
@@ -317,7 +317,7 @@ def generate_labels(cfg: LabelGenConfig, index: DatasetIndex | None = None,
     if teacher is None:
         teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     spec = build_spec(cfg, teacher, reference, index.class_names)
-    store = open_or_create_store(cfg.out, index, spec)
+    store = open_or_create_store(cfg.out, index, spec, storage_options=cfg.storage_options)
     todo = [c for c in store.missing_chunks() if c % n_shards == shard]
     mine = [c for c in range(store.n_chunks) if c % n_shards == shard]
     labeller = make_labeller(cfg, spec, teacher, device)

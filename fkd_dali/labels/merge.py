@@ -19,7 +19,7 @@ from fkd_dali.errors import ConfigError, StoreMismatchError
 from fkd_dali.store.checks import read_written
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_or_create_store
-from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
+from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, MERGE_ATTR_KEY, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],
@@ -69,14 +69,24 @@ def _check_same_crops(stores: Sequence[LabelStore]) -> None:
             raise StoreMismatchError(f"{s.url} and {first.url} have different class counts")
 
 
+def merge_record(stores: Sequence[LabelStore], weights: np.ndarray) -> dict:
+    """Each merged teacher as its store recorded it, with its weight: the merged store's own teacher
+    attributes can hold only one normalization and input size, so `labels info` shows these instead."""
+    return {"teachers": [{"store": s.url, "name": s.spec.teacher.name, "timm_name": s.spec.teacher.timm_name,
+                          "checkpoint_sha256": s.spec.teacher.checkpoint_sha256,
+                          "input_size": list(s.spec.teacher.input_size), "interpolation": s.spec.teacher.interpolation,
+                          "mean": list(s.spec.teacher.mean), "std": list(s.spec.teacher.std),
+                          "k": s.spec.label.k, "weight": round(float(wt), 6)} for s, wt in zip(stores, weights)]}
+
+
 def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None = None,
-                 k: int | None = None) -> LabelStore:
-    """Write the weighted ensemble of stores `urls` (same crops) to `out`."""
+                 k: int | None = None, storage_options: dict | None = None) -> LabelStore:
+    """Write the weighted ensemble of stores `urls` (same crops) to `out` (`storage_options`: fsspec's, for all)."""
     if len(urls) < 2:
         raise ConfigError("merge needs at least two stores")
     need = StoreNeeds(no_logits="merge: their dimensions are no shared classes to average; merge stores of "
                                 "class probabilities")
-    stores = [open_checked_store(u, need)[0] for u in urls]
+    stores = [open_checked_store(u, need, storage_options=storage_options)[0] for u in urls]
     _check_same_crops(stores)
     w = np.asarray(weights if weights is not None else [1.0] * len(stores), np.float64)
     if len(w) != len(stores) or not np.all(np.isfinite(w) & (w > 0)):
@@ -95,7 +105,8 @@ def merge_stores(urls: Sequence[str], out: str, weights: Sequence[float] | None 
                             mean=first.spec.teacher.mean, std=first.spec.teacher.std),
         gt=None)  # an ensemble keeps no ground-truth probabilities
     index = first.load_index()
-    merged = open_or_create_store(out, index, spec)
+    merged = open_or_create_store(out, index, spec, storage_options=storage_options)
+    merged.group.attrs[MERGE_ATTR_KEY] = merge_record(stores, w)
     for c in merged.missing_chunks():
         a, b = merged.chunk_range(c)
         parts = [read_written(s, a, b, TOPK_ONLY) for s in stores]

@@ -43,7 +43,7 @@ class RepairOptions:
         reference: the `--reference` store the labels were generated with, if any.
         batch_size, crops_per_round: as given to `labels generate` (None: its defaults);
             other values give the same labels up to float rounding, not bit-identical ones.
-        device, threads, progress: as for `labels generate`.
+        device, threads, progress, storage_options: as for `labels generate`.
     """
 
     data: str
@@ -54,6 +54,7 @@ class RepairOptions:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    storage_options: dict[str, Any] | None = None  # fsspec options of the store and the reference store
 
 
 @dataclass(frozen=True)
@@ -99,23 +100,23 @@ def repair_store(url: str, opts: RepairOptions) -> RepairSummary:
         ConfigError: the stored crops are not the ones the seed draws and no (or another)
             `--reference` was given.
     """
-    store = open_store(url, mode="r+")
+    store = open_store(url, mode="r+", storage_options=opts.storage_options)
     refuse_unrecomputable(store, "labels repair")
     _reset_unreadable_flags(store)  # harmless before the checks below: such a chunk counts as unfinished anyway
-    report = verify_store(url)
+    report = verify_store(url, storage_options=opts.storage_options)
     rebuilt = repair_index(store, report, opts.data)
     if rebuilt:
-        report = verify_store(url)  # chunk values could not be checked against an unreadable index
+        report = verify_store(url, storage_options=opts.storage_options)  # chunk values could not be checked before
     damaged, unfinished = report.damaged_chunks, store.missing_chunks()
     generation = _recompute_chunks(store, opts, damaged) if damaged or unfinished else None
     if rebuilt or damaged or unfinished or not report.ok:
-        check_verified(url)
+        check_verified(url, opts.storage_options)
     return RepairSummary(damaged, unfinished, generation, rebuilt)
 
 
-def check_verified(url: str) -> None:
+def check_verified(url: str, storage_options: dict | None = None) -> None:
     """Refuse to report success while `labels verify` still finds problems: name the first one."""
-    report = verify_store(url)
+    report = verify_store(url, storage_options=storage_options)
     if not report.ok:
         raise LabelStoreError(
             f"labels repair: store {url} still fails `labels verify` after the repair ({report.problems[0].line()}); "
@@ -126,7 +127,7 @@ def _recompute_chunks(store: LabelStore, opts: RepairOptions, damaged: list[int]
     """Recompute the damaged and unfinished chunks with the store's teacher, after checking it is the same."""
     index = index_for_store(store, opts.data)
     cfg = repair_config(store, opts)
-    reference = open_store(cfg.reference) if cfg.reference else None
+    reference = open_store(cfg.reference, storage_options=opts.storage_options) if cfg.reference else None
     teacher = load_teacher(cfg.teacher, cfg.checkpoint, cfg.num_classes)
     check_same_spec(store, build_spec(cfg, teacher, reference, index.class_names))  # the same teacher weights, first
     _check_crops_reproducible(store, index, damaged, reference)

@@ -37,12 +37,13 @@ from fkd_dali.targets.recovery import Recovery
 
 _log = logging.getLogger(__name__)
 
-def open_replay_data(data: str, labels: str | LabelStore, num_crops: int,
-                     with_gt_prob: bool = False) -> tuple[DatasetIndex, LabelStore]:
+def open_replay_data(data: str, labels: str | LabelStore, num_crops: int, with_gt_prob: bool = False,
+                     storage_options: dict | None = None) -> tuple[DatasetIndex, LabelStore]:
     """(index, store) for replaying `labels` over the folder `data`, after every check a training run needs.
 
     `with_gt_prob`: the run needs the ground-truth probabilities (e.g. calibration); the
     store must have them. What the chosen recovery needs is checked by `store_targets`.
+    `storage_options`: fsspec's options for a `labels` URL.
 
     Raises:
         StoreMismatchError: the store was made for another folder (the message names the difference).
@@ -50,7 +51,7 @@ def open_replay_data(data: str, labels: str | LabelStore, num_crops: int,
         CropPlanError: `num_crops` exceeds the crops stored per image.
     """
     need = StoreNeeds(fields=frozenset({CropField.GT_PROB}) if with_gt_prob else frozenset())
-    store, index = open_checked_store(labels, need, data=data)
+    store, index = open_checked_store(labels, need, data=data, storage_options=storage_options)
     pass_slots(0, num_crops, store.crops_per_image)  # num_crops <= M, with an explanation
     return index, store  # type: ignore[return-value]
 

@@ -139,8 +139,8 @@ def open_failure(url: str, error: Exception) -> str:
         return f"no soft-label store at {url} (no zarr.json there)"
     if isinstance(error, ImportError):
         return f"cannot open {url}: {first_line(error)} (the fsspec backend for this URL is not installed)"
-    return (f"cannot open soft-label store {url} ({first_line(error)}): check the path or URL, the network and "
-            "your access rights")
+    return (f"cannot open soft-label store {url} ({first_line(error)}): check the path or URL, --storage-options, "
+            "the network and your access rights")
 
 
 def all_false_implausible(flip_prob: float, crops: int) -> bool:

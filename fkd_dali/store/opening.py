@@ -35,7 +35,7 @@ from fkd_dali.store.claim import (
     describe_creator,
     release_claim,
 )
-from fkd_dali.store.damage import open_failure
+from fkd_dali.store.damage import first_line, open_failure
 from fkd_dali.store.label_store import LabelStore, not_a_store_message
 from fkd_dali.store.schema import (
     ATTR_KEY,
@@ -96,14 +96,17 @@ def create_store(url: str, index: DatasetIndex, spec: StoreSpec,
 def _create_claimed(url: str, index: DatasetIndex, spec: StoreSpec, marker: dict[str, Any],
                     storage_options: dict[str, Any] | None) -> LabelStore:
     """`create_store` once this writer holds the creation claim."""
-    if url.startswith("file://") and storage_options is None:
-        storage_options = {"auto_mkdir": True}  # fsspec's local filesystem does not create folders itself
+    if url.startswith("file://"):  # fsspec's local filesystem does not create folders itself
+        storage_options = {"auto_mkdir": True, **(storage_options or {})}
     try:
         g = zarr.open_group(url, mode="w-", storage_options=storage_options, attributes={CREATING_KEY: marker})
     except (ContainsGroupError, ContainsArrayError, FileExistsError) as e:
         raise StoreExistsError(f"{url} already exists; open it or choose another --out") from e
     except OSError as e:
         raise LabelStoreError(f"cannot create the store {url}: {e.strerror or e}; choose a writable --out") from e
+    except Exception as e:  # fsspec and network errors of a URL (no credentials, no endpoint): one line
+        raise LabelStoreError(f"cannot create the store {url} ({first_line(e)}): check the URL, --storage-options "
+                              "and your access rights") from e
     try:
         _create_arrays(g, index, spec)
         meta = spec_to_attrs(spec, index)

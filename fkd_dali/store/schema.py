@@ -41,6 +41,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 ATTR_KEY = "fkd_dali"
 CHECKSUM_KEY = "fkd_dali_sha256"  # sha256 of the `fkd_dali` attributes, beside them (not part of them)
 IMPORT_ATTR_KEY = "fkd_dali_import"  # provenance of a store built by `labels import-fkd`
+MERGE_ATTR_KEY = "fkd_dali_merge"  # the teachers of a store written by `labels merge` (each one's pixels and weight)
 ENSEMBLE_TIMM_NAME = "ensemble"  # teacher.timm_name of a store written by `labels merge`
 BOX_ENCODING = "uint16-normalized"
 GT_MAPPINGS = ("imagenet_wnid", "folder_order")  # how folder classes become teacher classes (`GroundTruthSpec`)

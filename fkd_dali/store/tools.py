@@ -27,6 +27,9 @@ from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
 from fkd_dali.store.schema import (
     NO_CHECKSUM_IN_OLD_STORES,
+    ENSEMBLE_TIMM_NAME,
+    IMPORT_ATTR_KEY,
+    MERGE_ATTR_KEY,
     PROB_QUANTUM,
     CropLabels,
     LabelKind,
@@ -39,7 +42,7 @@ _PREVIEW_SIDE = 160  # pixels of each crop panel in `render_crops`
 
 
 # -- info ---------------------------------------------------------------------
-def store_info(url: str) -> dict[str, Any]:
+def store_info(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-ready summary of a store: what it holds, how it was made, how complete it is.
 
     Keys: url, schema_version, dataset, crops_per_image, label (with `width` D for kind
@@ -48,7 +51,8 @@ def store_info(url: str) -> dict[str, Any]:
     (bytes stored, bytes per image), created, writer_version, and `imported` where the
     store came from FKD files (`fkd_dali.interop.fkd_store.import_fkd`).
     """
-    store = open_store(url, check_arrays=False)  # info shows what it can; verify lists metadata problems
+    # info shows what it can; verify lists array metadata problems
+    store = open_store(url, check_arrays=False, storage_options=storage_options)
     meta, spec = store.meta, store.spec
     missing = store.missing_chunks()
     stored = store.nbytes_stored()
@@ -63,7 +67,7 @@ def store_info(url: str) -> dict[str, Any]:
         "label": {"kind": spec.label.kind, "k": spec.label.k, "num_classes": spec.label.num_classes,
                   "temperature": spec.label.temperature,
                   **({"width": spec.label.num_classes} if spec.label.kind is LabelKind.LOGITS else {})},
-        "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": t.checkpoint_sha256[:16],
+        "teacher": {"name": t.name, "timm_name": t.timm_name, "checkpoint_sha256": _short_hashes(t.checkpoint_sha256),
                     "input_size": list(t.input_size), "interpolation": t.interpolation,
                     "mean": list(t.mean), "std": list(t.std)},
         "crop": {"scale": list(spec.crop.scale), "ratio": list(spec.crop.ratio),
@@ -78,10 +82,18 @@ def store_info(url: str) -> dict[str, Any]:
         "created": meta.get("created"),
         "writer_version": meta.get("writer_version"),
     }
-    imported = store.group.attrs.get("fkd_dali_import")
+    imported = store.group.attrs.get(IMPORT_ATTR_KEY)
     if imported is not None:
         info["imported"] = imported
+    if t.timm_name == ENSEMBLE_TIMM_NAME:
+        info["merged"] = store.group.attrs.get(MERGE_ATTR_KEY)  # None: merged by an older fkd-dali
     return info
+
+
+def _short_hashes(joined: str) -> str:
+    """A checkpoint hash cut to 16 characters; a merged store's comma-joined hashes each kept whole
+    (they are 12-character prefixes already, and cutting the joined text would drop teachers)."""
+    return joined if "," in joined else joined[:16]
 
 
 def _inclusive(rng: tuple[int, int]) -> tuple[int, int]:
@@ -119,9 +131,7 @@ def format_store_info(info: dict[str, Any]) -> str:
         f"crops           M={info['crops_per_image']} per image, scale {c['scale']}, ratio "
         f"{[round(r, 4) for r in c['ratio']]}, flip p={c['flip_prob']}, seed {c['seed']}",
         f"labels          {_describe_labels(lab)}",
-        f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
-        f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
-        f"normalization   mean {t['mean']}, std {t['std']}",
+        *(_merged_teacher_lines(t, info["merged"]) if "merged" in info else _teacher_lines(t)),
         f"layout          {info['layout']}",
         f"gt_prob         {_describe_gt(info['gt_prob'])}",
         f"completeness    {comp['chunks_done']}/{comp['chunks_total']} chunks done"
@@ -131,6 +141,27 @@ def format_store_info(info: dict[str, Any]) -> str:
     if "imported" in info:
         lines.append(f"imported        {info['imported']}")
     return "\n".join(lines)
+
+
+def _teacher_lines(t: dict[str, Any]) -> list[str]:
+    return [f"teacher         {t['name']} (timm {t['timm_name']}, sha256 {t['checkpoint_sha256'] or '-'}), "
+            f"input {'x'.join(map(str, t['input_size']))} {t['interpolation']}",
+            f"normalization   mean {t['mean']}, std {t['std']}"]
+
+
+def _merged_teacher_lines(t: dict[str, Any], merged: dict[str, Any] | None) -> list[str]:
+    """The teacher and normalization lines of a merged store: one line per teacher, with its own pixels."""
+    if merged is None:
+        return [f"teacher         {t['name']} (sha256 {t['checkpoint_sha256']}; merged by an older fkd-dali, which "
+                "recorded only the first teacher's input)",
+                f"normalization   first teacher's: mean {t['mean']}, std {t['std']}"]
+    lines = [f"teacher         {t['name']}: {len(merged['teachers'])} teachers, weighted mean of their top-K"]
+    for i, m in enumerate(merged["teachers"]):
+        lines.append(f"  teacher {i + 1}     {m['name']} (timm {m['timm_name']}, sha256 "
+                     f"{m['checkpoint_sha256'][:16] or '-'}), weight {m['weight']:g}, K={m['k']}, input "
+                     f"{'x'.join(map(str, m['input_size']))} {m['interpolation']}, mean {m['mean']}, std {m['std']}, "
+                     f"from {m['store']}")
+    return lines
 
 
 # -- verify -------------------------------------------------------------------
@@ -211,7 +242,8 @@ def prob_sum_floor(k: int, num_classes: int) -> float:
     return k / num_classes - k * PROB_QUANTUM / 2
 
 
-def verify_store(url: str, data: str | None = None, workers: int = 16) -> VerifyReport:
+def verify_store(url: str, data: str | None = None, workers: int = 16,
+                 storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Check a store's metadata, index, completeness, every stored value and (with `data`) the images.
 
     - metadata: every array exists with the shape, dtype, chunks, fill value and crc32c
@@ -238,7 +270,8 @@ def verify_store(url: str, data: str | None = None, workers: int = 16) -> Verify
         LabelStoreError: the store cannot be opened at all (damaged attributes included).
         DatasetIndexError: `data` is not a readable dataset folder.
     """
-    store = open_store(url, check_arrays=False)  # array metadata is reported below, not refused
+    # array metadata is reported below, not refused
+    store = open_store(url, check_arrays=False, storage_options=storage_options)
     report = VerifyReport(url=str(url), n_images=store.n_images, chunks_total=store.n_chunks)
     found = _Problems()
     _check_metadata(store, found, report.notes)
@@ -465,7 +498,7 @@ def class_namer(num_classes: int, dataset_classes: list[str]) -> Callable[[int],
 
 
 def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], data_root: str | None,
-                 max_crops: int = SHOW_MAX_CROPS) -> Path:
+                 max_crops: int = SHOW_MAX_CROPS, storage_options: dict[str, Any] | None = None) -> Path:
     """Draw one image's stored crops as a PNG grid, each captioned with its top-3 classes
     (a "logits" store: its 3 largest raw outputs, "dim i value").
 
@@ -494,7 +527,7 @@ def render_crops(url: str, image: int | str, out_png: str | os.PathLike[str], da
     if data_root is None:
         raise DatasetIndexError("showing crops needs the image files: pass --data DIR, the dataset folder "
                                 "the labels were generated for")
-    store = open_store(url)
+    store = open_store(url, storage_options=storage_options)
     i = resolve_image(store, image)
     index = store.load_index(str(data_root))
     path = index.abspath(i)

@@ -109,14 +109,23 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
-def check_store_matches(ckpt: dict[str, Any], store: LabelStore | None, path: str) -> None:
-    """Raise `CheckpointError` unless the checkpoint was trained with `store` (None: vanilla)."""
+#: What to do about a checkpoint trained with another store, by the command that found it.
+_STORE_REMEDY = {"resume": "resume with the --labels it used",
+                 "eval": "pass the --labels store it was trained with, or leave --labels out (eval only uses it "
+                         "to check the checkpoint)"}
+
+
+def check_store_matches(ckpt: dict[str, Any], store: LabelStore | None, path: str, command: str = "resume") -> None:
+    """Raise `CheckpointError` unless the checkpoint was trained with `store` (None: vanilla).
+
+    `command` ("resume" or "eval") picks the remedy the message gives: eval does not resume.
+    """
     have = ckpt.get("store_fingerprint")
     wanted = {None} if store is None else {store_id(store), _legacy_store_id(store)}
     if have not in wanted:
         what = "no store (vanilla)" if have is None else "another label store"
         raise CheckpointError(f"checkpoint {path} was trained with {what}"
-                              f"{'' if store is None else ', not ' + store.url}: resume with the --labels it used")
+                              f"{'' if store is None else ', not ' + store.url}: {_STORE_REMEDY[command]}")
 
 
 def check_resume(ckpt: dict[str, Any], identity: RunIdentity, store: LabelStore | None, path: str) -> None:

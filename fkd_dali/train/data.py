@@ -40,7 +40,8 @@ def open_training_data(cfg: TrainConfig) -> tuple[DatasetIndex, LabelStore | Non
     """
     if cfg.vanilla or cfg.fresh_crops:
         return build_index(cfg.data), None
-    index, store = open_replay_data(cfg.data, cfg.labels, cfg.num_crops, with_gt_prob=cfg.calibrate is not None)
+    index, store = open_replay_data(cfg.data, cfg.labels, cfg.num_crops, with_gt_prob=cfg.calibrate is not None,
+                                    storage_options=cfg.storage_options)
     if store.spec.label.kind is LabelKind.LOGITS and cfg.val:
         raise ConfigError(f"--val: store {store.url} holds a self-supervised teacher's {store.spec.label.num_classes} "
                           "raw outputs, so the student's outputs are features, not classes: drop --val")

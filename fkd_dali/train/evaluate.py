@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 
 from fkd_dali.config import EvalConfig
-from fkd_dali.data.index import DatasetIndex, build_index
+from fkd_dali.data.imagenet_val import validation_index
+from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
 from fkd_dali.store.checks import check_dataset
@@ -93,18 +94,20 @@ def model_data_config(model: torch.nn.Module, size: int | None = None, interpola
 
 def validation_data(folder: str | os.PathLike[str], dc: dict[str, Any], num_classes: int,
                     model_classes: Sequence[str] | None, batch_size: int, threads: int,
-                    device: torch.device | str, rank: int = 0, world: int = 1) -> tuple[ValidationLoader, np.ndarray]:
+                    device: torch.device | str, rank: int = 0, world: int = 1, val_labels: str | None = None,
+                    flags: tuple[str, str] = ("--val", "--val-labels")) -> tuple[ValidationLoader, np.ndarray]:
     """This rank's `ValidationLoader` over a labelled folder, and the map of its class ids to model outputs.
 
     Args:
-        folder: root/<class>/<image> folder to evaluate on.
+        folder: root/<class>/<image> folder to evaluate on, or with `val_labels` ImageNet's flat
+            validation folder (`fkd_dali.data.imagenet_val`); `flags` name both in errors.
         dc: the model's pixel contract: size, crop_pct, interpolation, mean, std.
         num_classes, model_classes: as in `resolve_class_map`.
         batch_size: images per rank and batch.
     """
     from fkd_dali.loaders.validation import ValidationLoader
 
-    index = build_index(folder)
+    index = validation_index(folder, val_labels, *flags)
     class_map = resolve_class_map(index.class_names, num_classes, model_classes)
     loader = ValidationLoader(index, dc["size"], dc["crop_pct"], dc["interpolation"], dc["mean"], dc["std"],
                               batch_size, threads, device, rank, world)
@@ -198,10 +201,11 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
     """`fkd-dali eval`: load a training checkpoint and evaluate it on `cfg.data` (DDP-aware)."""
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.labels:
-        check_store_matches(ckpt, open_store(cfg.labels), cfg.checkpoint)
+        check_store_matches(ckpt, open_store(cfg.labels, storage_options=cfg.storage_options), cfg.checkpoint,
+                            command="eval")
     with distributed(cfg.device) as (env, device):
         model = model_from_checkpoint(ckpt, cfg.checkpoint, ema=cfg.use_ema).to(device)
         loader, cmap = validation_data(cfg.data, ckpt["data_config"], int(ckpt["num_classes"]),
                                        ckpt.get("model_classes"), cfg.batch_size, cfg.threads, device, env.rank,
-                                       env.world)
+                                       env.world, cfg.val_labels, ("--data", "--val-labels"))
         return evaluate(model, loader, cmap, device, resolve_amp(cfg.amp, device))

@@ -19,6 +19,7 @@ written), so every rank sees the same value and all stop together.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import time
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fkd_dali.atomic import ensure_writable_dir
+from fkd_dali.atomic import ensure_writable_dir, writable_dir_problem
 from fkd_dali.config import TrainConfig, config_dict
 from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
@@ -62,7 +63,7 @@ from fkd_dali.train.mix import BatchMixer, MixSpec, same_image_pairs
 from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
 from fkd_dali.train.relabel import RelabelTargets
 from fkd_dali.train.precision import amp_context, resolve_amp
-from fkd_dali.train.run_log import RunLog, write_run_config
+from fkd_dali.train.run_log import RunLog, pass_line, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
 
 _STOP_CHECK_EVERY = 10  # steps between the cross-rank "stop requested?" all-reduces
@@ -289,7 +290,7 @@ def _make_val(run: TrainRun) -> None:
     model_classes = run.index.class_names if cfg.vanilla else None  # vanilla: the folder's classes
     run.val_loader, run.class_map = validation_data(cfg.val, run.data_config, run.num_classes,  # type: ignore[arg-type]
                                                     model_classes, cfg.val_batch_size, cfg.threads, run.device,
-                                                    run.env.rank, run.env.world)
+                                                    run.env.rank, run.env.world, cfg.val_labels)
 
 
 # -- the loop ----------------------------------------------------------------------
@@ -304,6 +305,7 @@ class PassStats:
     crops: int  # global crops trained now
     stop: bool = False  # the run must stop (signal or --max-steps) after this pass's steps_done
     bands: list[int] | None = None  # --calibrate: crops per band (easy, hard, negative), all ranks, steps run now
+    agreement: float | None = None  # fraction of the crops run now whose student top-1 was the target's top-1
 
 
 def _should_stop(run: TrainRun, stop: StopOnSignal, step_in_pass: int) -> bool:
@@ -338,15 +340,18 @@ def _step_inputs(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
 
 
 def _train_step(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One optimizer step on `batch` (step `step` of pass `pass_idx`: the key of its mix draws).
 
-    Returns the detached loss and, with --calibrate, the (3,) crops per band, both on the device.
+    Returns the detached loss, with --calibrate the (3,) crops per band (else None), and how
+    many crops the student's top-1 already matched the target's top-1 (the teacher's, before
+    this step's update): the "agreement" of the metrics, free to count here. All on the device.
     """
     images, target, weight, counts = _step_inputs(run, batch, pass_idx, step)
     with amp_context(run.device, run.amp_dtype):
         logits = run.module(images)
     loss = run.loss(logits, target, weight)  # weight None: unweighted, exactly
+    agree = (logits.detach().argmax(dim=1) == target.argmax(dim=1)).sum()
     run.optimizer.zero_grad(set_to_none=True)
     clip = run.cfg.clip_grad
     if run.scaler is not None:
@@ -361,7 +366,7 @@ def _train_step(run: TrainRun, batch: FkdBatch, pass_idx: int, step: int
         if clip:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
         run.optimizer.step()
-    return loss.detach(), counts
+    return loss.detach(), counts, agree
 
 
 def _mark_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, global_step: int) -> torch.Tensor:
@@ -396,17 +401,21 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
     step, lr = start_step, run.schedule.lr
     zero = torch.zeros((), device=run.device)
     pass_loss, log_loss, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
+    pass_agree, log_agree = zero.clone(), zero.clone()  # crops whose student top-1 is the target's top-1
+    per_rank = cfg.batch_size // run.env.world
     first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
     bands = torch.zeros(len(BANDS), dtype=torch.int64, device=run.device)  # summed on the device, reduced at the end
     stopping = cfg.max_steps is not None and run.global_step >= cfg.max_steps
     batches = run.loader.pass_batches(pass_idx, start_step) if not stopping else iter(())
     for batch in batches:
         lr = run.schedule.update(pass_idx, step)
-        loss, counts = _train_step(run, batch, pass_idx, step)
+        loss, counts, agree = _train_step(run, batch, pass_idx, step)
         if counts is not None:
             bands += counts
         pass_loss += loss
         log_loss += loss
+        pass_agree += agree
+        log_agree += agree
         log_steps += 1
         step += 1
         run.global_step += 1
@@ -422,11 +431,13 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
             dt = max(time.perf_counter() - t_log, 1e-9)
             crops_s = log_steps * run.crops_per_step / dt
             log_mean = all_mean(log_loss, run.env.world) / log_steps
+            agreement = all_mean(log_agree, run.env.world) / (log_steps * per_rank)
             metrics.write({"kind": "step", "pass": pass_idx, "step": step, "global_step": run.global_step,
                            "epoch": round((pass_idx + step / run.steps_per_pass) * run.m, 4),
-                           "loss": log_mean, "lr": lr, "images_per_s": crops_s / run.m, "crops_per_s": crops_s})
+                           "loss": log_mean, "lr": lr, "images_per_s": crops_s / run.m, "crops_per_s": crops_s,
+                           "agreement": round(agreement, 4)})
             _stop_if_nonfinite(run, log_mean, first_bad, pass_idx)
-            log_loss, log_steps, t_log = zero.clone(), 0, time.perf_counter()
+            log_loss, log_agree, log_steps, t_log = zero.clone(), zero.clone(), 0, time.perf_counter()
         if _should_stop(run, stop, step - 1):
             stopping = True
             break
@@ -434,29 +445,62 @@ def train_one_pass(run: TrainRun, pass_idx: int, start_step: int, metrics: RunLo
         batches.close()
     done = step - start_step
     mean = all_mean(pass_loss, run.env.world) / done if done else float("nan")
+    agreement = all_mean(pass_agree, run.env.world) / (done * per_rank) if done else None
     if done:
         _stop_if_nonfinite(run, mean, first_bad, pass_idx)  # steps after the last log, before a checkpoint
     band_totals = all_sum(bands, run.env.world).tolist() if run.calibration is not None else None
     return PassStats(pass_idx, step, mean, lr, time.perf_counter() - t_pass, done * run.crops_per_step, stopping,
-                     band_totals)
+                     band_totals, agreement)
 
 
 def _validate(run: TrainRun, model: torch.nn.Module) -> EvalResult:
     return evaluate(model, run.val_loader, run.class_map, run.device, run.amp_dtype, run.cfg.channels_last)
 
 
+def _stop_record(run: TrainRun, stats: PassStats, stop: StopOnSignal, ckpt: str | None) -> dict[str, Any]:
+    """The metrics line of a run stopped before its end (signal or --max-steps): where, why, and the loss
+    of the steps run in its last pass, so a run stopped within its first pass does not leave metrics empty."""
+    reason = f"signal {stop.signum}" if stop.signum is not None else "--max-steps"
+    done = stats.crops // run.crops_per_step
+    return {"kind": "stop", "pass": stats.pass_idx, "step": stats.steps_done, "global_step": run.global_step,
+            "epoch": round((stats.pass_idx + stats.steps_done / run.steps_per_pass) * run.m, 4),
+            "loss": stats.loss if done and np.isfinite(stats.loss) else None, "lr": stats.lr,
+            "steps_run": done, "reason": reason, "checkpoint": ckpt}
+
+
+def _eta_s(run: TrainRun, pass_idx: int, t_start: float) -> float | None:
+    """Seconds left at the end of pass `pass_idx`: the mean time of the passes run now, times those left."""
+    done = pass_idx + 1 - run.start_pass
+    return (time.perf_counter() - t_start) / done * (run.passes - pass_idx - 1) if done > 0 else None
+
+
+def warmup_note(spec: ScheduleSpec) -> str | None:
+    """The note of a warmup longer than the run: the schedule shortens it to end one step before the run does."""
+    asked = spec.epochs_to_steps(spec.warmup_epochs)
+    if asked <= spec.warmup_steps:
+        return None
+    return (f"note: --warmup-epochs {spec.warmup_epochs:g} ({asked:,} steps) is longer than this run "
+            f"({spec.passes * spec.m} epochs, {spec.total_steps:,} steps): warmup shortened to {spec.warmup_steps:,} "
+            "steps, so the lr reaches --lr only at the last step (lower --warmup-epochs to keep a decay phase)")
+
+
 def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
     history: list[dict[str, Any]] = []
     loss, ckpt, val, val_ema = float("nan"), None, None, None
     pass_idx, start = run.start_pass, run.start_step
+    t_start = time.perf_counter()
+    note = warmup_note(run.schedule.spec)
+    if note is not None:
+        metrics.note(note)
     while pass_idx < run.passes:
         stats = train_one_pass(run, pass_idx, start, metrics, stop)
         loss = stats.loss if stats.steps_done > start else loss
         if stats.steps_done < run.steps_per_pass:
             ckpt = _save(run, pass_idx, stats.steps_done)
+            metrics.write(_stop_record(run, stats, stop, ckpt))
             break
         record = {"kind": "pass", "pass": pass_idx, "step": stats.steps_done, "global_step": run.global_step,
-                  "loss": stats.loss,
+                  "epoch": (pass_idx + 1) * run.m, "loss": stats.loss, "agreement": round(stats.agreement or 0.0, 4),
                   "lr": stats.lr, "seconds": round(stats.seconds, 3),
                   "crops_per_s": stats.crops / stats.seconds if stats.seconds else 0.0}
         record["images_per_s"] = record["crops_per_s"] / run.m
@@ -476,10 +520,15 @@ def _loop(run: TrainRun, metrics: RunLog, stop: StopOnSignal) -> TrainResult:
                 run.untimed_s += val_ema.seconds
                 record.update(val_top1_ema=val_ema.top1, val_top5_ema=val_ema.top5)
         metrics.write(record)
+        metrics.note(pass_line(record, run.passes, run.passes * run.m, time.perf_counter() - t_start,
+                               _eta_s(run, pass_idx, t_start)))
         history.append(record)
         ckpt = _save(run, pass_idx + 1, 0, pass_idx if run.cfg.save_every_pass else None)
         pass_idx, start = pass_idx + 1, 0
         if stats.stop:
+            if pass_idx < run.passes:
+                metrics.write(_stop_record(run, dataclasses.replace(stats, pass_idx=pass_idx, steps_done=0, crops=0),
+                                           stop, ckpt))
             break
     interrupted = stop.signum is not None
     elapsed = time.perf_counter() - run.timed_since - run.untimed_s if run.timed_since is not None else 0.0
@@ -500,11 +549,16 @@ def fit(cfg: TrainConfig) -> TrainResult:
         `CheckpointError` (resume from another model, store or layout).
     """
     with distributed(cfg.device) as (env, device), StopOnSignal() as stop:
+        problem = writable_dir_problem(cfg.output)  # checked first, created only once training can start:
+        if problem is not None:  # a run that fails before training leaves no empty folder behind
+            raise ConfigError(f"--output {cfg.output}: cannot be written ({problem}); choose a folder that can be "
+                              "written")
+        run = build_run(cfg, env, device)
         try:
             ensure_writable_dir(cfg.output, f"--output {cfg.output}")
         except OSError as e:
+            run.loader.close()
             raise ConfigError(f"{e}; choose a folder that can be written") from e
-        run = build_run(cfg, env, device)
         _write_config(run)
         metrics = RunLog(cfg.output, env.is_main, run.passes * run.steps_per_pass, run.global_step,
                          append=bool(cfg.resume), progress=cfg.progress, tensorboard=cfg.tensorboard)

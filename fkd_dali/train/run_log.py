@@ -1,17 +1,93 @@
-"""What a training run writes besides checkpoints: `config.json`/`.yaml`, `metrics.jsonl`, a progress bar, TensorBoard.
+"""What a training run writes besides checkpoints: `config.json`/`.yaml`, `metrics.jsonl`, `summary.csv`,
+a progress bar, a readable line per pass, TensorBoard.
 
 Only rank 0 writes; on other ranks a `RunLog` is a no-op. Every metrics line is one
-JSON object with `kind` ("step" or "pass") and `global_step`. A resumed run first drops
-the lines logged after its checkpoint (they are logged again), so each step appears once.
+JSON object with `kind` ("step", "pass", or "stop" for a run stopped before its end)
+and `global_step`. A resumed run first drops the lines logged after its checkpoint
+(they are logged again), so each step appears once. `summary.csv` has one row per
+pass in timm's columns (epoch, train_loss, eval_top1, eval_top5, lr) plus images_per_s,
+rewritten from the pass records after each pass, so a resumed run keeps one row per pass.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-TB_KEYS = ("loss", "lr", "images_per_s", "val_top1", "val_top5")  # what goes to TensorBoard
+from fkd_dali.atomic import save_text_atomic
+
+TB_KEYS = ("loss", "lr", "images_per_s", "agreement", "val_top1", "val_top5")  # what goes to TensorBoard
+SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_per_s")  # timm's, + images_per_s
+
+
+def _duration(seconds: float) -> str:
+    """`3725` -> `1:02:05` (as timm and tqdm print times)."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def pass_line(record: dict[str, Any], passes: int, epochs: int, elapsed_s: float, eta_s: float | None) -> str:
+    """The readable line of one pass (timm prints one per epoch): where, loss, validation, speed, time left."""
+    parts = [f"pass {record['pass'] + 1}/{passes}", f"epoch {record.get('epoch', record['pass'] + 1):g}/{epochs}",
+             f"loss {record['loss']:.4f}"]
+    if record.get("agreement") is not None:
+        parts.append(f"agree {100 * record['agreement']:.1f}%")
+    parts.append(f"lr {record['lr']:.3g}")
+    if record.get("val_top1") is not None:
+        parts.append(f"val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%")
+    if record.get("val_top1_ema") is not None:
+        parts.append(f"EMA top-1 {record['val_top1_ema']:.2f}%")
+    parts.append(f"{record['images_per_s']:,.1f} img/s")
+    parts.append(f"elapsed {_duration(elapsed_s)}")
+    if eta_s is not None:
+        parts.append(f"ETA {_duration(eta_s)}")
+    return "  ".join(parts)
+
+
+def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`summary.csv`'s rows from pass records: timm's columns (eval_* empty where not validated)."""
+    rows = []
+    for r in records:
+        speed = r.get("images_per_s")
+        rows.append({"epoch": r.get("epoch", r["pass"] + 1), "train_loss": r.get("loss"), "eval_top1": r.get("val_top1"),
+                     "eval_top5": r.get("val_top5"), "lr": r.get("lr"),
+                     "images_per_s": round(speed, 2) if speed is not None else None})
+    return rows
+
+
+def write_summary_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write `summary.csv` atomically (a reader never sees half a file)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in summary_rows(records):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    save_text_atomic(path, buf.getvalue())
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def summary_line(result: Any, epochs_per_pass: int) -> str:
+    """The readable end-of-run line printed before the JSON summary (`result` is a `TrainResult`)."""
+    loss = _finite_or_none(result.final_loss)
+    head = (f"stopped early by signal {result.signal}" if result.interrupted else "trained")
+    parts = [f"{head}: {result.passes} pass(es) = {result.passes * epochs_per_pass} epoch(s) done, "
+             f"{result.steps:,} steps", f"loss {loss:.4f}" if loss is not None else "loss -"]
+    if result.val:
+        parts.append(f"val top-1 {result.val['top1']:.2f}% top-5 {result.val['top5']:.2f}%")
+    if result.val_ema:
+        parts.append(f"EMA top-1 {result.val_ema['top1']:.2f}%")
+    parts.append(f"{result.images_per_s:,.1f} images/s")
+    if result.checkpoint:
+        parts.append(f"checkpoint {result.checkpoint}"
+                     + (f" (continue with --resume {result.checkpoint})" if result.interrupted else ""))
+    return ", ".join(parts)
 
 def _drop_after(path: Path, global_step: int) -> None:
     """Remove the lines of `path` past `global_step` (and a torn last line), atomically."""
@@ -28,6 +104,12 @@ def _drop_after(path: Path, global_step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
     tmp.replace(path)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_run_config(output: str | Path, config: dict[str, Any], resolved: dict[str, Any]) -> None:
@@ -60,14 +142,18 @@ class RunLog:
                  progress: bool = True, tensorboard: bool = False) -> None:
         self.main = main
         self.bar = self.file = self.tb = None
+        self.passes = []
         if not main:
             return
         from tqdm import tqdm
 
         out = Path(output)
         path = out / "metrics.jsonl"
+        self.summary = out / "summary.csv"
+        self.passes: list[dict[str, Any]] = []  # pass records, for summary.csv
         if append:
             _drop_after(path, done_steps)
+            self.passes = [r for r in _records(path) if r.get("kind") == "pass"]
         self.file = open(path, "a" if append else "w", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=done_steps, unit="step", dynamic_ncols=True,
                         disable=not progress, desc="train")
@@ -90,6 +176,9 @@ class RunLog:
             return
         self.file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
         self.file.flush()  # type: ignore[union-attr]
+        if record["kind"] == "pass":
+            self.passes.append(record)
+            write_summary_csv(self.summary, self.passes)
         if self.bar is not None and record["kind"] == "step":
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                  img_s=f"{record['images_per_s']:.0f}")

@@ -199,6 +199,12 @@ def test_tiny_store_benchmark(tmp_path: Path, tiny_teacher: Path) -> None:
         assert len(table["timing"][cache]["read_pass_table_s"]) == 2
         assert table["extrapolated_read_pass_table_s"][cache] > 0
     assert not list((out / "assets").glob("synthetic-*"))  # deleted unless --keep-synthetic
+    # sizes this small cannot judge the targets: said in the summary, the notes and the tables
+    assert len(summary["warnings"]) == 2 and doc["warnings"] == summary["warnings"]
+    assert big["store_target_judged"] is False and table["target_judged"] is False
+    from bench.summary import store_markdown
+
+    assert "missed" not in store_markdown(doc) and store_markdown(doc).count("not judged") == 2
 
 
 @pytest.mark.slow

@@ -28,3 +28,14 @@ def test_tiny_demo_runs_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fkd-dali demo report" in printed and "not that it generalises to new photos" in printed
     assert (out / "run" / "last.pth").is_file() and (out / "labels.zarr" / "zarr.json").is_file()
+    # the figures beside report.json, named in it and in the printed report
+    from PIL import Image
+
+    for name in ("crops", "training"):
+        path = out / f"{name}.png"
+        assert report["figures"][name] == str(path) and str(path) in printed
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] >= 500
+    # the estimate comes first, before any work; the report keeps it beside the measured time
+    assert printed.lstrip().startswith("[0/4] expect about ")
+    assert report["estimated_seconds"] > 0 and report["cpu_seconds"] > 0

@@ -1,6 +1,6 @@
 """GPU label generation and demo: `mixed` (nvJPEG) decoding and the bf16 teacher.
 
-Run on the accelerator machine; skipped without a GPU. The CPU pipeline is the
+Needs a CUDA GPU; skipped on CPU-only machines. The CPU pipeline is the
 reference: nvJPEG and libjpeg-turbo may differ by a grey level or two (IDCT and
 chroma upsampling), and bf16 autocast moves probabilities by about 1e-2.
 """

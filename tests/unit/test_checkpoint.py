@@ -66,6 +66,14 @@ def test_store_match_accepts_the_legacy_identity_and_names_the_store():
         check_store_matches({"store_fingerprint": None}, _Store(META), "c.pth")
 
 
+def test_store_mismatch_found_by_eval_says_what_eval_needs():
+    with pytest.raises(CheckpointError, match="resume with the --labels it used"):
+        check_store_matches({"store_fingerprint": "x"}, _Store(META), "c.pth")
+    with pytest.raises(CheckpointError) as e:
+        check_store_matches({"store_fingerprint": "x"}, _Store(META), "c.pth", command="eval")
+    assert "resume" not in str(e.value) and "pass the --labels store it was trained with" in str(e.value)
+
+
 @pytest.mark.parametrize("change, match", [
     ({"arch": "resnet18"}, "holds a 'resnet10t' model"),
     ({"data_fingerprint": "other"}, "another dataset"),

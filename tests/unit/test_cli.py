@@ -72,12 +72,14 @@ def test_bad_values_are_one_line_naming_the_flag(base, extra, flag, capsys):
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path, captured_fit, capsys):
     conf = tmp_path / "run.yaml"
-    conf.write_text("data: /data/train\nlabels: s.zarr\nbatch-size: 64\nlr: 0.05\nscale: [0.2, 1.0]\n"
-                    "progress: false\n")
+    (tmp_path / "train").mkdir()  # the paths must exist: they are checked before training starts
+    (tmp_path / "s.zarr").mkdir()
+    conf.write_text(f"data: {tmp_path / 'train'}\nlabels: {tmp_path / 's.zarr'}\nbatch-size: 64\nlr: 0.05\n"
+                    "scale: [0.2, 1.0]\nprogress: false\n")
     assert main(["train", "--config", str(conf), "--lr", "0.1"]) == 0
     (cfg,) = captured_fit
     assert (cfg.data, cfg.labels, cfg.batch_size, cfg.lr, cfg.scale, cfg.progress) == (
-        "/data/train", "s.zarr", 64, 0.1, (0.2, 1.0), False)
+        str(tmp_path / "train"), str(tmp_path / "s.zarr"), 64, 0.1, (0.2, 1.0), False)
     assert cfg.epochs == 300  # neither file nor flag: the dataclass default
 
 

@@ -57,3 +57,28 @@ def test_cli_merge(small_store, tmp_path, capsys):
     assert open_store(str(out)).spec.label.k == 3
     assert main(["labels", "merge", str(small_store), "--out", str(tmp_path / "one.zarr")]) == 2
     assert "at least two stores" in capsys.readouterr().err
+
+
+def test_info_of_a_merged_store_shows_every_teacher_whole(small_store, photo_root, tmp_path):
+    """`labels info` on an ensemble: each teacher's hash, weight, input and normalization, not the first one's."""
+    from fkd_dali.config import LabelGenConfig
+    from fkd_dali.labels.generate import generate_labels
+    from fkd_dali.store.tools import format_store_info, store_info
+    from tests.conftest import random_teacher
+
+    other = tmp_path / "other.zarr"
+    generate_labels(LabelGenConfig(data=str(photo_root), out=str(other), teacher="resnet10t",
+                                   checkpoint=str(random_teacher(tmp_path / "r10.pth")), reference=str(small_store),
+                                   input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), batch_size=64,
+                                   threads=2, progress=False))
+    merged = merge_stores([str(small_store), str(other)], str(tmp_path / "ens.zarr"), weights=[1, 3])
+    hashes = [open_store(str(u)).spec.teacher.checkpoint_sha256 for u in (small_store, other)]
+    info = store_info(merged.url)
+    assert info["teacher"]["checkpoint_sha256"] == ",".join(h[:12] for h in hashes)  # not cut to 16 characters
+    text = format_store_info(info)
+    teachers = [line for line in text.splitlines() if line.startswith("  teacher ")]
+    assert len(teachers) == 2, text
+    assert "weight 0.25" in teachers[0] and "weight 0.75" in teachers[1]
+    assert hashes[0][:16] in teachers[0] and hashes[1][:16] in teachers[1]
+    assert "mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]" in teachers[1] and "input 3x32x32" in teachers[1]
+    assert "std [0.25" not in teachers[0]

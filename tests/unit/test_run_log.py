@@ -56,3 +56,61 @@ def test_run_config_is_written_as_json_and_yaml_and_reads_back_as_a_config(tmp_p
     assert as_json == as_yaml and as_json["resolved"] == {"passes": 3, "device": "cpu"}
     values = load_config_file(tmp_path / "config.yaml", TrainConfig)
     assert TrainConfig(**values) == cfg
+
+
+def pass_record(p: int, loss: float, **kw) -> dict:
+    return {"kind": "pass", "pass": p, "step": 10, "global_step": 10 * (p + 1), "epoch": 4 * (p + 1), "loss": loss,
+            "lr": 0.1, "images_per_s": 12.345, "crops_per_s": 49.38, "seconds": 3.0, **kw}
+
+
+def test_summary_csv_has_timms_columns_and_one_row_per_pass_after_a_resume(tmp_path):
+    import csv
+
+    log = RunLog(tmp_path, main=True, total_steps=40, progress=False)
+    log.write(pass_record(0, 2.5, val_top1=10.0, val_top5=40.0))
+    log.write(pass_record(1, 2.0))
+    log.close()
+    resumed = RunLog(tmp_path, main=True, total_steps=40, done_steps=10, append=True, progress=False)  # pass 1 again
+    resumed.write(pass_record(1, 1.5, val_top1=20.0, val_top5=60.0))
+    resumed.close()
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_per_s"]
+    assert [(r["epoch"], r["train_loss"], r["eval_top1"]) for r in rows] == [("4", "2.5", "10.0"), ("8", "1.5", "20.0")]
+    assert rows[0]["images_per_s"] == "12.35"
+
+
+def test_pass_line_reads_like_timms():
+    from fkd_dali.train.run_log import pass_line
+
+    line = pass_line(pass_record(2, 3.14159, val_top1=71.2, val_top5=90.1, agreement=0.4567), passes=75,
+                     epochs=300, elapsed_s=754, eta_s=3723)
+    assert line.split("  ") == ["pass 3/75", "epoch 12/300", "loss 3.1416", "agree 45.7%", "lr 0.1",
+                                "val top-1 71.20% top-5 90.10%", "12.3 img/s", "elapsed 0:12:34", "ETA 1:02:03"]
+    assert "val" not in pass_line(pass_record(0, 1.0), 2, 8, 1.0, None) and "ETA" not in pass_line(
+        pass_record(0, 1.0), 2, 8, 1.0, None)
+
+
+def test_summary_line_says_what_was_done_and_how_to_continue():
+    from fkd_dali.train.loop import TrainResult
+    from fkd_dali.train.run_log import summary_line
+
+    done = TrainResult(passes=2, steps=20, final_loss=1.23456, images_per_s=99.0, crops_per_s=396.0, history=[],
+                       checkpoint="runs/x/last.pth", val={"top1": 50.0, "top5": 80.0})
+    assert summary_line(done, 4) == ("trained: 2 pass(es) = 8 epoch(s) done, 20 steps, loss 1.2346, val top-1 50.00% "
+                                     "top-5 80.00%, 99.0 images/s, checkpoint runs/x/last.pth")
+    stopped = TrainResult(passes=0, steps=3, final_loss=float("nan"), images_per_s=0.0, crops_per_s=0.0, history=[],
+                          interrupted=True, signal=15, checkpoint="o/last.pth")
+    line = summary_line(stopped, 4)
+    assert line.startswith("stopped early by signal 15: 0 pass(es)") and "loss -" in line
+    assert line.endswith("(continue with --resume o/last.pth)")
+
+
+def test_a_warmup_longer_than_the_run_is_noted():
+    from fkd_dali.train.loop import warmup_note
+    from fkd_dali.train.schedule import ScheduleSpec
+
+    assert warmup_note(ScheduleSpec(passes=10, steps_per_pass=10, m=4, warmup_epochs=5)) is None
+    note = warmup_note(ScheduleSpec(passes=1, steps_per_pass=10, m=4, warmup_epochs=5))
+    assert note.startswith("note: --warmup-epochs 5 (12 steps) is longer than this run (4 epochs, 10 steps)")
+    assert "shortened to 9 steps" in note

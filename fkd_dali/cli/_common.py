@@ -110,7 +110,7 @@ def check_folder(flag: str, path: str | None, remedy: str) -> None:
     from fkd_dali.errors import ConfigError
 
     if not os.path.exists(path):
-        raise ConfigError(f"{flag} {path}: no such folder; {remedy}")
+        raise ConfigError(f"{flag} {path}: no such folder (the path does not exist); {remedy}")
     if not os.path.isdir(path):
         raise ConfigError(f"{flag} {path}: is a file, not a folder; {remedy}")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -126,7 +126,7 @@ def check_file(flag: str, path: str | None, remedy: str) -> None:
     from fkd_dali.errors import ConfigError
 
     if not os.path.exists(path):
-        raise ConfigError(f"{flag} {path}: no such file; {remedy}")
+        raise ConfigError(f"{flag} {path}: no such file (the path does not exist); {remedy}")
     if os.path.isdir(path):
         raise ConfigError(f"{flag} {path}: is a folder, not a file; {remedy}")
     if not os.access(path, os.R_OK):
@@ -142,7 +142,7 @@ def check_store(flag: str, path: str | None) -> None:
     from fkd_dali.errors import ConfigError
 
     if not os.path.exists(path):
-        raise ConfigError(f"{flag} {path}: no such store (nothing at that path); give the store's path, or create "
+        raise ConfigError(f"{flag} {path}: no such store (the path does not exist); give the store's path, or create "
                           "it with `fkd-dali labels generate`")
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{flag} {path}: the store cannot be read (permission denied)")
@@ -161,3 +161,25 @@ def check_writable(flag: str, path: str | None, what: str = "folder") -> None:
     problem = writable_dir_problem(folder)
     if problem is not None:
         raise ConfigError(f"{flag} {path}: cannot be written ({problem}); choose a {what} that can be written")
+
+
+def check_store_out(flag: str, path: str | None) -> None:
+    """A store to create or resume at `path`: refuse a file, a foreign folder or an unwritable place.
+
+    A folder that already holds a store is left to the library: a complete store on a
+    read-only file system has nothing to do, which is no error.
+    """
+    if path is None or is_url(path):
+        return
+    import os
+
+    from fkd_dali.errors import ConfigError, LabelStoreError
+    from fkd_dali.store.claim import check_out_location
+
+    if os.path.isfile(os.path.join(path, "zarr.json")):
+        return
+    try:
+        check_out_location(path)
+    except LabelStoreError as e:
+        raise ConfigError(str(e)) from None
+    check_writable(flag, path)

@@ -13,6 +13,7 @@ from fkd_dali.cli._common import (
     check_file,
     check_folder,
     check_store,
+    check_store_out,
     check_writable,
     defaults_of,
     float_pair,
@@ -91,7 +92,7 @@ def _generate(args: argparse.Namespace) -> int:
     check_folder("--data", cfg.data, _DATA_REMEDY)
     check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
     check_store("--reference", cfg.reference)
-    check_writable("--out", cfg.out)
+    check_store_out("--out", cfg.out)
     from fkd_dali.labels.generate import generate_labels
 
     summary = generate_labels(cfg)
@@ -270,7 +271,7 @@ def _add_import(lsub: argparse._SubParsersAction) -> None:
 def _import(args: argparse.Namespace) -> int:
     check_folder("DIR", args.fkd_dir, "give the root of FKD's per-image label files (<class>/<image>.tar)")
     check_folder("--data", args.data, _DATA_REMEDY)
-    check_writable("--out", args.out)
+    check_store_out("--out", args.out)
     from fkd_dali.interop.fkd_store import import_fkd
     from fkd_dali.store.schema import StoreLayout
 
@@ -317,7 +318,7 @@ def _add_merge(lsub: argparse._SubParsersAction) -> None:
 def _merge(args: argparse.Namespace) -> int:
     for url in args.stores:
         check_store("STORE", url)
-    check_writable("--out", args.out)
+    check_store_out("--out", args.out)
     from fkd_dali.labels.merge import merge_stores
 
     store = merge_stores(args.stores, args.out, weights=args.weights, k=args.top_k,

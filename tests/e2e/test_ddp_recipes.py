@@ -46,6 +46,6 @@ def test_torchrun_online_kd(photo_root, tmp_path):
     done = _torchrun(photo_root, "online", tmp_path, "--teacher", "efficientnet_lite0", "--color-jitter", "0.4",
                      "--max-steps", "2")
     summaries = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-    assert len(summaries) == WORLD and all(s["steps"] == 2 for s in summaries)
+    assert len(summaries) == 1 and summaries[0]["steps"] == 2  # rank 0 alone prints the run's summary
     ckpt = load_checkpoint(str(tmp_path / "last.pth"))
-    assert ckpt["mode"] == "online" and ckpt["world"] == WORLD
+    assert ckpt["mode"] == "online" and ckpt["world"] == WORLD and ckpt["global_step"] == 2

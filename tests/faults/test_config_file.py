@@ -11,11 +11,15 @@ import pytest
 
 from fkd_dali.cli import main
 
-BASE = "data: /data/train\nlabels: s.zarr\n"
+BASE = "data: {tmp}/train\nlabels: {tmp}/s.zarr\n"  # paths that exist: train checks them before anything else
 
 
 def _run(tmp_path, capsys, content: str | bytes, *flags: str) -> tuple[int, str]:
     conf = tmp_path / "run.yaml"
+    (tmp_path / "train").mkdir(exist_ok=True)
+    (tmp_path / "s.zarr").mkdir(exist_ok=True)
+    if isinstance(content, str):
+        content = content.replace("{tmp}", str(tmp_path))
     if isinstance(content, bytes):
         conf.write_bytes(content)
     else:

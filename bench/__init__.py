@@ -39,6 +39,8 @@ BENCHMARKS.add("feed", Benchmark(".bench_feed", "images per CPU-second of the re
                                                 "taken out, by stage"))
 BENCHMARKS.add("fidelity", Benchmark(".bench_fidelity", "label fidelity vs the teacher on each crop: stored "
                                                         "top-K, ReLabel maps, one label per image"))
+BENCHMARKS.add("scenes", Benchmark(".scenes", "controlled scenes for accuracy benchmarks: one labelled object, "
+                                              "distractors, clutter; boxes in scenes.json"))
 
 _USAGE = "usage: bench {" + "|".join(BENCHMARKS.names()) + "} [options]   (bench NAME --help for options)"
 

@@ -268,3 +268,10 @@ def test_runs_are_trained_once_per_recipe_and_scene_folder(tiny, monkeypatch):
     assert other.checkpoint != first.checkpoint and len(calls) == 6
     with pytest.raises(ConfigError, match="teacher split"):
         st.ensure_teacher(tiny.root, recipe)
+    stage = st.Recipe(name="s2", split="train", arch="test_resnet", epochs=1, batch_size=4, lr=1e-4, image_size=64,
+                      scale=(1.0, 1.0), ratio=(1.0, 1.0), start_from=recipe)
+    tuned = st.ensure_run(tiny.root, stage)  # the first stage is cached: one more training
+    assert len(calls) == 9 and calls[6][calls[6].index("--initial-checkpoint") + 1] == first.checkpoint
+    assert calls[6][calls[6].index("--ratio") + 1] == "1.0,1.0"
+    assert (tuned.train_cpu_s, tuned.total_cpu_s, tuned.total_wall_s) == (20.0, 40.0, 24.0)
+    assert st.ensure_run(tiny.root, stage).reused and len(calls) == 9

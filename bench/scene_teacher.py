@@ -40,7 +40,10 @@ class Recipe:
         arch ... weight_decay: `fkd-dali train` flags of the same names.
         image_size: training and evaluation side (None: the scenes' side).
         crop_pct: validation centre-crop fraction; 1.0 evaluates the full image.
-        scale: random-resized-crop area range of the training crops.
+        scale, ratio: random-resized-crop area and aspect ranges of the training crops
+            ((1, 1) and (1, 1): the whole image, flipped at random).
+        start_from: a recipe whose trained weights this one starts from (`--initial-checkpoint`;
+            optimizer and schedule start fresh), e.g. a fine-tuning stage at another resolution.
     """
 
     name: str
@@ -53,20 +56,28 @@ class Recipe:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     images: int | None = None
     image_size: int | None = None
     crop_pct: float = 1.0
     seed: int = 0
+    start_from: Recipe | None = None
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-#: The teacher: resnet10t (4.9M parameters) on the 8,000-image teacher split, hard labels, random-resized crops at
-#: scale 0.25-1 (milder than torchvision's 0.08: see SCENES.md), the 64 px images resized to 96 px (the 4x stem of
-#: a ResNet leaves a 22 px object 5 px wide at 64 px), 24 epochs of AdamW; measured figures in bench/SCENES.md.
-TEACHER = Recipe(name="teacher-resnet10t", split="teacher", arch="resnet10t", epochs=24, batch_size=128, lr=3e-3,
-                 scale=(0.25, 1.0), image_size=96)
+#: Stage 1 of the teacher: resnet10t (4.9M parameters) on the 8,000-image teacher split, hard labels,
+#: random-resized crops at scale 0.25-1 (milder than torchvision's 0.08: see SCENES.md), the 64 px images
+#: resized to 96 px (a ResNet's stride-4 stem leaves a 22 px object 5 px wide at 64 px), 24 epochs of AdamW.
+TEACHER_STAGE1 = Recipe(name="teacher-resnet10t", split="teacher", arch="resnet10t", epochs=24, batch_size=128,
+                        lr=3e-3, scale=(0.25, 1.0), image_size=96)
+#: The teacher: stage 1 fine-tuned for 2 epochs on whole images at 128 px (FixRes, Touvron et al. 2019:
+#: random-resized crops show objects larger than the whole image does, so a model trained at 96 px sees the
+#: whole image best at a higher resolution; fine-tuning there makes that its own input size).
+TEACHER = Recipe(name="teacher-resnet10t-fixres128", split="teacher", arch="resnet10t", epochs=2, batch_size=128,
+                 lr=3e-4, warmup_epochs=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), image_size=128,
+                 start_from=TEACHER_STAGE1)
 #: The hard-label student baseline the teacher must beat by >= 10 points: timm's test_resnet (0.37M
 #: parameters), 2,000 train images x 16 epochs, the same crops and optimizer.
 HARD_STUDENT = Recipe(name="student-hard-test_resnet", split="train", arch="test_resnet", epochs=16, batch_size=64,
@@ -80,10 +91,12 @@ class RunResult:
     recipe: Recipe
     checkpoint: str
     scenes: dict  # the scene folder's identity (generator, version, config)
-    train_wall_s: float  # training only (the eval below is not counted)
-    train_cpu_s: float  # CPU seconds of the training process and its children (user + system)
+    train_wall_s: float  # training only (the eval below is not counted), this stage
+    train_cpu_s: float  # CPU seconds of the training process and its children (user + system), this stage
     test_top1: float  # percent, full test images (resize + centre crop at crop_pct)
     val_top1: float | None  # percent, last validation of the run on the val split
+    total_wall_s: float = 0.0  # training wall seconds with every `start_from` stage
+    total_cpu_s: float = 0.0  # training CPU seconds with every `start_from` stage
     reused: bool = False
 
 
@@ -114,6 +127,7 @@ def ensure_run(root: str | os.PathLike[str], recipe: Recipe, device: str = "auto
         log: file for the child processes' output (default: `run_dir/train.log`).
     """
     scenes = load_scenes(root)
+    base = ensure_run(root, recipe.start_from, device, niceness, log) if recipe.start_from else None
     out = run_dir(root, recipe)
     identity = _scene_identity(scenes)
     cached = _load_result(out / RESULT)
@@ -128,17 +142,22 @@ def ensure_run(root: str | os.PathLike[str], recipe: Recipe, device: str = "auto
     args = ["train", "--data", str(data), "--labels", "none", "--arch", recipe.arch, "--epochs", str(recipe.epochs),
             "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--opt", recipe.opt,
             "--weight-decay", str(recipe.weight_decay), "--warmup-epochs", str(recipe.warmup_epochs),
-            "--scale", f"{recipe.scale[0]},{recipe.scale[1]}", "--image-size",
+            "--scale", f"{recipe.scale[0]},{recipe.scale[1]}", "--ratio", f"{recipe.ratio[0]},{recipe.ratio[1]}",
+            "--image-size",
             str(recipe.image_size or scenes.config.size), "--crop-pct", str(recipe.crop_pct),
             "--seed", str(recipe.seed), "--val", scenes.split_root("val"), "--output", str(out / "run"),
             "--device", device, "--no-progress", "--log-interval", "20"]
+    if base is not None:
+        args += ["--initial-checkpoint", base.checkpoint]
     wall, cpu, _ = run_cli(args, log_path, niceness)
     checkpoint = out / "run" / "last.pth"
     _, _, lines = run_cli(["eval", "--data", scenes.split_root("test"), "--checkpoint", str(checkpoint),
                            "--device", device], log_path, niceness)
     result = RunResult(recipe=recipe, checkpoint=str(checkpoint), scenes=identity, train_wall_s=round(wall, 1),
                        train_cpu_s=round(cpu, 1), test_top1=float(_last_json(lines)["top1"]),
-                       val_top1=_last_val(out / "run" / "metrics.jsonl"))
+                       val_top1=_last_val(out / "run" / "metrics.jsonl"),
+                       total_wall_s=round(wall + (base.total_wall_s if base else 0.0), 1),
+                       total_cpu_s=round(cpu + (base.total_cpu_s if base else 0.0), 1))
     tmp = out / f".{RESULT}.tmp"
     tmp.write_text(json.dumps(asdict(result), indent=1) + "\n")
     os.replace(tmp, out / RESULT)
@@ -192,10 +211,16 @@ def _scene_identity(scenes: SceneSet) -> dict:
 def _load_result(path: Path) -> RunResult | None:
     try:
         raw = json.loads(path.read_text())
-        raw["recipe"] = Recipe(**{**raw["recipe"], "scale": tuple(raw["recipe"]["scale"])})
+        raw["recipe"] = _recipe_from_json(raw["recipe"])
         return RunResult(**raw)
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _recipe_from_json(raw: dict) -> Recipe:
+    base = raw.get("start_from")
+    return Recipe(**{**raw, "scale": tuple(raw["scale"]), "ratio": tuple(raw["ratio"]),
+                     "start_from": _recipe_from_json(base) if base else None})
 
 
 def _last_json(lines: Sequence[str]) -> dict:

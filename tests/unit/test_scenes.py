@@ -127,10 +127,13 @@ def test_same_config_gives_byte_identical_folders_and_other_seeds_differ(tiny, t
 
 
 def test_rerun_reuses_other_parameters_are_refused(tiny):
-    before = {p: p.stat().st_mtime_ns for p in Path(tiny.root).rglob("*")}
+    def stamps() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in Path(tiny.root).rglob("*") if "runs" not in p.parts}
+
+    before = stamps()
     again = sc.build_scenes(tiny.root, TINY)
     assert again.reused and again.splits == sc.load_scenes(tiny.root).splits
-    assert {p: p.stat().st_mtime_ns for p in Path(tiny.root).rglob("*")} == before
+    assert stamps() == before
     with pytest.raises(ConfigError, match=r"other parameters \(train 8 != 9\).*another --root"):
         sc.build_scenes(tiny.root, sc.SceneConfig(**{**TINY.__dict__, "train": 9}))
 
@@ -232,3 +235,43 @@ def test_crop_statistics_use_fkd_dalis_sampler(tiny):
     kinds = [crop_content(s, px[i, j] / TINY.size).kind for j in range(3) for i, s in enumerate(scenes)][:20]
     assert stats["labelled"] == pytest.approx(kinds.count("labelled") / 20)
     assert stats["background"] == pytest.approx(kinds.count("background") / 20)
+
+
+# -- the teacher cache (bench/scene_teacher.py), with the CLI calls faked ----------------------------------
+def test_runs_are_trained_once_per_recipe_and_scene_folder(tiny, monkeypatch):
+    from bench import scene_teacher as st
+
+    calls = []
+
+    def fake_cli(args, log, niceness=5):
+        calls.append(list(args))
+        if args[0] == "train":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True)
+            (out / "last.pth").write_bytes(b"x")
+            (out / "metrics.jsonl").write_text('{"kind": "pass", "val_top1": 50.0}\n')
+            data = Path(args[args.index("--data") + 1])
+            calls.append(sorted(str(p.relative_to(data)) for p in data.rglob("*.JPEG")))
+            return 12.0, 20.0, []
+        return 1.0, 1.0, ['{"top1": 62.5}']
+
+    monkeypatch.setattr(st, "run_cli", fake_cli)
+    recipe = st.Recipe(name="s", split="train", arch="test_resnet", epochs=1, batch_size=4, lr=1e-3, images=4)
+    first = st.ensure_run(tiny.root, recipe)
+    assert (first.train_wall_s, first.train_cpu_s, first.test_top1, first.val_top1, first.reused) == (
+        12.0, 20.0, 62.5, 50.0, False)
+    assert calls[1] == [f"{sc.class_names(4)[i]}/train_{i:06d}.JPEG" for i in range(4)]  # one image per class
+    assert calls[0][calls[0].index("--image-size") + 1] == str(TINY.size) and "--crop-pct" in calls[0]
+    again = st.ensure_run(tiny.root, recipe)
+    assert again.reused and again.checkpoint == first.checkpoint and len(calls) == 3
+    other = st.ensure_run(tiny.root, st.Recipe(**{**recipe.__dict__, "epochs": 2}))
+    assert other.checkpoint != first.checkpoint and len(calls) == 6
+    with pytest.raises(ConfigError, match="teacher split"):
+        st.ensure_teacher(tiny.root, recipe)
+    stage = st.Recipe(name="s2", split="train", arch="test_resnet", epochs=1, batch_size=4, lr=1e-4, image_size=64,
+                      scale=(1.0, 1.0), ratio=(1.0, 1.0), start_from=recipe)
+    tuned = st.ensure_run(tiny.root, stage)  # the first stage is cached: one more training
+    assert len(calls) == 9 and calls[6][calls[6].index("--initial-checkpoint") + 1] == first.checkpoint
+    assert calls[6][calls[6].index("--ratio") + 1] == "1.0,1.0"
+    assert (tuned.train_cpu_s, tuned.total_cpu_s, tuned.total_wall_s) == (20.0, 40.0, 24.0)
+    assert st.ensure_run(tiny.root, stage).reused and len(calls) == 9

@@ -275,3 +275,38 @@ def test_runs_are_trained_once_per_recipe_and_scene_folder(tiny, monkeypatch):
     assert calls[6][calls[6].index("--ratio") + 1] == "1.0,1.0"
     assert (tuned.train_cpu_s, tuned.total_cpu_s, tuned.total_wall_s) == (20.0, 40.0, 24.0)
     assert st.ensure_run(tiny.root, stage).reused and len(calls) == 9
+
+
+def test_a_run_depends_only_on_the_splits_it_reads(tiny, tmp_path, monkeypatch):
+    """Image i of a split has its own stream: a teacher trained on the teacher split is the same run in a
+    folder with more test images (scored again on that folder's test split), not in one with other teachers."""
+    import shutil
+
+    from bench import scene_teacher as st
+
+    calls = []
+
+    def fake_cli(args, log, niceness=5):
+        calls.append(args[0])
+        if args[0] == "train":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True)
+            (out / "last.pth").write_bytes(b"x")
+            return 12.0, 20.0, []
+        return 1.0, 1.0, ['{"top1": %s}' % (50.0 + len(os.listdir(Path(args[args.index("--data") + 1]))))]
+
+    monkeypatch.setattr(st, "run_cli", fake_cli)
+    recipe = st.Recipe(name="t", split="teacher", arch="test_resnet", epochs=1, batch_size=4, lr=1e-3)
+    first = st.ensure_teacher(tiny.root, recipe)
+    more_test = sc.build_scenes(tmp_path / "more-test", sc.SceneConfig(**{**TINY.__dict__, "test": 8}))
+    shutil.copytree(st.run_dir(tiny.root, recipe), st.run_dir(more_test.root, recipe))  # as users move a cache
+    result = json.loads((st.run_dir(more_test.root, recipe) / st.RESULT).read_text())
+    result["checkpoint"] = str(st.run_dir(more_test.root, recipe) / "run" / "last.pth")
+    (st.run_dir(more_test.root, recipe) / st.RESULT).write_text(json.dumps(result))
+    reused = st.ensure_teacher(more_test.root, recipe)
+    assert reused.reused and calls == ["train", "eval", "eval"] and reused.test_images == 8
+    assert first.test_images == 4 and st.ensure_teacher(more_test.root, recipe).test_images == 8
+    assert calls == ["train", "eval", "eval"]  # scored once on the new split, then cached
+    other_teachers = sc.build_scenes(tmp_path / "other", sc.SceneConfig(**{**TINY.__dict__, "teacher": 16}))
+    shutil.copytree(st.run_dir(tiny.root, recipe), st.run_dir(other_teachers.root, recipe))
+    assert not st.ensure_teacher(other_teachers.root, recipe).reused and calls[-2:] == ["train", "eval"]

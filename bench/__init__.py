@@ -40,6 +40,10 @@ BENCHMARKS.add("feed", Benchmark(".bench_feed", "images per CPU-second of the re
                                                 "taken out, by stage"))
 BENCHMARKS.add("fidelity", Benchmark(".bench_fidelity", "label fidelity vs the teacher on each crop: stored "
                                                         "top-K, ReLabel maps, one label per image"))
+BENCHMARKS.add("accuracy", Benchmark(".bench_accuracy", "student top-1 on controlled scenes: hard labels, "
+                                                          "ReLabel, FKD, online KD, FerKD, FKD + CutMix"))
+BENCHMARKS.add("scenes", Benchmark(".scenes", "controlled scenes for accuracy benchmarks: one labelled object, "
+                                              "distractors, clutter; boxes in scenes.json"))
 BENCHMARKS.add("summary", Benchmark(".summary", "Markdown tables of the JSON results in a folder (default: the "
                                                 "committed CPU results)"))
 

@@ -212,6 +212,14 @@ def resolve_teacher_name(name: str) -> tuple[str, NamedTeacher | None]:
     return name, None
 
 
+def classifier_width(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """Outputs of the classifier a state dict holds for this timm model (its pretrained cfg names the layer)."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    weight = next((state.get(f"{n}.weight") for n in names if f"{n}.weight" in state), None)
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
 def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | None = None) -> Teacher:
     """Build the teacher `name` with local weights, in eval mode on the CPU.
 
@@ -219,7 +227,8 @@ def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | No
         name: a named teacher (`TEACHERS`) or a timm model name.
         checkpoint: local weights file; required for a plain timm name, optional
             (overrides the shipped weights) for a named teacher.
-        num_classes: classifier size for a plain timm name (timm's default otherwise).
+        num_classes: classifier size for a plain timm name (default: the width of the
+            checkpoint's classifier, so a teacher fine-tuned to its own classes loads as it is).
     """
     import timm
     from timm.data import resolve_data_config
@@ -227,11 +236,15 @@ def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | No
     timm_name, entry = resolve_teacher_name(name)
     if checkpoint is None and entry is None:
         raise TeacherError(f"teacher {name!r} needs --checkpoint FILE: fkd-dali never downloads weights")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(timm_name, pretrained=False, **kwargs)
     path = checkpoint or entry.weights_path()  # type: ignore[union-attr]
     if not os.path.isfile(path):
         raise TeacherError(f"checkpoint {path} does not exist")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if num_classes is None and checkpoint is not None:
+        width = classifier_width(model, read_state_dict(checkpoint))
+        if width is not None and width != model.num_classes:
+            model = timm.create_model(timm_name, pretrained=False, num_classes=width)
     sha = file_sha256(path)
     if checkpoint is None and entry is not None and sha != entry.sha256:
         raise TeacherError(f"weights {path} of teacher {name!r} have sha256 {sha[:12]}, expected "
@@ -239,7 +252,23 @@ def load_teacher(name: str, checkpoint: str | None = None, num_classes: int | No
     load_weights(model, path, entry.remap if entry is not None and checkpoint is None else "none")
     model.eval()
     cfg = resolve_data_config({}, model=model)
+    size, interpolation, mean, std = cfg["input_size"][-1], cfg["interpolation"], cfg["mean"], cfg["std"]
+    trained = recorded_pixels(checkpoint) if checkpoint is not None else None
+    if trained is not None:  # a teacher trained by fkd-dali: the pixels it was trained on, not timm's defaults
+        size, interpolation, mean, std = (trained["size"], trained["interpolation"], trained["mean"],
+                                          trained["std"])
     return Teacher(name=name, timm_name=timm_name, model=model, checkpoint_sha256=sha,
-                   input_size=tuple(cfg["input_size"]), interpolation=str(cfg["interpolation"]),
-                   mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+                   input_size=(3, int(size), int(size)), interpolation=str(interpolation),
+                   mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
                    num_classes=int(model.num_classes))
+
+
+def recorded_pixels(path: str) -> dict | None:
+    """The pixel contract (size, interpolation, mean, std) an fkd-dali training checkpoint records; None otherwise."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict has already said what is wrong with an unreadable file
+        return None
+    pixels = obj.get("data_config") if isinstance(obj, Mapping) else None
+    keys = ("size", "interpolation", "mean", "std")
+    return pixels if isinstance(pixels, Mapping) and all(k in pixels for k in keys) else None

@@ -356,6 +356,9 @@ def parse_args(argv: Sequence[str] | None) -> AccuracyConfig:
     p.add_argument("--teacher-images", type=int, default=None, help=f"default {d.scenes.teacher}")
     p.add_argument("--teacher-arch", default=None, help=f"default {d.teacher.arch}")
     p.add_argument("--teacher-epochs", type=int, default=None, help=f"default {d.teacher.epochs}")
+    p.add_argument("--teacher-size", type=int, default=None,
+                   help=f"teacher's training side in px (default {d.teacher.image_size} for {d.scenes.size} px "
+                        "scenes, scaled with --size)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--assets", default=d.assets, help="scenes, teacher, store and maps, made once (default "
@@ -367,8 +370,11 @@ def parse_args(argv: Sequence[str] | None) -> AccuracyConfig:
     scenes = replace(base.scenes, **{k: v for k, v in (("size", a.size), ("train", a.train_images),
                                                       ("test", a.test_images), ("teacher", a.teacher_images))
                                      if v is not None})
-    teacher = replace(base.teacher, **{k: v for k, v in (("arch", a.teacher_arch), ("epochs", a.teacher_epochs))
-                                       if v is not None})
+    teacher_size = a.teacher_size
+    if teacher_size is None and a.size is not None and base.teacher.image_size is not None:
+        teacher_size = round(base.teacher.image_size * a.size / base.scenes.size)
+    teacher = replace(base.teacher, **{k: v for k, v in (("arch", a.teacher_arch), ("epochs", a.teacher_epochs),
+                                                         ("image_size", teacher_size)) if v is not None})
     picked = {k: v for k, v in (("arch", a.arch), ("epochs", a.epochs), ("batch_size", a.batch_size),
                                 ("num_crops", a.num_crops), ("crops_per_image", a.crops_per_image)) if v is not None}
     if a.seeds is not None:

@@ -93,11 +93,12 @@ def test_named_teacher_with_wrong_checkpoint_override(resnet10t_ckpt):
         load_teacher("efficientnet_lite0", checkpoint=resnet10t_ckpt)
 
 
-def test_wrong_class_count(tmp_path):
+def test_class_count_comes_from_the_checkpoint_unless_given(tmp_path):
     path = tmp_path / "r10.pth"
     torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), path)
-    with pytest.raises(TeacherError, match="wrong shape"):
-        load_teacher("resnet10t", checkpoint=str(path))
+    assert load_teacher("resnet10t", checkpoint=str(path)).num_classes == 10  # a teacher fine-tuned to 10 classes
+    with pytest.raises(TeacherError, match="wrong shape"):  # an explicit count the weights do not have
+        load_teacher("resnet10t", checkpoint=str(path), num_classes=1000)
     assert load_teacher("resnet10t", checkpoint=str(path), num_classes=10).num_classes == 10
 
 

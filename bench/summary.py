@@ -1,8 +1,9 @@
 """`fkd-dali bench summary [DIR]`: Markdown tables of the JSON results in DIR (what docs/benchmarks.md shows).
 
 Also `python -m bench summary DIR`. Without DIR it reads the CPU results committed beside
-this file (`bench/results/cpu`), so it works from any folder. Reads whichever of loaders.json, store.json, labelgen.json, train.json, stages.json, feed.json
-and fidelity.json exist and prints one Markdown section per benchmark, every figure taken from the JSON.
+this file (`bench/results/cpu`), so it works from any folder. Reads whichever of loaders.json,
+store.json, labelgen.json, train.json, stages.json, feed.json, fidelity.json and accuracy.json
+exist and prints one Markdown section per benchmark, every figure taken from the JSON.
 """
 from __future__ import annotations
 
@@ -181,9 +182,27 @@ def fidelity_markdown(doc: dict) -> str:
             f"{c['top_k']} holds {100 * doc['stored_top_k_mass']:.1f}% of its probability on average; {_load(doc)}.")
 
 
+def accuracy_markdown(doc: dict) -> str:
+    lines = ["| row | test top-1 (mean ± std) | minus (a), paired by seed | top-5 | CPU-s / wall-s per student | "
+             "teacher forwards: once / per student | label names a visible object | background-only crops |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"].values():
+        diff = "–" if r["minus_hard_mean"] is None or r["title"].startswith("(a)") else (
+            f"{r['minus_hard_mean']:+.2f} ({', '.join(f'{d:+.1f}' for d in r['minus_hard'])})")
+        f = r["teacher_forwards"]
+        lines.append(f"| {r['title']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {diff} | {r['top5_mean']:.2f} | "
+                     f"{r['cpu_s_mean']:.0f} / {r['wall_s_mean']:.0f} | {f['once']:,} / {f['per_student']:,} | "
+                     f"{100 * r['label_names_visible_object']:.1f}% | {100 * r['background_only_crops']:.1f}% |")
+    c, t = doc["config"], doc["teacher"]
+    s = c["scenes"]
+    return ("\n".join(lines) + f"\n\nStudents {c['arch']} on {s['train']:,} train images of {s['classes']} classes, "
+            f"{c['epochs']} crops per image, {len(c['seeds'])} seeds; test {s['test']:,} images. Teacher "
+            f"{t['recipe']['arch']} at {t['recipe']['image_size'] or s['size']} px: {t['test_top1']:.2f}% on the test "
+            f"images; {_load(doc)}.")
+
 SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
             ("train", train_markdown), ("stages", stages_markdown), ("feed", feed_markdown),
-            ("fidelity", fidelity_markdown))
+            ("fidelity", fidelity_markdown), ("accuracy", accuracy_markdown))
 
 
 def summarize_dir(results: str | Path) -> str:

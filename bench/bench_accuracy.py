@@ -218,10 +218,16 @@ def label_correctness(cfg: AccuracyConfig, assets: Assets) -> dict[str, dict]:
     maps = load_label_maps(assets.maps, paths, _fingerprint(assets, paths))
     pooled = relabel_targets(maps.of_images(torch.from_numpy(ids), torch.device("cpu")),
                              torch.from_numpy(flat).float(), maps.info.num_classes).argmax(1).numpy()
-    hard = dict(stored, predicted_correct=stored["hard_correct"])
+    hard = folder_label_correctness(stored)
     return {"hard": hard, "relabel": crop_label_correctness(scenes, ids, flat, pooled), "fkd": stored,
             "online": stored, "ferkd": crop_label_correctness(scenes, ids, flat, calibrated),
             "fkd_cutmix": stored}
+
+
+def folder_label_correctness(stored: dict) -> dict:
+    """Row (a)'s figures: the folder label's correctness (`hard_correct`) in place of the teacher's, per kind too."""
+    by_kind = {k: dict(v, predicted_correct=v["hard_correct"]) for k, v in stored["by_kind"].items()}
+    return dict(stored, predicted_correct=stored["hard_correct"], by_kind=by_kind)
 
 
 def _fingerprint(assets: Assets, paths: list[str]) -> str:

@@ -26,6 +26,7 @@ Writes `<out>/accuracy.json` and `<out>/accuracy.png`.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -326,18 +327,24 @@ def _notes(cfg: AccuracyConfig) -> list[str]:
 
 def _chart(path: Path, cfg: AccuracyConfig, doc: dict) -> None:
     rows = doc["rows"]
-    bars = lambda key, scale=1.0: [{"label": rows[r]["title"], "value": rows[r][key] * scale,  # noqa: E731
-                                   "group": "fkd-dali" if r in ("fkd", "ferkd", "fkd_cutmix") else "baseline"}
-                                  for r in cfg.rows]
-    panels = [{"xlabel": "test top-1 (%), mean over seeds", "bars": bars("top1_mean"), "target": None},
-              {"xlabel": "top-1 minus (a), mean of per-seed differences (points)",
-               "bars": [{**b, "value": b["value"] or 0.0} for b in bars("minus_hard_mean")], "target": 0.0},
-              {"xlabel": "labels naming a visible object (% of training crops)",
-               "bars": bars("label_names_visible_object", 100.0), "target": None},
-              {"xlabel": "CPU-seconds per student", "bars": bars("cpu_s_mean"), "target": None}]
+
+    def bars(key: str, scale: float = 1.0, err: str | None = None, points: str | None = None) -> list[dict]:
+        return [{"label": rows[r]["title"], "value": (rows[r][key] or 0.0) * scale,
+                 "err": rows[r][err] if err else None, "points": rows[r][points] if points else None,
+                 "group": "fkd-dali" if r in ("fkd", "ferkd", "fkd_cutmix") else "baseline"} for r in cfg.rows]
+
+    seeds = [v for r in cfg.rows for v in rows[r]["top1"]]
+    lo = 5 * math.floor(min(seeds) / 5 - 1)  # zoomed: the rows differ by points, not tens of points
+    panels = [{"xlabel": f"test top-1 (%): mean, std (bar), seeds (dots); axis from {lo}%",
+               "bars": bars("top1_mean", err="top1_std", points="top1"), "xlim": (lo, min(100, max(seeds) + 4))},
+              {"xlabel": "top-1 minus (a) of the same seed (points): mean and seeds",
+               "bars": bars("minus_hard_mean", points="minus_hard"), "target": 0.0, "target_label": "(a)"},
+              {"xlabel": "training-crop labels naming a visible object (%)",
+               "bars": bars("label_names_visible_object", 100.0)},
+              {"xlabel": "CPU-seconds per student (training)", "bars": bars("cpu_s_mean")}]
     t = doc["teacher"]
     panels_chart(path, panels, f"Student accuracy on controlled scenes ({len(cfg.seeds)} seeds, {cfg.arch} "
-                               f"students, teacher {t['recipe']['arch']} {t['test_top1']:.1f}%)",
+                               f"students, teacher {t['recipe']['arch']} {t['test_top1']:.1f}% on the test images)",
                  f"{doc['machine'].get('cpu_model', '')}; {cfg.scenes.train} train / {cfg.scenes.test} test "
                  f"images, {cfg.epochs} epochs, m={cfg.num_crops}, M={cfg.crops_per_image}")
 

@@ -213,21 +213,26 @@ def label_correctness(cfg: AccuracyConfig, assets: Assets) -> dict[str, dict]:
     n, s = top1.shape
     ids = np.repeat(np.arange(n), s)
     flat = boxes.reshape(-1, 4)
-    stored = crop_label_correctness(scenes, ids, flat, top1.reshape(-1))
+    top1_prob = store.read("labels/prob")[:, slots, 0].astype(np.float64).reshape(-1)
+    stored = crop_label_correctness(scenes, ids, flat, top1.reshape(-1), confidence=top1_prob)
     gt_prob = store.read("labels/gt_prob")[:, slots].astype(np.float32).reshape(-1)
     calibrated = np.where(gt_prob < 0.1, store.gt_classes()[ids], top1.reshape(-1))  # FerKD's hard negatives -> gt
     maps = load_label_maps(assets.maps, paths, _fingerprint(assets, paths))
     pooled = relabel_targets(maps.of_images(torch.from_numpy(ids), torch.device("cpu")),
-                             torch.from_numpy(flat).float(), maps.info.num_classes).argmax(1).numpy()
+                             torch.from_numpy(flat).float(), maps.info.num_classes).max(1)
+    relabel = crop_label_correctness(scenes, ids, flat, pooled.indices.numpy(), confidence=pooled.values.numpy())
     hard = folder_label_correctness(stored)
-    return {"hard": hard, "relabel": crop_label_correctness(scenes, ids, flat, pooled), "fkd": stored,
+    return {"hard": hard, "relabel": relabel, "fkd": stored,
             "online": stored, "ferkd": crop_label_correctness(scenes, ids, flat, calibrated),
             "fkd_cutmix": stored}
 
 
 def folder_label_correctness(stored: dict) -> dict:
     """Row (a)'s figures: the folder label's correctness (`hard_correct`) in place of the teacher's, per kind too."""
-    by_kind = {k: dict(v, predicted_correct=v["hard_correct"]) for k, v in stored["by_kind"].items()}
+    one = lambda v: 1.0 if v["crops"] else None  # noqa: E731  (a folder label is the image's class, sure of it)
+    by_kind = {k: dict(v, predicted_correct=v["hard_correct"], predicted_is_image_class=one(v),
+                       **({"mean_confidence": one(v)} if "mean_confidence" in v else {}))
+               for k, v in stored["by_kind"].items()}
     return dict(stored, predicted_correct=stored["hard_correct"], by_kind=by_kind)
 
 

@@ -26,6 +26,7 @@ Writes `<out>/accuracy.json` and `<out>/accuracy.png`.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -212,16 +213,27 @@ def label_correctness(cfg: AccuracyConfig, assets: Assets) -> dict[str, dict]:
     n, s = top1.shape
     ids = np.repeat(np.arange(n), s)
     flat = boxes.reshape(-1, 4)
-    stored = crop_label_correctness(scenes, ids, flat, top1.reshape(-1))
+    top1_prob = store.read("labels/prob")[:, slots, 0].astype(np.float64).reshape(-1)
+    stored = crop_label_correctness(scenes, ids, flat, top1.reshape(-1), confidence=top1_prob)
     gt_prob = store.read("labels/gt_prob")[:, slots].astype(np.float32).reshape(-1)
     calibrated = np.where(gt_prob < 0.1, store.gt_classes()[ids], top1.reshape(-1))  # FerKD's hard negatives -> gt
     maps = load_label_maps(assets.maps, paths, _fingerprint(assets, paths))
     pooled = relabel_targets(maps.of_images(torch.from_numpy(ids), torch.device("cpu")),
-                             torch.from_numpy(flat).float(), maps.info.num_classes).argmax(1).numpy()
-    hard = dict(stored, predicted_correct=stored["hard_correct"])
-    return {"hard": hard, "relabel": crop_label_correctness(scenes, ids, flat, pooled), "fkd": stored,
+                             torch.from_numpy(flat).float(), maps.info.num_classes).max(1)
+    relabel = crop_label_correctness(scenes, ids, flat, pooled.indices.numpy(), confidence=pooled.values.numpy())
+    hard = folder_label_correctness(stored)
+    return {"hard": hard, "relabel": relabel, "fkd": stored,
             "online": stored, "ferkd": crop_label_correctness(scenes, ids, flat, calibrated),
             "fkd_cutmix": stored}
+
+
+def folder_label_correctness(stored: dict) -> dict:
+    """Row (a)'s figures: the folder label's correctness (`hard_correct`) in place of the teacher's, per kind too."""
+    one = lambda v: 1.0 if v["crops"] else None  # noqa: E731  (a folder label is the image's class, sure of it)
+    by_kind = {k: dict(v, predicted_correct=v["hard_correct"], predicted_is_image_class=one(v),
+                       **({"mean_confidence": one(v)} if "mean_confidence" in v else {}))
+               for k, v in stored["by_kind"].items()}
+    return dict(stored, predicted_correct=stored["hard_correct"], by_kind=by_kind)
 
 
 def _fingerprint(assets: Assets, paths: list[str]) -> str:
@@ -320,18 +332,24 @@ def _notes(cfg: AccuracyConfig) -> list[str]:
 
 def _chart(path: Path, cfg: AccuracyConfig, doc: dict) -> None:
     rows = doc["rows"]
-    bars = lambda key, scale=1.0: [{"label": rows[r]["title"], "value": rows[r][key] * scale,  # noqa: E731
-                                   "group": "fkd-dali" if r in ("fkd", "ferkd", "fkd_cutmix") else "baseline"}
-                                  for r in cfg.rows]
-    panels = [{"xlabel": "test top-1 (%), mean over seeds", "bars": bars("top1_mean"), "target": None},
-              {"xlabel": "top-1 minus (a), mean of per-seed differences (points)",
-               "bars": [{**b, "value": b["value"] or 0.0} for b in bars("minus_hard_mean")], "target": 0.0},
-              {"xlabel": "labels naming a visible object (% of training crops)",
-               "bars": bars("label_names_visible_object", 100.0), "target": None},
-              {"xlabel": "CPU-seconds per student", "bars": bars("cpu_s_mean"), "target": None}]
+
+    def bars(key: str, scale: float = 1.0, err: str | None = None, points: str | None = None) -> list[dict]:
+        return [{"label": rows[r]["title"], "value": (rows[r][key] or 0.0) * scale,
+                 "err": rows[r][err] if err else None, "points": rows[r][points] if points else None,
+                 "group": "fkd-dali" if r in ("fkd", "ferkd", "fkd_cutmix") else "baseline"} for r in cfg.rows]
+
+    seeds = [v for r in cfg.rows for v in rows[r]["top1"]]
+    lo = 5 * math.floor(min(seeds) / 5 - 1)  # zoomed: the rows differ by points, not tens of points
+    panels = [{"xlabel": f"test top-1 (%): mean, std (bar), seeds (dots); axis from {lo}%",
+               "bars": bars("top1_mean", err="top1_std", points="top1"), "xlim": (lo, min(100, max(seeds) + 4))},
+              {"xlabel": "top-1 minus (a) of the same seed (points): mean and seeds",
+               "bars": bars("minus_hard_mean", points="minus_hard"), "target": 0.0, "target_label": "(a)"},
+              {"xlabel": "training-crop labels naming a visible object (%)",
+               "bars": bars("label_names_visible_object", 100.0)},
+              {"xlabel": "CPU-seconds per student (training)", "bars": bars("cpu_s_mean")}]
     t = doc["teacher"]
     panels_chart(path, panels, f"Student accuracy on controlled scenes ({len(cfg.seeds)} seeds, {cfg.arch} "
-                               f"students, teacher {t['recipe']['arch']} {t['test_top1']:.1f}%)",
+                               f"students, teacher {t['recipe']['arch']} {t['test_top1']:.1f}% on the test images)",
                  f"{doc['machine'].get('cpu_model', '')}; {cfg.scenes.train} train / {cfg.scenes.test} test "
                  f"images, {cfg.epochs} epochs, m={cfg.num_crops}, M={cfg.crops_per_image}")
 

@@ -80,7 +80,10 @@ def panels_chart(path: str | os.PathLike[str], panels: Sequence[dict], title: st
     Args:
         path: the PNG to write.
         panels: each {"xlabel": str, "bars": [{"label", "value", "group"}], "target": float
-            or None (a dashed line, e.g. the design's target), "target_label": str}.
+            or None (a dashed line, e.g. the design's target), "target_label": str}; optional
+            per bar "err" (an error bar, e.g. the std over seeds) and "points" (single
+            measurements drawn as dots, e.g. one per seed); optional per panel "xlim"
+            (lo, hi) to zoom on small differences. Values may be negative.
         title: first title line; `subtitle` (machine, settings) goes below it.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,23 +94,41 @@ def panels_chart(path: str | os.PathLike[str], panels: Sequence[dict], title: st
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
-        bars = panel["bars"]
-        ys = list(range(len(bars)))[::-1]
-        values = [b["value"] if b["value"] is not None else 0.0 for b in bars]
-        ax.barh(ys, values, color=[GROUP_COLOURS.get(b.get("group", "baseline"), "#9a9a9a") for b in bars])
-        ax.set_yticks(ys)
-        ax.set_yticklabels([b["label"] for b in bars], fontsize=8)
-        ax.set_xlabel(panel["xlabel"], fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-        top = max(values + [panel.get("target") or 0.0]) or 1.0
-        for y, v in zip(ys, values):
-            ax.text(v + 0.015 * top, y, _fmt(v), va="center", fontsize=8)
-        if panel.get("target") is not None:
-            ax.axvline(panel["target"], color="#c0392b", linestyle="--", linewidth=1)
-            ax.text(panel["target"], ys[0] + 0.45, " " + panel.get("target_label", "target"), color="#c0392b",
-                    fontsize=7, va="bottom")
-        ax.set_xlim(0, 1.25 * top)
+        _bar_panel(ax, panel)
     return _save(fig, path, title, subtitle)
+
+
+def _bar_panel(ax, panel: dict) -> None:
+    bars = panel["bars"]
+    ys = list(range(len(bars)))[::-1]
+    values = [b["value"] if b["value"] is not None else 0.0 for b in bars]
+    errs = [b.get("err") or 0.0 for b in bars]
+    ax.barh(ys, values, xerr=errs if any(errs) else None, capsize=3,
+            color=[GROUP_COLOURS.get(b.get("group", "baseline"), "#9a9a9a") for b in bars])
+    for y, b in zip(ys, bars):
+        points = b.get("points") or []
+        ax.plot(points, [y] * len(points), "o", color="black", markersize=3, zorder=3)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([b["label"] for b in bars], fontsize=8)
+    ax.set_xlabel(panel["xlabel"], fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    target = panel.get("target")
+    reach = [v + e for v, e in zip(values, errs)] + [p for b in bars for p in b.get("points") or []]
+    top = max(reach + [target or 0.0, 0.0])
+    low = min([v - e for v, e in zip(values, errs)] + reach + [target or 0.0, 0.0])
+    lo, hi = panel.get("xlim") or ((low - 0.25 * (top - low), 0) if low < 0 else (0, 0))
+    if not panel.get("xlim"):
+        hi = top + 0.25 * ((top - low) or 1.0)
+    span = hi - lo
+    for y, v, e in zip(ys, values, errs):
+        x = v + e if v >= 0 else v - e
+        ax.text(x + (0.015 if v >= 0 else -0.015) * span, y, _fmt(v), va="center", fontsize=8,
+                ha="left" if v >= 0 else "right")
+    if target is not None:
+        ax.axvline(target, color="#c0392b", linestyle="--", linewidth=1)
+        ax.text(target, ys[0] + 0.45, " " + panel.get("target_label", "target"), color="#c0392b", fontsize=7,
+                va="bottom")
+    ax.set_xlim(lo, hi)
 
 
 def _save(fig, path: str | os.PathLike[str], title: str, subtitle: str) -> Path:
@@ -130,9 +151,9 @@ def ratio_chart(path: str | os.PathLike[str], subject: tuple[str, float], baseli
 
 
 def _fmt(v: float) -> str:
-    if v >= 100:
+    if abs(v) >= 100:
         return f"{v:,.0f}"
-    if v >= 1:
+    if abs(v) >= 1:
         return f"{v:.2f}"
     return f"{v:.3g}"
 

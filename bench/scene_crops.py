@@ -72,19 +72,31 @@ def visibility(object_boxes: np.ndarray, crop_boxes: np.ndarray, visible: float 
     """
     _check_thresholds(visible, fill)
     ob = np.asarray(object_boxes, dtype=np.float64)
-    cb = np.asarray(crop_boxes, dtype=np.float64)[:, None, :]
-    dy = np.clip(np.minimum(ob[..., 0] + ob[..., 2], cb[..., 0] + cb[..., 2]) - np.maximum(ob[..., 0], cb[..., 0]), 0,
-                 None)
-    dx = np.clip(np.minimum(ob[..., 1] + ob[..., 3], cb[..., 1] + cb[..., 3]) - np.maximum(ob[..., 1], cb[..., 1]), 0,
-                 None)
-    inter = dy * dx
+    inter = _intersection(ob, crop_boxes)
     obj_area = ob[..., 2] * ob[..., 3]
-    crop_area = cb[..., 2] * cb[..., 3]
+    crop_area = (np.asarray(crop_boxes, dtype=np.float64)[:, None, :][..., 2]
+                 * np.asarray(crop_boxes, dtype=np.float64)[:, None, :][..., 3])
     real = obj_area > 0
     seen = real & (inter >= visible * np.where(real, obj_area, 1.0) - 1e-12)
     if fill is not None:
         seen |= real & (inter >= fill * crop_area - 1e-12)
     return seen
+
+
+def inside_share(object_boxes: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
+    """(n, J): the share of object j's box that lies inside crop n (0 for padded objects)."""
+    ob = np.asarray(object_boxes, dtype=np.float64)
+    area = ob[..., 2] * ob[..., 3]
+    return np.where(area > 0, _intersection(ob, crop_boxes) / np.where(area > 0, area, 1.0), 0.0)
+
+
+def _intersection(ob: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
+    cb = np.asarray(crop_boxes, dtype=np.float64)[:, None, :]
+    dy = np.clip(np.minimum(ob[..., 0] + ob[..., 2], cb[..., 0] + cb[..., 2]) - np.maximum(ob[..., 0], cb[..., 0]), 0,
+                 None)
+    dx = np.clip(np.minimum(ob[..., 1] + ob[..., 3], cb[..., 1] + cb[..., 3]) - np.maximum(ob[..., 1], cb[..., 1]), 0,
+                 None)
+    return dy * dx
 
 
 def _check_thresholds(visible: float, fill: float | None) -> None:
@@ -165,7 +177,8 @@ def sample_fraction_boxes(scenes: Sequence[Scene], n_crops: int, dist: "CropDist
 
 
 def crop_label_correctness(scenes: Sequence[Scene], image_ids: np.ndarray, boxes: np.ndarray,
-                           predicted: np.ndarray, visible: float = VISIBLE, fill: float | None = FILL) -> dict:
+                           predicted: np.ndarray, visible: float = VISIBLE, fill: float | None = FILL,
+                           confidence: np.ndarray | None = None) -> dict:
     """How often a crop's label names an object the crop shows: the given per-crop top-1 vs the folder label.
 
     Args:
@@ -173,11 +186,14 @@ def crop_label_correctness(scenes: Sequence[Scene], image_ids: np.ndarray, boxes
         image_ids: (n,) scene index of each crop.
         boxes: (n, 4) crop boxes as fractions (y, x, h, w).
         predicted: (n,) predicted class of each crop (e.g. the teacher's stored top-1).
+        confidence: (n,) the label's probability of `predicted`, if any (a folder label's is 1).
 
     Returns:
         `predicted_correct` / `hard_correct`: share of crops whose predicted / folder
         class is one of the visible objects' classes (a background-only crop has none,
-        so both count it wrong); the same per crop kind under `by_kind`, and the kind shares.
+        so both count it wrong); the same per crop kind under `by_kind`, with how often
+        the prediction is the image's class, how often part of the labelled object is
+        inside the crop (visible or not) and, given `confidence`, its mean; and the kind shares.
     """
     ids = np.asarray(image_ids, dtype=np.int64)
     pred = np.asarray(predicted, dtype=np.int64)
@@ -189,13 +205,19 @@ def crop_label_correctness(scenes: Sequence[Scene], image_ids: np.ndarray, boxes
     classes = arrays.classes[ids]
     pred_ok = (seen & (classes == pred[:, None])).any(axis=1)
     hard_ok = (seen & (classes == arrays.image_class[ids][:, None])).any(axis=1)
+    is_image_class = pred == arrays.image_class[ids]
+    labelled_inside = (inside_share(arrays.boxes[ids], boxes) * arrays.labelled[ids]).max(axis=1)
     by_kind = {}
     for i, k in enumerate(KINDS):
         sel = kinds == i
-        by_kind[k] = {"crops": int(sel.sum()),
-                      "predicted_correct": float(pred_ok[sel].mean()) if sel.any() else None,
-                      "hard_correct": float(hard_ok[sel].mean()) if sel.any() else None,
-                      "predicted_is_image_class": float((pred[sel] == arrays.image_class[ids][sel]).mean())
-                      if sel.any() else None}
+
+        def share(x: np.ndarray) -> float | None:
+            return float(x[sel].mean()) if sel.any() else None
+
+        by_kind[k] = {"crops": int(sel.sum()), "predicted_correct": share(pred_ok), "hard_correct": share(hard_ok),
+                      "predicted_is_image_class": share(is_image_class),
+                      "labelled_partly_inside": share(labelled_inside > 0)}
+        if confidence is not None:
+            by_kind[k]["mean_confidence"] = share(np.asarray(confidence, dtype=np.float64))
     return {"crops": int(len(ids)), "visible": visible, "fill": fill, "predicted_correct": float(pred_ok.mean()),
             "hard_correct": float(hard_ok.mean()), "shares": kind_shares(kinds), "by_kind": by_kind}

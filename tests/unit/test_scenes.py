@@ -15,6 +15,7 @@ from bench.scene_crops import (
     crop_content,
     crop_label_correctness,
     crop_statistics,
+    inside_share,
     object_arrays,
     visibility,
 )
@@ -176,6 +177,7 @@ def test_bad_options_are_refused():
 # -- what a crop shows -------------------------------------------------------------------------------------
 SCENE = _scene([(2, "labelled", (0.25, 0.25, 0.5, 0.5)), (5, "distractor", (0.0, 0.0, 0.1, 0.1)),
                 (7, "distractor", (0.8, 0.8, 0.2, 0.2))])
+SCENE_ARRAYS_BOX = np.array([[[0.25, 0.25, 0.5, 0.5], [0.0, 0.0, 0.1, 0.1]]])  # SCENE's first two boxes, one crop
 
 
 @pytest.mark.parametrize("box, fill, visible, kind", [
@@ -214,11 +216,17 @@ def test_crop_label_correctness_by_hand():
     predicted = np.array([7, 5, 2, 1, 3])
     # crop 0: 7 visible (ok) / folder 2 visible (ok); crop 1: 5 ok / 2 not; crop 2: background, both wrong;
     # crop 3: 1 wrong / 3 ok; crop 4: background, both wrong
-    out = crop_label_correctness(scenes, ids, boxes, predicted)
+    out = crop_label_correctness(scenes, ids, boxes, predicted, confidence=np.array([0.9, 0.6, 0.3, 0.8, 0.5]))
     assert out["predicted_correct"] == pytest.approx(2 / 5) and out["hard_correct"] == pytest.approx(2 / 5)
     assert out["shares"] == {"labelled": 0.4, "distractor_only": 0.2, "background": 0.4}
     assert out["by_kind"]["distractor_only"] == {"crops": 1, "predicted_correct": 1.0, "hard_correct": 0.0,
-                                                 "predicted_is_image_class": 0.0}
+                                                 "predicted_is_image_class": 0.0, "labelled_partly_inside": 0.0,
+                                                 "mean_confidence": 0.6}
+    assert out["by_kind"]["labelled"]["mean_confidence"] == pytest.approx(0.85)
+    assert out["by_kind"]["background"]["mean_confidence"] == pytest.approx(0.4)
+    assert "mean_confidence" not in crop_label_correctness(scenes, ids, boxes, predicted)["by_kind"]["labelled"]
+    # 0.15 x 0.15 of the 0.5 x 0.5 labelled box lies inside a corner crop: 9%, below the 30% rule
+    assert inside_share(SCENE_ARRAYS_BOX, np.array([[0.6, 0.6, 0.4, 0.4]]))[0].tolist() == pytest.approx([0.09, 0.0])
     with pytest.raises(ConfigError, match="as many"):
         crop_label_correctness(scenes, ids, boxes, predicted[:3])
 

@@ -4,6 +4,9 @@ The quick run's teacher is small and trained for seconds, so its labels are no b
 the folder's: this test checks the chain and the bookkeeping (every row trained on the
 same number of crops, correctness figures that follow from the scenes and the store), not
 the paper's claim, which the default run measures (docs/benchmarks.md, "Student accuracy").
+No test asserts that the teacher's crop labels name visible objects more often than the
+folder label: the default run, with a teacher 18 points above hard labels, measured the
+opposite (79.6% vs 83.1%), and the quick teacher is weaker still.
 """
 from __future__ import annotations
 
@@ -62,3 +65,7 @@ def test_quick_accuracy_benchmark_trains_every_row_and_scores_their_crop_labels(
     for row in rows.values():
         assert 0.0 <= row["label_names_visible_object"] <= 1.0 and 0.0 <= row["background_only_crops"] < 0.5
     assert len(doc["paper_table3"]) == 3 and doc["machine"]["code"]["commit"]
+    from bench.summary import summarize_dir
+
+    table = summarize_dir(out)  # `fkd-dali bench summary` prints the same figures
+    assert table.startswith("#### accuracy") and f"| (c) FKD replay | {rows['fkd']['top1_mean']:.2f} ± " in table

@@ -116,8 +116,9 @@ def label_agreement(oracle: torch.Tensor, label: torch.Tensor) -> dict[str, torc
     kl = (torch.xlogy(p, p) - p * q.clamp_min(KL_FLOOR).log()).sum(1)
     kl_reverse = (torch.xlogy(q, q) - q * p.log()).sum(1)
     top1 = (q.argmax(1) == p.argmax(1)).double()
-    sixth = q.topk(6, dim=1).values[:, 5:6]
-    top5 = (q.gather(1, p.topk(5, dim=1).indices) > sixth).double().mean(1)
+    five = min(5, q.shape[1])  # fewer classes than 5: the overlap of all of them
+    sixth = q.topk(five + 1, dim=1).values[:, five:] if q.shape[1] > five else torch.full_like(q[:, :1], -math.inf)
+    top5 = (q.gather(1, p.topk(five, dim=1).indices) > sixth).double().mean(1)
     return {"kl": kl, "kl_reverse": kl_reverse, "top1_agreement": top1, "top5_overlap": top5}
 
 

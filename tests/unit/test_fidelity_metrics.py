@@ -89,3 +89,10 @@ def test_confident_subset_of_a_tiny_case_by_hand():
     assert out["confident"]["kl"] == pytest.approx(float((p * p.log()).sum() - (1 - p[0]) * math.log(KL_FLOOR)))
     assert out["confident"]["kl_reverse"] == pytest.approx(-math.log(0.8))
     assert out["confident"]["top5_overlap"] == pytest.approx(20.0)
+
+
+def test_fewer_than_six_classes():
+    """With C <= 5 classes every class is in both top-5s: overlap 100%, the other metrics as usual."""
+    p = torch.tensor([[0.5, 0.3, 0.2]])
+    m = label_agreement(p, torch.tensor([[0.2, 0.7, 0.1]]))
+    assert m["top5_overlap"].item() == 1.0 and m["top1_agreement"].item() == 0.0

@@ -391,7 +391,7 @@ def _chart(path: Path, doc: dict, machine: dict) -> None:
     panels_chart(path, [{"xlabel": "top-1 agreement with the oracle (%), all crops", "bars": bars("top1_agreement")},
                         {"xlabel": f"top-1 agreement (%), {subset}", "bars": bars("top1_agreement", "confident")},
                         {"xlabel": "top-5 overlap with the oracle (%), all crops", "bars": bars("top5_overlap")},
-                        {"xlabel": "KL(oracle || label), nats, all crops (lower is closer)", "bars": bars("kl")}],
+                        {"xlabel": "KL(oracle || label), nats", "bars": bars("kl")}],
                  f"Label fidelity vs the teacher on each crop: {doc['crops']} crops of {images}, teacher "
                  f"{doc['teacher']['name']} at {doc['teacher']['input_size']} px (mean top-1 prob "
                  f"{doc['oracle_top1_prob']:.2f}); the store rows are a storage check",

@@ -1,28 +1,37 @@
-"""`bench fidelity`: how close each kind of stored label is to the teacher's own output on the crop.
+"""`bench fidelity`: how close each kind of label is to the teacher's own output on the crop.
 
-FKD's central claim: a label stored for a crop region loses (almost) nothing against
-the teacher run on that region, while ReLabel's label map, RoI-aligned to the crop,
-and a single label per image do lose. Measured here on real photos with a real teacher:
+The oracle is the teacher (float32) on each stored crop as the replay graph cuts it at
+the teacher's resolution and normalization, i.e. the pixels training replays. Labels:
 
-- crops: the M stored crops of every corpus image (a store made by fkd-dali's label
-  generation, top-K), about `--crops` in all;
-- oracle: the teacher (float32) on each crop as the replay graph cuts it at the
-  teacher's resolution and normalization, i.e. the pixels training replays;
-- (a) the store's top-K label recovered by each `--recovery` kind (hard, smoothing,
-  marginal_smoothing with k = 1..K, marginal_renorm);
-- (b) ReLabel: the teacher's 15x15 top-K label map of the whole image (480 px, as
-  `bench store` makes them), RoI-aligned to the crop's box and softmaxed; and the
-  same with a map at the teacher's own input size (7x7 from 224 px for a stride-32
-  CNN), because ReLabel's teacher was trained at its map resolution and ours is not;
+- (a) the store's top-K label under each `--recovery` kind (hard, smoothing,
+  marginal_smoothing with k = 1..K, marginal_renorm). The store comes from the same
+  teacher on the same pixels, so these rows differ from the oracle only by top-K
+  truncation, the recovery rule and float16 storage (which can tie the top-1 and top-2):
+  a storage check, not evidence that FKD's labels beat the others;
+- (b) ReLabel: the teacher's top-K label map of the whole image, RoI-aligned to the
+  crop's box and softmaxed;
 - (c) global: the teacher's softmax on the whole image (squashed to its input size),
   the same label for every crop of the image (plain per-image soft-label KD).
 
-Per label q against the oracle p, averaged over crops, for all crops and separately for
-unflipped and flipped ones: KL(p || q) in nats (q floored at 1e-8, so labels with zeros
-stay finite), KL(q || p), top-1 agreement (argmax q == argmax p) and top-5 overlap
-(the share of p's top-5 among q's five largest; classes tied at q's 5th/6th place count
-as missing, so a one-hot label scores 1/5). Writes `<out>/fidelity.json` and
-`<out>/fidelity.png`.
+Two settings (`--setting`):
+
+- photos (default): the bench corpus, `--corpus-images` JPEGs cut from the 20 source
+  photos shipped with scikit-image and scikit-learn (`bench.corpus.SOURCE_PHOTOS`, mostly
+  not ImageNet objects), a store of M = ceil(crops / images) crops per image, and the
+  ImageNet teacher EfficientNet-Lite0, unconfident on these crops; ReLabel maps at 15x15
+  (480 px, ReLabel's) and at the teacher's own 224 px (7x7);
+- scenes: `bench accuracy`'s controlled scenes and the assets `make_assets` builds there
+  (`--scenes-root`): its resnet10t teacher trained on the scenes at 96 px, its store
+  (M = 32, top-5) and its ReLabel maps at the teacher's resolution (3x3 from 96 px), as
+  in ReLabel, whose teacher made its maps at the resolution it was trained at. The first
+  ceil(crops / images) stored crops of every train image are measured.
+
+Per label q against the oracle p, averaged over crops: KL(p || q) in nats (q floored at
+1e-8, so labels with zeros stay finite), KL(q || p), top-1 agreement (argmax q == argmax
+p) and top-5 overlap (the share of p's top-5 among q's five largest; classes tied at q's
+5th/6th place count as missing, so a one-hot label scores 1/5); over all crops, the
+confident ones (the oracle's top-1 probability >= `--confident`), and unflipped and
+flipped ones. Writes `<out>/fidelity.json` and `.png` (`fidelity-scenes.*` for scenes).
 """
 from __future__ import annotations
 
@@ -35,15 +44,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .corpus import prepare_dataset
+from .fidelity_settings import photo_setting, scene_setting
 from .harness import load_average, load_notes, machine_description
-from .labels import load_pil_rgb, teacher_crop, write_relabel_maps, write_store_labels
+from .labels import load_pil_rgb, teacher_crop
 from .report import panels_chart, run_cli, write_json
 from fkd_dali.errors import ConfigError
-from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE, MAP_SIZE
+from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE
 
 KL_FLOOR = 1e-8  # labels are floored here inside KL(p || q): zeros in q would make it infinite
 METRICS = ("kl", "kl_reverse", "top1_agreement", "top5_overlap")
+SETTINGS = ("photos", "scenes")
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,14 @@ class FidelityBenchConfig:
         top_k: K of the store and of the ReLabel maps.
         smoothing: eps of the `smoothing` recovery.
         batch_images: images per replay batch (each with its M crops).
+        setting: "photos" (the corpus and an ImageNet teacher) or "scenes" (`bench accuracy`'s assets).
+        scenes_root: the scene folder of the scenes setting (default: `bench accuracy`'s default root).
+        confident: crops whose oracle top-1 probability is at least this form the confident subset.
     """
 
+    setting: str = "photos"
+    scenes_root: str | None = None
+    confident: float = 0.5
     data: str | None = None
     corpus_images: int = 128
     corpus_seed: int = 0
@@ -79,6 +95,13 @@ class FidelityBenchConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.smoothing <= 1.0:
             raise ConfigError(f"smoothing must be in [0, 1], got {self.smoothing}")
+        if not 0.0 < self.confident <= 1.0:
+            raise ConfigError(f"confident must be in (0, 1], got {self.confident}")
+        if self.setting not in SETTINGS:
+            raise ConfigError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.setting == "scenes" and (self.data or self.checkpoint):
+            raise ConfigError("--setting scenes takes its images and teacher from --scenes-root: drop --data and "
+                              "--checkpoint")
 
     @property
     def assets_dir(self) -> Path:
@@ -93,15 +116,26 @@ def label_agreement(oracle: torch.Tensor, label: torch.Tensor) -> dict[str, torc
     kl = (torch.xlogy(p, p) - p * q.clamp_min(KL_FLOOR).log()).sum(1)
     kl_reverse = (torch.xlogy(q, q) - q * p.log()).sum(1)
     top1 = (q.argmax(1) == p.argmax(1)).double()
-    sixth = q.topk(6, dim=1).values[:, 5:6]
-    top5 = (q.gather(1, p.topk(5, dim=1).indices) > sixth).double().mean(1)
+    five = min(5, q.shape[1])  # fewer classes than 5: the overlap of all of them
+    sixth = q.topk(five + 1, dim=1).values[:, five:] if q.shape[1] > five else torch.full_like(q[:, :1], -math.inf)
+    top5 = (q.gather(1, p.topk(five, dim=1).indices) > sixth).double().mean(1)
     return {"kl": kl, "kl_reverse": kl_reverse, "top1_agreement": top1, "top5_overlap": top5}
 
 
-def summarize(per_crop: dict[str, torch.Tensor], flips: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Means over all crops, unflipped and flipped ones (agreement and overlap in percent)."""
+def confident_crops(oracle: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,) bool: the crops on which the oracle's top-1 probability is at least `threshold`."""
+    return oracle.amax(1) >= threshold
+
+
+def summarize(per_crop: dict[str, torch.Tensor], flips: torch.Tensor,
+              confident: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Means over all crops, the confident ones, unflipped and flipped ones (agreement and overlap in percent).
+
+    A group without crops reports NaN.
+    """
     out = {}
-    for group, mask in (("all", torch.ones_like(flips)), ("unflipped", ~flips), ("flipped", flips)):
+    for group, mask in (("all", torch.ones_like(flips)), ("confident", confident), ("unflipped", ~flips),
+                        ("flipped", flips)):
         row = {"crops": int(mask.sum())}
         for name in METRICS:
             mean = float(per_crop[name][mask].mean()) if mask.any() else float("nan")
@@ -125,16 +159,20 @@ class Crops:
 
 
 @torch.inference_mode()
-def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_images: int, threads: int) -> Crops:
-    """The teacher on every stored crop, cut by the replay graph at its own size and normalization."""
+def replay_oracle(store_url: str, index, teacher, device: torch.device, batch_images: int, threads: int,
+                  slots: int | None = None) -> Crops:
+    """The teacher on the first `slots` stored crops of every image (default: all of them), cut by the replay
+    graph at the teacher's size and normalization."""
     from fkd_dali.crops.boxes import boxes_to_fractions
     from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.loaders.replay import ReplayLoader
     from fkd_dali.loaders.sources import StoreCrops
+    from fkd_dali.store.checks import check_dataset
     from fkd_dali.store.opening import open_store
 
     store = open_store(store_url)
-    m, n = store.crops_per_image, len(index)
+    check_dataset(store, index)
+    m, n = min(slots or store.crops_per_image, store.crops_per_image), len(index)
     table = read_pass_table(store, index.sizes, np.arange(m), np.arange(n))
     fractions = torch.from_numpy(boxes_to_fractions(table.boxes, index.sizes))  # (n, m, 4)
     loader = ReplayLoader(StoreCrops(store, index.sizes, prefetch=False), index, m=m, batch_size=m * batch_images,
@@ -173,11 +211,11 @@ def store_labels(crops: Crops, num_classes: int, smoothing: float) -> list[tuple
     return out
 
 
-def relabel_labels(crops: Crops, index, maps_root: Path, num_classes: int) -> torch.Tensor:
-    """ReLabel's label of every crop: its image's map RoI-aligned to the crop box, softmaxed."""
-    from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
+def relabel_labels(crops: Crops, maps: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """ReLabel's label of every crop: its image's map (of `maps`, one per image) RoI-aligned to the crop box,
+    softmaxed."""
+    from fkd_dali.interop.relabel_maps import relabel_targets
 
-    maps = torch.stack([read_label_map(label_map_path(maps_root, index.paths[i])) for i in range(len(index))])
     return torch.cat([relabel_targets(maps[crops.image[a:a + 256]], crops.box[a:a + 256], num_classes)
                       for a in range(0, len(crops.image), 256)])
 
@@ -200,100 +238,124 @@ def global_labels(index, teacher, device: torch.device, batch: int = 16) -> torc
 # -- the run --------------------------------------------------------------------------------------
 
 def run_fidelity_benchmark(cfg: FidelityBenchConfig) -> dict:
-    """Measure every label kind against the oracle; writes `fidelity.json` and `fidelity.png`."""
+    """Measure every label kind against the oracle; writes `<stem>.json` and `<stem>.png` (see `output_stem`)."""
     from fkd_dali.dist import pick_device
-    from fkd_dali.labels.teacher import load_teacher
 
     load_start = load_average()
     device = pick_device(cfg.device)
-    index, dataset = prepare_dataset(cfg.data, cfg.corpus_images, cfg.corpus_seed, cfg.assets_dir, cfg.progress)
-    m = math.ceil(cfg.crops / len(index))
-    fp = index.fingerprint[:8]
-    info, store = write_store_labels(index, cfg.assets_dir / f"store-{fp}-M{m}-K{cfg.top_k}", cfg.teacher,
-                                     cfg.checkpoint, m, cfg.top_k, cfg.seed, str(device), cfg.threads,
-                                     progress=cfg.progress)
-    teacher = load_teacher(cfg.teacher, cfg.checkpoint)
-    native = teacher.input_size[-1] // STRIDE  # map side at the teacher's own resolution
-    maps = {MAP_SIZE: cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}",  # the folder `bench store` writes
-            native: cfg.assets_dir / f"relabel-maps-{fp}-K{cfg.top_k}-S{native}"}
-    for size, root in maps.items():
-        write_relabel_maps(index, root, teacher, cfg.top_k, map_size=size, progress=cfg.progress)
-    crops = replay_oracle(store, index, teacher, device, cfg.batch_images, cfg.threads)
+    setting = (scene_setting if cfg.setting == "scenes" else photo_setting)(cfg, device)
+    teacher, index = setting.teacher, setting.index
+    crops = replay_oracle(setting.store, index, teacher, device, cfg.batch_images, cfg.threads, setting.slots)
     c = crops.oracle.shape[1]
     labels = store_labels(crops, c, cfg.smoothing)
-    for size, root in maps.items():
-        labels.append((f"ReLabel: {size}x{size} top-{cfg.top_k} map ({size * STRIDE} px), RoI-aligned",
+    side = teacher.input_size[-1]
+    for size, maps in setting.maps.items():
+        own = ", the teacher's own" if size * STRIDE == side else ""
+        labels.append((f"ReLabel: {size}x{size} top-{cfg.top_k} map ({size * STRIDE} px{own}), RoI-aligned",
                        {"method": "relabel", "map_size": size, "group": "baseline"},
-                       relabel_labels(crops, index, root, c)))
+                       relabel_labels(crops, maps, c)))
     labels.append(("global: teacher on the whole image", {"method": "global", "group": "baseline"},
                    global_labels(index, teacher, device)[crops.image]))
-    rows = [{"label": name, **fields, **summarize(label_agreement(crops.oracle, label), crops.flip)}
+    confident = confident_crops(crops.oracle, cfg.confident)
+    rows = [{"label": name, **fields, **summarize(label_agreement(crops.oracle, label), crops.flip, confident)}
             for name, fields, label in labels]
     machine = machine_description()
     load = {"start": load_start, "end": load_average()}
-    notes = [f"oracle = {cfg.teacher} (float32) on each crop as the replay graph cuts it at the teacher's "
-             f"{teacher.input_size[-1]} px; the store's labels come from label generation on the same pixels, so "
-             "rows (a) measure what top-K storage and each recovery lose, nothing else",
-             f"KL(p || q) floors q at {KL_FLOOR:g}: labels that put 0 on a class the teacher gives mass to (hard, "
-             "marginal_renorm) score large but finite values; KL(q || p) is the reverse direction",
-             "top-5 overlap: the share of the oracle's top-5 among the label's five largest classes, ties at the "
-             "label's 5th/6th place counted as missing (a one-hot label scores at most 20%)"]
-    notes.extend(load_notes(load))
-    doc = {"benchmark": "fidelity", "machine": machine, "load_average": load, "config": asdict(cfg),
-           "dataset": dataset, "store": {**asdict(info), "path": store, "crops_per_image": m},
-           "crops": len(crops.image), "flipped_crops": int(crops.flip.sum()),
+    top1 = crops.oracle.amax(1)
+    doc = {"benchmark": "fidelity", "setting": cfg.setting, "machine": machine, "load_average": load,
+           "config": asdict(cfg), "dataset": setting.dataset, "store": {**setting.store_info, "path": setting.store},
+           "teacher": {"name": teacher.name, "timm_name": teacher.timm_name, "input_size": side,
+                       "num_classes": teacher.num_classes},
+           "crops": len(crops.image), "crops_per_image": setting.slots, "flipped_crops": int(crops.flip.sum()),
+           "confident_crops": {"threshold": cfg.confident, "crops": int(confident.sum()),
+                               "share": float(confident.double().mean())},
            "stored_top_k_mass": float(crops.prob.float().sum(1).mean()),
-           "oracle_top1_prob": float(crops.oracle.max(1).values.mean()), "rows": rows, "notes": notes}
+           "oracle_top1_prob": float(top1.mean()), "oracle_top1_prob_median": float(top1.median()),
+           "rows": rows, "notes": setting.notes + _notes(cfg, teacher) + load_notes(load)}
     out = Path(cfg.out)
-    write_json(out / "fidelity.json", doc)
-    _chart(out / "fidelity.png", cfg, doc, machine)
+    write_json(out / f"{output_stem(cfg)}.json", doc)
+    _chart(out / f"{output_stem(cfg)}.png", doc, machine)
     return doc
 
 
-def _chart(path: Path, cfg: FidelityBenchConfig, doc: dict, machine: dict) -> None:
-    rows = doc["rows"]
+def output_stem(cfg: FidelityBenchConfig) -> str:
+    """`fidelity` for the photos, `fidelity-scenes` for the scenes (both can live in one results folder)."""
+    return "fidelity" if cfg.setting == "photos" else f"fidelity-{cfg.setting}"
 
-    def bars(metric: str) -> list[dict]:
-        return [{"label": r["label"], "value": r["all"][metric], "group": r["group"]} for r in rows]
 
-    panels_chart(path, [{"xlabel": "top-1 agreement with the oracle (%)", "bars": bars("top1_agreement")},
-                        {"xlabel": "top-5 overlap with the oracle (%)", "bars": bars("top5_overlap")},
-                        {"xlabel": "KL(oracle || label), nats (lower is closer)", "bars": bars("kl")}],
-                 f"Label fidelity vs the teacher on each crop: {doc['crops']} crops of {doc['dataset']['n_images']} "
-                 f"real photos, teacher {cfg.teacher}",
+def _notes(cfg: FidelityBenchConfig, teacher) -> list[str]:
+    return [f"oracle = {teacher.name} (float32) on each crop as the replay graph cuts it at the teacher's "
+            f"{teacher.input_size[-1]} px; the store's labels come from label generation with the same teacher on "
+            "the same pixels, so rows (a) measure what top-K storage, float16 and each recovery lose, nothing "
+            "else: a storage check",
+            f"confident crops: the oracle's top-1 probability >= {cfg.confident:g}",
+            f"KL(p || q) floors q at {KL_FLOOR:g}: labels that put 0 on a class the teacher gives mass to (hard, "
+            "marginal_renorm) score large but finite values; KL(q || p) is the reverse direction",
+            "top-5 overlap: the share of the oracle's top-5 among the label's five largest classes, ties at the "
+            "label's 5th/6th place counted as missing (a one-hot label scores at most 20%)"]
+
+
+def _chart(path: Path, doc: dict, machine: dict) -> None:
+    rows, conf = doc["rows"], doc["confident_crops"]
+
+    def bars(metric: str, group: str = "all") -> list[dict]:
+        return [{"label": r["label"], "value": r[group][metric], "group": r["group"]} for r in rows]
+
+    subset = f"confident crops ({conf['crops']}, oracle top-1 >= {conf['threshold']:g})"
+    images = (f"{doc['dataset']['n_images']} scenes" if doc["setting"] == "scenes" else
+              f"{doc['dataset']['n_images']} photos" + (f" from {doc['dataset']['source_photos']} sources"
+                                                        if doc["dataset"].get("source_photos") else ""))
+    panels_chart(path, [{"xlabel": "top-1 agreement with the oracle (%), all crops", "bars": bars("top1_agreement")},
+                        {"xlabel": f"top-1 agreement (%), {subset}", "bars": bars("top1_agreement", "confident")},
+                        {"xlabel": "top-5 overlap with the oracle (%), all crops", "bars": bars("top5_overlap")},
+                        {"xlabel": "KL(oracle || label), nats", "bars": bars("kl")}],
+                 f"Label fidelity vs the teacher on each crop: {doc['crops']} crops of {images}, teacher "
+                 f"{doc['teacher']['name']} at {doc['teacher']['input_size']} px (mean top-1 prob "
+                 f"{doc['oracle_top1_prob']:.2f}); the store rows are a storage check",
                  f"{machine['cpu_model']}, {machine['usable_cores']} cores")
 
 
 def parse_args(argv: Sequence[str] | None) -> FidelityBenchConfig:
     d = FidelityBenchConfig()
     p = argparse.ArgumentParser(prog="bench fidelity", description=__doc__.splitlines()[0])
+    p.add_argument("--setting", choices=SETTINGS, default=d.setting,
+                   help="photos: the corpus and an ImageNet teacher; scenes: bench accuracy's scenes and assets")
+    p.add_argument("--scenes-root", default=d.scenes_root, metavar="DIR",
+                   help="scene folder of --setting scenes (default: bench accuracy's default root)")
+    p.add_argument("--confident", type=float, default=d.confident,
+                   help="confident subset: crops whose oracle top-1 probability is at least this")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="ImageNet-style folder instead of the corpus")
+    src.add_argument("--data", metavar="DIR", help="photos: an ImageNet-style folder instead of the corpus")
     src.add_argument("--corpus-images", type=int, default=d.corpus_images, metavar="N")
     p.add_argument("--corpus-seed", type=int, default=d.corpus_seed)
-    p.add_argument("--crops", type=int, default=d.crops, help="about this many crops (M = ceil(crops / images))")
+    p.add_argument("--crops", type=int, default=d.crops, help="about this many crops: the first ceil(crops / images) stored crops of every image")
     p.add_argument("--top-k", "-K", type=int, default=d.top_k)
     p.add_argument("--smoothing", type=float, default=d.smoothing, help="eps of the smoothing recovery")
-    p.add_argument("--teacher", default=d.teacher)
-    p.add_argument("--checkpoint", default=d.checkpoint)
-    p.add_argument("--seed", type=int, default=d.seed, help="crop seed of the store")
+    p.add_argument("--teacher", default=d.teacher, help="photos: the teacher (scenes: the one bench accuracy trained)")
+    p.add_argument("--checkpoint", default=d.checkpoint, help="photos: the teacher's weights")
+    p.add_argument("--seed", type=int, default=d.seed, help="photos: crop seed of the store")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=d.threads, help="DALI threads")
     p.add_argument("--batch-images", type=int, default=d.batch_images, help="images (x M crops) per teacher batch")
     p.add_argument("--out", default=d.out, metavar="DIR")
-    p.add_argument("--assets", default=d.assets, metavar="DIR", help="corpus, store, maps (default OUT/assets)")
+    p.add_argument("--assets", default=d.assets, metavar="DIR", help="photos: corpus, store, maps (default OUT/assets)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    return FidelityBenchConfig(data=a.data, corpus_images=a.corpus_images, corpus_seed=a.corpus_seed, crops=a.crops,
+    return FidelityBenchConfig(setting=a.setting, scenes_root=a.scenes_root, confident=a.confident, data=a.data,
+                               corpus_images=a.corpus_images, corpus_seed=a.corpus_seed, crops=a.crops,
                                top_k=a.top_k, smoothing=a.smoothing, teacher=a.teacher, checkpoint=a.checkpoint,
                                seed=a.seed, device=a.device, threads=a.threads, batch_images=a.batch_images,
                                out=a.out, assets=a.assets, progress=not a.no_progress)
 
 
-def _summary(cfg, doc: dict) -> dict:
-    """One line per method: top-1 agreement and KL over all crops."""
-    return {"crops": doc["crops"], "top1_agreement": {r["label"]: round(r["all"]["top1_agreement"], 1)
-                                                      for r in doc["rows"]},
+def _summary(cfg: FidelityBenchConfig, doc: dict) -> dict:
+    """Where the files are; one line per method: top-1 agreement (all and confident crops) and KL over all crops."""
+    out = Path(cfg.out) / output_stem(cfg)
+    return {"json": f"{out}.json", "png": f"{out}.png", "crops": doc["crops"],
+            "confident_crops": doc["confident_crops"]["crops"],
+            "top1_agreement": {r["label"]: round(r["all"]["top1_agreement"], 1) for r in doc["rows"]},
+            "top1_agreement_confident": {r["label"]: round(r["confident"]["top1_agreement"], 1)
+                                         for r in doc["rows"]},
             "kl": {r["label"]: round(r["all"]["kl"], 4) for r in doc["rows"]}}
 
 

@@ -2,8 +2,9 @@
 
 Also `python -m bench summary DIR`. Without DIR it reads the CPU results committed beside
 this file (`bench/results/cpu`), so it works from any folder. Reads whichever of loaders.json,
-store.json, labelgen.json, train.json, stages.json, feed.json, fidelity.json and accuracy.json
-exist and prints one Markdown section per benchmark, every figure taken from the JSON.
+store.json, labelgen.json, train.json, stages.json, feed.json, fidelity.json,
+fidelity-scenes.json and accuracy.json exist and prints one Markdown section per benchmark,
+every figure taken from the JSON.
 """
 from __future__ import annotations
 
@@ -170,16 +171,23 @@ def feed_markdown(doc: dict) -> str:
 
 
 def fidelity_markdown(doc: dict) -> str:
-    lines = ["| label | KL(oracle‖label) | KL(label‖oracle) | top-1 agreement | top-5 overlap | flipped crops: "
-             "KL / top-1 |", "|---|---|---|---|---|---|"]
+    conf = doc["confident_crops"]
+    lines = ["| label | KL(oracle‖label) | KL(label‖oracle) | top-1 agreement | top-5 overlap | confident crops: "
+             "KL / top-1 / top-5 | flipped crops: KL / top-1 |", "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        a, f = r["all"], r["flipped"]
+        a, f, k = r["all"], r["flipped"], r["confident"]
         lines.append(f"| {r['label']} | {a['kl']:.3f} | {a['kl_reverse']:.3f} | {a['top1_agreement']:.1f}% | "
-                     f"{a['top5_overlap']:.1f}% | {f['kl']:.3f} / {f['top1_agreement']:.1f}% |")
-    c = doc["config"]
-    return ("\n".join(lines) + f"\n\n{doc['crops']} crops ({doc['flipped_crops']} flipped) of "
-            f"{doc['dataset']['n_images']} real photos, teacher {c['teacher']}; the teacher's stored top-"
-            f"{c['top_k']} holds {100 * doc['stored_top_k_mass']:.1f}% of its probability on average; {_load(doc)}.")
+                     f"{a['top5_overlap']:.1f}% | {k['kl']:.3f} / {k['top1_agreement']:.1f}% / "
+                     f"{k['top5_overlap']:.1f}% | {f['kl']:.3f} / {f['top1_agreement']:.1f}% |")
+    d, t = doc["dataset"], doc["teacher"]
+    images = (f"{d['n_images']} scenes" if doc.get("setting") == "scenes" else f"{d['n_images']} photos"
+              + (f" cut from {d['source_photos']} source photos" if d.get("source_photos") else ""))
+    return ("\n".join(lines) + f"\n\n{doc['crops']} crops ({doc['flipped_crops']} flipped) of {images}, teacher "
+            f"{t['name']} at {t['input_size']} px (its top-1 probability on the crops: mean "
+            f"{doc['oracle_top1_prob']:.2f}, median {doc['oracle_top1_prob_median']:.2f}); confident crops (top-1 "
+            f"probability >= {conf['threshold']:g}): {conf['crops']} ({100 * conf['share']:.1f}%); the stored "
+            f"top-{doc['config']['top_k']} holds {100 * doc['stored_top_k_mass']:.1f}% of the teacher's probability "
+            f"on average; {_load(doc)}.")
 
 
 def accuracy_markdown(doc: dict) -> str:
@@ -200,9 +208,11 @@ def accuracy_markdown(doc: dict) -> str:
             f"{t['recipe']['arch']} at {t['recipe']['image_size'] or s['size']} px: {t['test_top1']:.2f}% on the test "
             f"images; {_load(doc)}.")
 
+
 SECTIONS = (("loaders", loaders_markdown), ("store", store_markdown), ("labelgen", labelgen_markdown),
             ("train", train_markdown), ("stages", stages_markdown), ("feed", feed_markdown),
-            ("fidelity", fidelity_markdown), ("accuracy", accuracy_markdown))
+            ("fidelity", fidelity_markdown), ("fidelity-scenes", fidelity_markdown),
+            ("accuracy", accuracy_markdown))
 
 
 def summarize_dir(results: str | Path) -> str:

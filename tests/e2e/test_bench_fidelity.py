@@ -48,3 +48,69 @@ def test_tiny_fidelity_benchmark(tmp_path: Path) -> None:
 
     text = summarize_dir(out)
     assert text.startswith("#### fidelity") and "| FKD store top-5: marginal_smoothing k=5 |" in text
+
+
+@pytest.mark.slow
+def test_tiny_scene_fidelity_benchmark(tmp_path: Path) -> None:
+    """`--setting scenes` on a tiny scene folder whose teacher is cached: bench accuracy's `make_assets` makes the
+    store and the label maps at the teacher's resolution, and the confident subset is the crops where the
+    teacher's top-1 probability (stored in float16) is >= 0.5."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import timm
+    import torch
+
+    from bench.bench_accuracy import AccuracyConfig
+    from bench.scene_teacher import TEACHER, RunResult, _save_result, _scene_identity, run_dir
+    from bench.scenes import SceneConfig, build_scenes
+    from fkd_dali.store.opening import open_store
+
+    config = SceneConfig(classes=6, size=48, teacher=6, train=8, val=6, test=6, seed=3)
+    root = AccuracyConfig(scenes=config, assets=str(tmp_path / "assets")).root
+    scenes = build_scenes(root, config)
+    # a cached stand-in for the trained teacher: an untrained resnet10t with the pixels fkd-dali's training
+    # records (96 px), its classifier scaled up so that some crops are confident
+    torch.manual_seed(0)
+    model = timm.create_model(TEACHER.arch, num_classes=config.classes)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(40.0)
+    run = run_dir(root, TEACHER)
+    (run / "run").mkdir(parents=True)
+    checkpoint = run / "run" / "last.pth"
+    torch.save({"model": model.state_dict(), "data_config": {"size": 96, "interpolation": "bicubic",
+                                                             "mean": [0.485, 0.456, 0.406],
+                                                             "std": [0.229, 0.224, 0.225]}}, checkpoint)
+    _save_result(run, RunResult(recipe=TEACHER, checkpoint=str(checkpoint), scenes=_scene_identity(scenes, TEACHER),
+                                train_wall_s=0.0, train_cpu_s=0.0, test_top1=25.0, val_top1=None,
+                                test_images=config.test))
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-m", "fkd_dali", "bench", "fidelity", "--setting", "scenes",
+                           "--scenes-root", str(root), "--crops", "16", "--threads", "1", "--device", "cpu",
+                           "--out", str(out), "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["json"] == str(out / "fidelity-scenes.json") and not (out / "fidelity.json").exists()
+    doc = json.loads((out / "fidelity-scenes.json").read_text())
+    assert (out / "fidelity-scenes.png").stat().st_size > 10_000
+    assert doc["setting"] == "scenes" and doc["crops"] == 16 and doc["crops_per_image"] == 2  # 8 images x 2 slots
+    assert doc["teacher"]["input_size"] == 96 and doc["dataset"]["n_classes"] == 6
+    assert {r.get("map_size") for r in doc["rows"] if r["method"] == "relabel"} == {3}  # 96 px / 32: native only
+    assert [r["method"] for r in doc["rows"]].count("store") == 8 and doc["rows"][-1]["method"] == "global"
+
+    # the confident subset, recomputed from the store: the stored top-1 is the teacher's, rounded to float16
+    store = open_store(doc["store"]["path"])
+    assert store.crops_per_image == AccuracyConfig().crops_per_image
+    top1 = store.read("labels/prob")[:, :2, 0].astype(np.float64).reshape(-1)
+    conf = doc["confident_crops"]
+    assert int((top1 >= 0.5 + 1e-3).sum()) <= conf["crops"] <= int((top1 >= 0.5 - 1e-3).sum())
+    assert 0 < conf["crops"] < 16 and conf["share"] == pytest.approx(conf["crops"] / 16)
+    for r in doc["rows"]:
+        assert r["confident"]["crops"] == conf["crops"] and r["all"]["crops"] == 16
+        if r["method"] == "store":  # a top-1 of >= 0.5 cannot tie with the top-2 in float16
+            assert r["confident"]["top1_agreement"] == 100.0
+    from bench.summary import summarize_dir
+
+    assert "#### fidelity-scenes" in summarize_dir(out) and "16 crops" in summarize_dir(out)

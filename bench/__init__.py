@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
-
 from dataclasses import dataclass
+from typing import Sequence
 
 from fkd_dali.errors import ConfigError, FkdError
 from fkd_dali.registry import Registry

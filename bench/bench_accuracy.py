@@ -35,13 +35,14 @@ from typing import Sequence
 
 import numpy as np
 
+from fkd_dali.errors import ConfigError
+
 from .harness import load_average, load_notes, machine_description, tree_cpu_seconds
 from .report import panels_chart, run_cli, write_json
 from .scene_crops import crop_label_correctness
 from .scene_teacher import TEACHER, Recipe, RunResult, ensure_teacher, run_dir
 from .scene_teacher import run_cli as run_fkd_dali
 from .scenes import SceneConfig, SceneSet, build_scenes, scenes_for_index
-from fkd_dali.errors import ConfigError
 
 ROWS = ("hard", "relabel", "fkd", "online", "ferkd", "fkd_cutmix")
 ROW_TITLES = {"hard": "(a) hard labels", "relabel": "(b) ReLabel maps", "fkd": "(c) FKD replay",

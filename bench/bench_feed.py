@@ -31,12 +31,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .harness import Entry, RoundResult, load_average, load_notes, machine_description, run_rounds
-from .report import panels_chart, run_cli, write_json
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import IMAGENET_MEAN, IMAGENET_STD
 from fkd_dali.errors import ConfigError
 from fkd_dali.loaders.replay import ReplayLoader
+
+from .harness import Entry, RoundResult, load_average, load_notes, machine_description, run_rounds
+from .report import panels_chart, run_cli, write_json
 
 #: What the host path must reach (images per CPU-second through the external source).
 TARGET_IMAGES_PER_CPU_S = 10_000.0
@@ -142,8 +143,8 @@ class StageLoader:
 
     def __init__(self, cfg: FeedConfig, index: DatasetIndex, store_url: str, stage: str, threads: int) -> None:
         from fkd_dali.loaders.sources import StoreCrops
-        from fkd_dali.store.schema import TOPK_ONLY
         from fkd_dali.store.opening import open_store
+        from fkd_dali.store.schema import TOPK_ONLY
 
         if stage not in dict(STAGES):
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(dict(STAGES))}")
@@ -194,9 +195,10 @@ def _source_calls(feed: Iterator) -> Iterator[tuple]:
 
 def prepare_assets(cfg: FeedConfig) -> tuple[DatasetIndex, str, dict]:
     """The linked corpus, its index and the synthetic store (built once under the assets folder)."""
+    from fkd_dali.data.index import build_index
+
     from .corpus import CorpusConfig, build_corpus, build_linked_corpus
     from .labels import synthetic_store
-    from fkd_dali.data.index import build_index
 
     source = build_corpus(cfg.assets_dir / f"corpus-{cfg.sources}-seed{cfg.corpus_seed}",
                           CorpusConfig(n_images=cfg.sources, seed=cfg.corpus_seed), progress=cfg.progress)

@@ -44,12 +44,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fkd_dali.errors import ConfigError
+from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE
+
 from .fidelity_settings import photo_setting, scene_setting
 from .harness import load_average, load_notes, machine_description
 from .labels import load_pil_rgb, teacher_crop
 from .report import panels_chart, run_cli, write_json
-from fkd_dali.errors import ConfigError
-from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE
 
 KL_FLOOR = 1e-8  # labels are floored here inside KL(p || q): zeros in q would make it infinite
 METRICS = ("kl", "kl_reverse", "top1_agreement", "top5_overlap")

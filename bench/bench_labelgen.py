@@ -21,11 +21,12 @@ from typing import Sequence
 
 import torch
 
+from fkd_dali.errors import ConfigError
+
 from .corpus import prepare_dataset
 from .harness import load_average, load_notes, machine_description, tree_cpu_seconds
 from .labels import labelgen_device
 from .report import ratio_chart, run_cli, write_json
-from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.90  # label generation / teacher-only inference (docs/design.md, "Targets")
 

@@ -18,6 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fkd_dali.data.index import DatasetIndex
+from fkd_dali.errors import ConfigError
+from fkd_dali.labels.teacher import Teacher, load_teacher
+
 from .corpus import prepare_dataset
 from .harness import (
     Entry,
@@ -32,9 +36,6 @@ from .harness import (
 from .labels import write_fkd_published, write_relabel_maps, write_store_labels
 from .loaders import LOADERS, LoaderInfo, LoaderSpec
 from .report import bar_chart, run_cli, write_json
-from fkd_dali.data.index import DatasetIndex
-from fkd_dali.errors import ConfigError
-from fkd_dali.labels.teacher import Teacher, load_teacher
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from fkd_dali.errors import ConfigError
+
 from .corpus import prepare_dataset
 from .harness import load_average, load_notes, machine_description, measure, tree_cpu_seconds
 from .labels import FKD_PUBLISHED_CROPS, write_fkd_published, write_relabel_maps, write_store_labels
 from .report import run_cli, stacked_chart, write_json
-from fkd_dali.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,12 @@ def _dali_stage(stage: str, encoded: list, rois: list, cfg: StagesConfig) -> Cal
 
 
 def fkd_dali_stages(cfg: StagesConfig, index, store: str) -> dict[str, float]:
-    from .loaders import FkdDaliLoader, LoaderSpec
-    from fkd_dali.loaders.pass_table import plan_table
     from fkd_dali.crops.plan import make_pass_plan
     from fkd_dali.loaders.feed import flipped_rois, read_encoded
+    from fkd_dali.loaders.pass_table import plan_table
     from fkd_dali.store.opening import open_store
+
+    from .loaders import FkdDaliLoader, LoaderSpec
 
     st = open_store(store)
     table = plan_table(st, index.sizes, make_pass_plan(cfg.seed, 0, cfg.m, st.crops_per_image, len(index)))
@@ -149,9 +151,10 @@ def reference_stages(cfg: StagesConfig, index, fkd_root: str, maps_root: str) ->
     import torchvision.transforms.functional as TF
     from torch.utils.data import default_collate
 
+    from fkd_dali.interop.relabel_maps import relabel_targets
+
     from .labels import load_pil_rgb
     from .loaders import FkdReferenceDataset, LoaderSpec, ReLabelDataset, create_loader, fkd_soft_targets
-    from fkd_dali.interop.relabel_maps import relabel_targets
 
     spec = LoaderSpec(index=index, batch_size=cfg.batch_size, workers=1, m=cfg.m, image_size=cfg.image_size,
                       fkd_labels=fkd_root, fkd_unpickle=True, label_maps=maps_root, seed=cfg.seed)

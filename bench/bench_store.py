@@ -27,11 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
+from fkd_dali.errors import ConfigError
+
 from .corpus import prepare_dataset
 from .harness import load_average, load_notes, machine_description
 from .labels import export_store_fkd, write_relabel_maps, write_store_labels, write_synthetic_labels
 from .report import panels_chart, run_cli, write_json
-from fkd_dali.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 CROP_FIELDS = ("crops/box", "crops/flip", "labels/index", "labels/prob")
@@ -244,8 +245,8 @@ def evict(root: str | os.PathLike[str]) -> bool:
 
 def time_pass_tables(url: str, m: int, repeats: int, seed: int) -> dict:
     """Median seconds of `read_slots` and `read_pass_table` over passes 0..repeats-1, cold and warm."""
-    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.crops.plan import make_pass_plan, pass_slots
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.store.opening import open_store
 
     store = open_store(url)

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from fkd_dali.errors import ConfigError
+
 from .corpus import prepare_dataset
 from .harness import load_average, load_notes, machine_description, tree_cpu_seconds
 from .labels import write_store_labels
 from .report import panels_chart, run_cli, write_json
-from fkd_dali.errors import ConfigError
 
 TARGET_RATIO = 0.97  # real-data / synthetic-data training throughput (docs/design.md, "Targets", GPU)
 PAPER_SPEEDUP = 3.0  # FKD vs online KD: the low end of the paper's 3-5x

@@ -64,9 +64,10 @@ def _wall_and_cpu(fn: Callable[[], object], repeats: int) -> dict:
 
 # -- make ------------------------------------------------------------------------------------------
 def make_store(url: str, n: int, digests: bool) -> None:
+    from fkd_dali.data.digest import FileDigests
+
     from .bench_store import _synthetic_index
     from .labels import write_synthetic_labels
-    from fkd_dali.data.digest import FileDigests
 
     index = _synthetic_index(n, 0)
     if digests:

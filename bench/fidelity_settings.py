@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fkd_dali.errors import ConfigError
+from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE
+from fkd_dali.interop.relabel_maps import MAP_SIZE
+
 from .corpus import prepare_dataset
 from .labels import write_relabel_maps, write_store_labels
-from fkd_dali.errors import ConfigError
-from fkd_dali.interop.relabel_maps import CNN_STRIDE as STRIDE, MAP_SIZE
 
 if TYPE_CHECKING:
-    from .bench_fidelity import FidelityBenchConfig
     from fkd_dali.data.index import DatasetIndex
     from fkd_dali.labels.teacher import Teacher
+
+    from .bench_fidelity import FidelityBenchConfig
 
 
 @dataclass
@@ -65,11 +68,12 @@ def photo_setting(cfg: FidelityBenchConfig, device: torch.device) -> Setting:
 
 def scene_setting(cfg: FidelityBenchConfig, device: torch.device) -> Setting:
     """`bench accuracy`'s train split, teacher, store and label maps, made by its `make_assets` (reused when built)."""
-    from .bench_accuracy import AccuracyConfig, make_assets
-    from .scenes import MANIFEST, load_scenes
     from fkd_dali.data.index import build_index
     from fkd_dali.interop.relabel_maps import load_label_maps
     from fkd_dali.labels.teacher import load_teacher
+
+    from .bench_accuracy import AccuracyConfig, make_assets
+    from .scenes import MANIFEST, load_scenes
 
     default = AccuracyConfig()
     root = Path(cfg.scenes_root) if cfg.scenes_root else default.root

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import resource
 import statistics
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field

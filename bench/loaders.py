@@ -37,7 +37,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
-from .labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import RECOVERY
 from fkd_dali.errors import ConfigError
@@ -45,6 +44,8 @@ from fkd_dali.interop.fkd_files import read_fkd_file
 from fkd_dali.interop.relabel_maps import label_map_path, read_label_map, relabel_targets
 from fkd_dali.registry import Registry
 from fkd_dali.store.checks import check_dataset
+
+from .labels import CROP_RATIO, CROP_SCALE, fkd_published_path, load_pil_rgb
 
 if TYPE_CHECKING:
     from nvidia.dali.pipeline import Pipeline

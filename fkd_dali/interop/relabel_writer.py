@@ -22,7 +22,6 @@ from fkd_dali.interop.relabel_maps import CNN_STRIDE, LabelMapsInfo, write_label
 from fkd_dali.labels.teacher import Teacher, load_teacher
 
 
-
 def whole_image_input(teacher: Teacher, side: int, device: torch.device):
     """path -> (3, side, side) tensor of the whole image as the teacher takes it, on `device`."""
     modes = {m.value for m in InterpolationMode}

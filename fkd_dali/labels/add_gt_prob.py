@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from fkd_dali.dist import dist_env, pick_device
 from fkd_dali.labels.generate import build_spec, compute_chunk, make_labeller
-from fkd_dali.store.ground_truth import consistent_gt_prob, ground_truth_spec
 from fkd_dali.labels.repair import RepairOptions, refuse_unrecomputable, repair_config
 from fkd_dali.labels.teacher import load_teacher
 from fkd_dali.store.checks import check_same_spec
+from fkd_dali.store.ground_truth import consistent_gt_prob, ground_truth_spec
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_store
 from fkd_dali.store.schema import CropLabels, quantize_prob

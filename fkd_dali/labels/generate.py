@@ -23,10 +23,9 @@ from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, r
 from fkd_dali.data.index import DatasetIndex, build_index
 from fkd_dali.dist import dali_device_id, dist_env, parse_shard, pick_device
 from fkd_dali.errors import ConfigError, CorruptImageError, ImageChangedError, StoreMismatchError, TeacherError
-from fkd_dali.store.checks import check_chunk_files, check_written
-from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher
-from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.checks import check_chunk_files, check_written, index_for_store
+from fkd_dali.store.ground_truth import ground_truth_spec
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_or_create_store, open_store
 from fkd_dali.store.schema import CropLabels, GroundTruthSpec, LabelKind, LabelSpec, StoreLayout, StoreSpec, TeacherSpec

@@ -19,7 +19,15 @@ from fkd_dali.errors import ConfigError, StoreMismatchError
 from fkd_dali.store.checks import read_written
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import StoreNeeds, open_checked_store, open_or_create_store
-from fkd_dali.store.schema import ENSEMBLE_TIMM_NAME, MERGE_ATTR_KEY, TOPK_ONLY, CropLabels, LabelKind, LabelSpec, TeacherSpec
+from fkd_dali.store.schema import (
+    ENSEMBLE_TIMM_NAME,
+    MERGE_ATTR_KEY,
+    TOPK_ONLY,
+    CropLabels,
+    LabelKind,
+    LabelSpec,
+    TeacherSpec,
+)
 
 
 def merge_topk(indices: Sequence[np.ndarray], probs: Sequence[np.ndarray], weights: Sequence[float],

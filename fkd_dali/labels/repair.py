@@ -20,7 +20,6 @@ from typing import Any
 from fkd_dali.config import LabelGenConfig
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.errors import ConfigError, LabelStoreError, StoreDamageError
-from fkd_dali.store.schema import IMPORT_ATTR_KEY, LabelKind
 from fkd_dali.labels.generate import LabelGenSummary, build_spec, chunk_boxes, generate_labels
 from fkd_dali.labels.index_repair import repair_index
 from fkd_dali.labels.teacher import load_teacher
@@ -28,6 +27,7 @@ from fkd_dali.store.checks import check_same_spec, index_for_store
 from fkd_dali.store.claim import creator_marker
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import IMPORT_ATTR_KEY, LabelKind
 from fkd_dali.store.tools import verify_store
 
 _MAX_FLAG_RESETS = 1000  # unreadable done flags cleared one by one before giving up

@@ -16,8 +16,8 @@ from fkd_dali.data.index import DatasetIndex
 from fkd_dali.defaults import CROP_RATIO, CROP_SCALE, FLIP_PROB, VANILLA_INTERPOLATION, default_threads
 from fkd_dali.dist import dali_device_id
 from fkd_dali.errors import ConfigError
-from fkd_dali.loaders.feed import EpochRunner, image_feed
 from fkd_dali.loaders.batch import CropBatch
+from fkd_dali.loaders.feed import EpochRunner, image_feed
 from fkd_dali.pipelines.vanilla import make_vanilla_pipeline
 
 

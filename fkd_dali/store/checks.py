@@ -32,6 +32,7 @@ from fkd_dali.store.damage import (
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.schema import CropField, CropLabels, StoreSpec, json_ready
 
+
 def describe_crops(store: LabelStore, images: np.ndarray, slots: np.ndarray, limit: int = 3) -> str:
     """"images 8-15 slots 0-3, ..." for the distinct (image chunk, slot chunk) pairs of the crops given."""
     ipc, spc = store.spec.layout.images_per_chunk, store.spec.layout.slots_per_chunk

@@ -58,6 +58,7 @@ from fkd_dali.store.schema import (
 )
 from fkd_dali.version import __version__
 
+
 def not_a_store_message(marker: Any, url: str) -> str:
     """Why a Zarr group without schema attributes (`marker`: its creator marker) is not usable, and what to do."""
     if not isinstance(marker, dict):

@@ -20,16 +20,15 @@ from fkd_dali.data.digest import crc32c
 from fkd_dali.data.index import DatasetIndex, check_image_data, index_order_key
 from fkd_dali.defaults import SHOW_MAX_CROPS
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreDamageError, StoreMismatchError
-from fkd_dali.store.checks import missing_chunk_files, read_written
+from fkd_dali.store.checks import index_for_store, missing_chunk_files, read_written
 from fkd_dali.store.ground_truth import consistent_gt_prob
-from fkd_dali.store.checks import index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
 from fkd_dali.store.schema import (
-    NO_CHECKSUM_IN_OLD_STORES,
     ENSEMBLE_TIMM_NAME,
     IMPORT_ATTR_KEY,
     MERGE_ATTR_KEY,
+    NO_CHECKSUM_IN_OLD_STORES,
     PROB_QUANTUM,
     CropLabels,
     LabelKind,

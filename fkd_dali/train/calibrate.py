@@ -51,9 +51,9 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.loaders.batch import FkdBatch
 from fkd_dali.registry import Registry
+from fkd_dali.targets.recovery import recover_labels
 
 BANDS = ("easy", "hard", "negative")  # the band ids 0, 1, 2, in this order
 NEGATIVE = BANDS.index("negative")

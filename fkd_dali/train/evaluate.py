@@ -22,8 +22,7 @@ from fkd_dali.data.imagenet_val import validation_index
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import distributed
 from fkd_dali.errors import ConfigError
-from fkd_dali.store.checks import check_dataset
-from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.checks import check_dataset, index_for_store
 from fkd_dali.store.label_store import LabelStore
 from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import check_store_matches, load_checkpoint, model_from_checkpoint

@@ -37,13 +37,13 @@ from fkd_dali.crops.plan import epochs_to_passes
 from fkd_dali.data.index import DatasetIndex
 from fkd_dali.dist import DistEnv, StopOnSignal, all_mean, all_sum, distributed
 from fkd_dali.errors import ConfigError, NonFiniteLossError
-from fkd_dali.targets.loss import SoftTargetCrossEntropy
 from fkd_dali.interop.relabel_maps import LabelMaps, load_label_maps
 from fkd_dali.labels.teacher import Teacher
 from fkd_dali.loaders.batch import FkdBatch
 from fkd_dali.loaders.fkd_loader import FkdLoader
 from fkd_dali.loaders.targets import TargetFn
 from fkd_dali.store.label_store import LabelStore
+from fkd_dali.targets.loss import SoftTargetCrossEntropy
 from fkd_dali.train.calibrate import BANDS, FerKDCalibration, describe_bands, make_calibration
 from fkd_dali.train.checkpoint import (
     Position,
@@ -61,8 +61,8 @@ from fkd_dali.train.ema import WeightEma
 from fkd_dali.train.evaluate import EvalResult, evaluate, model_data_config, validation_data
 from fkd_dali.train.mix import BatchMixer, MixSpec, same_image_pairs
 from fkd_dali.train.online import OnlineTeacher, load_online_teacher, online_top_k
-from fkd_dali.train.relabel import RelabelTargets
 from fkd_dali.train.precision import amp_context, resolve_amp
+from fkd_dali.train.relabel import RelabelTargets
 from fkd_dali.train.run_log import RunLog, pass_line, write_run_config
 from fkd_dali.train.schedule import LrSchedule, ScheduleSpec, create_schedule
 

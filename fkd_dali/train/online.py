@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from fkd_dali.config import LabelGenConfig, TrainConfig, check_recovery, field_default
 from fkd_dali.errors import TeacherError
-from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher, resolve_teacher_name
 from fkd_dali.loaders.batch import CropBatch
+from fkd_dali.targets.recovery import recover_labels
 
 _TORCH_MODES = {"bicubic": "bicubic", "cubic": "bicubic", "bilinear": "bilinear", "linear": "bilinear",
                 "nearest": "nearest"}

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from bench.bench_feed import STAGES, FeedConfig, PassThroughReplay
-from fkd_dali.loaders.sources import StoreCrops
 from bench.corpus import CorpusConfig, build_corpus, build_linked_corpus
 from fkd_dali.crops.boxes import decode_boxes, roi_corners
 from fkd_dali.data.index import build_index
 from fkd_dali.loaders.feed import flipped_rois
+from fkd_dali.loaders.sources import StoreCrops
 from fkd_dali.store.opening import open_store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,8 +26,8 @@ from bench.labels import fkd_published_path, write_fkd_published
 from bench.loaders import LOADERS, FkdDaliLoader, FkdReferenceDataset, LoaderSpec, create_loader, load_pil_rgb
 from fkd_dali.crops.boxes import decode_boxes, sample_crops
 from fkd_dali.crops.plan import pass_slots
-from fkd_dali.targets.recovery import recover_labels
 from fkd_dali.store.opening import open_store
+from fkd_dali.targets.recovery import recover_labels
 
 REPO = Path(__file__).resolve().parents[2]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

@@ -253,8 +253,8 @@ def test_add_gt_prob_refuses_what_it_cannot_recompute(photo_root, plain_store, t
 # -- reading: pass table, replay loader, create_loader ---------------------------------------------
 
 def test_pass_table_reads_gt_prob_of_the_pass_slots_only_when_asked(gt_store, plain_store, photo_index):
-    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import LabelStoreError
+    from fkd_dali.loaders.pass_table import read_pass_table
 
     store = open_store(str(gt_store))
     images, slots = np.array([5, 0, 20, 9]), np.array([3, 0])  # two runs of slots, images out of order
@@ -315,9 +315,9 @@ def test_damaged_gt_prob_is_found_by_verify_refused_by_readers_and_repaired_bit_
                                                                                       photo_index, tmp_path, capsys):
     import json
 
-    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.errors import StoreDamageError
     from fkd_dali.loaders.fkd_loader import open_replay_data
+    from fkd_dali.loaders.pass_table import read_pass_table
     from fkd_dali.store.tools import verify_store
 
     url = tmp_path / "damaged.zarr"

@@ -13,8 +13,8 @@ from fkd_dali.config import TrainConfig
 from fkd_dali.crops.boxes import CropDistribution, roi_corners, sample_crops
 from fkd_dali.errors import CheckpointError, ConfigError, TeacherError
 from fkd_dali.labels.teacher import load_teacher
-from fkd_dali.loaders.sources import FreshCrops, StoreCrops
 from fkd_dali.loaders.replay import ReplayLoader
+from fkd_dali.loaders.sources import FreshCrops, StoreCrops
 from fkd_dali.store.opening import open_store
 from fkd_dali.train.checkpoint import load_checkpoint
 from fkd_dali.train.loop import fit

@@ -19,8 +19,8 @@ from fkd_dali.data.index import build_index
 from fkd_dali.errors import ConfigError, CorruptImageError
 from fkd_dali.loaders.replay import ReplayLoader
 from fkd_dali.loaders.sources import StoreCrops
-from fkd_dali.store.schema import TOPK_ONLY
 from fkd_dali.store.opening import open_store
+from fkd_dali.store.schema import TOPK_ONLY
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

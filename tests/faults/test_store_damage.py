@@ -17,8 +17,8 @@ import pytest
 import zarr
 
 from fkd_dali.cli import main
-from fkd_dali.loaders.pass_table import read_pass_table
 from fkd_dali.errors import LabelStoreError, StoreDamageError
+from fkd_dali.loaders.pass_table import read_pass_table
 from fkd_dali.store.checks import check_chunk_files
 from fkd_dali.store.opening import open_store
 from fkd_dali.store.tools import verify_store

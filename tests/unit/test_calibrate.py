@@ -10,8 +10,8 @@ import torch
 
 from fkd_dali.config import TrainConfig
 from fkd_dali.errors import ConfigError, LabelStoreError
-from fkd_dali.targets.loss import soft_cross_entropy
 from fkd_dali.loaders.batch import FkdBatch
+from fkd_dali.targets.loss import soft_cross_entropy
 from fkd_dali.train.calibrate import (
     FerKDCalibration,
     FerKDSpec,

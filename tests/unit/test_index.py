@@ -14,8 +14,7 @@ from torchvision.datasets.folder import find_classes
 from fkd_dali.data.index import build_index, dataset_fingerprint, read_image_header, scan_folder
 from fkd_dali.errors import CorruptImageError, DatasetIndexError, StoreMismatchError
 from fkd_dali.loaders.feed import read_encoded
-from fkd_dali.store.checks import check_dataset
-from fkd_dali.store.checks import index_for_store
+from fkd_dali.store.checks import check_dataset, index_for_store
 
 
 def _jpeg(path: Path, size=(40, 30), color=(200, 30, 30), **save) -> Path:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fkd_dali.crops.boxes import CropDistribution, decode_boxes, encode_boxes, roi_corners, sample_crops
-from fkd_dali.loaders.pass_table import PassTablePrefetcher, plan_table, read_pass_table
 from fkd_dali.crops.plan import make_pass_plan
 from fkd_dali.errors import LabelStoreError
+from fkd_dali.loaders.pass_table import PassTablePrefetcher, plan_table, read_pass_table
 from fkd_dali.store.opening import create_store, open_store
 from fkd_dali.store.schema import CropField, CropLabels, LabelSpec, StoreLayout, StoreSpec, TeacherSpec
 

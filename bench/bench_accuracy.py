@@ -91,6 +91,8 @@ class AccuracyConfig:
             raise ConfigError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
         if not self.seeds:
             raise ConfigError("--seeds needs at least one seed")
+        if not 1 <= self.top_k <= self.scenes.classes:
+            raise ConfigError(f"K = {self.top_k} stored classes needs 1 <= K <= the {self.scenes.classes} scene classes")
         if self.epochs % self.num_crops or self.batch_size % self.num_crops:
             raise ConfigError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be multiples of "
                               f"--num-crops {self.num_crops} (every row sees each image the same number of times)")
@@ -103,12 +105,11 @@ class AccuracyConfig:
                                     f"-seed{c.seed}")
 
 
-#: --quick: every row, one seed, 4 classes, a few hundred images, a small teacher at the scenes' side: checks
-#: the chain (and that a teacher which knows the classes names more visible objects than the folder label), measures
-#: nothing about the paper's claim.
+#: --quick: every row, one seed, 4 classes (so K = 4), a few hundred images, a small teacher at the scenes' side:
+#: checks the chain and the bookkeeping, measures nothing about the paper's claim.
 QUICK = dict(scenes=SceneConfig(classes=4, teacher=1600, train=240, val=60, test=300),
              teacher=replace(TEACHER, name="teacher-quick", epochs=10, batch_size=64, image_size=None),
-             epochs=4, batch_size=32, crops_per_image=8, seeds=(0,))
+             epochs=4, batch_size=32, crops_per_image=8, top_k=4, seeds=(0,))
 
 
 # -- assets made once: scenes, teacher, store, label maps --------------------------------------------------------

@@ -151,8 +151,8 @@ def _fresh_targets(cfg: TrainConfig, teacher: Teacher | None, maps: LabelMaps | 
                    device: torch.device, amp_dtype: torch.dtype | None) -> TargetFn | None:
     """What labels fresh crops: the teacher in the loop (online KD) or pooled label maps (ReLabel); else None."""
     if teacher is not None:
-        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg), cfg.smoothing,
-                             cfg.temperature or 1.0)
+        return OnlineTeacher(teacher, dc, device, amp_dtype, cfg.recovery, online_top_k(cfg, teacher.num_classes),
+                             cfg.smoothing, cfg.temperature or 1.0)
     return RelabelTargets(maps, device) if maps is not None else None
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fkd_dali.config import LabelGenConfig, TrainConfig, check_recovery, field_default
-from fkd_dali.errors import TeacherError
+from fkd_dali.errors import ConfigError, TeacherError
 from fkd_dali.labels.teacher import Teacher, TeacherForward, load_teacher, resolve_teacher_name
 from fkd_dali.loaders.batch import CropBatch
 from fkd_dali.targets.recovery import recover_labels
@@ -34,9 +34,13 @@ _TORCH_MODES = {"bicubic": "bicubic", "cubic": "bicubic", "bilinear": "bilinear"
                 "nearest": "nearest"}
 
 
-def online_top_k(cfg: TrainConfig) -> int:
-    """K of the teacher's top-K labels in online KD: `--recovery-k`, else label generation's default."""
-    return cfg.recovery_k or int(field_default(LabelGenConfig, "top_k"))
+def online_top_k(cfg: TrainConfig, num_classes: int) -> int:
+    """K of the teacher's top-K labels in online KD: `--recovery-k`, else label generation's default
+    (at most the teacher's class count); an explicit K above the class count is refused."""
+    if cfg.recovery_k is not None and cfg.recovery_k > num_classes:
+        raise ConfigError(f"--recovery-k {cfg.recovery_k} exceeds the teacher's {num_classes} classes; pass k <= "
+                          f"{num_classes}")
+    return cfg.recovery_k or min(int(field_default(LabelGenConfig, "top_k")), num_classes)
 
 
 class OnlineTeacher:

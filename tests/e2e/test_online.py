@@ -135,3 +135,14 @@ def test_online_flags_are_checked_when_the_config_is_built(photo_root, tmp_path,
 def test_unknown_online_teacher(photo_root, tmp_path):
     with pytest.raises(TeacherError, match="--teacher resnet50 needs --teacher-checkpoint"):
         fit(cfg(photo_root, tmp_path, teacher="resnet50"))
+
+
+def test_online_top_k_fits_a_teacher_with_few_classes(photo_root, tmp_path):
+    """A teacher of 4 classes: K defaults to 4 (not label generation's 5), an explicit larger K is one line."""
+    from fkd_dali.train.online import online_top_k
+
+    assert online_top_k(cfg(photo_root, tmp_path), 4) == 4
+    assert online_top_k(cfg(photo_root, tmp_path), 1000) == 5
+    assert online_top_k(cfg(photo_root, tmp_path, recovery_k=3), 4) == 3
+    with pytest.raises(ConfigError, match="--recovery-k 6 exceeds the teacher's 4 classes"):
+        online_top_k(cfg(photo_root, tmp_path, recovery_k=6), 4)

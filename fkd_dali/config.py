@@ -418,10 +418,13 @@ class EvalConfig:
     use_ema: bool = False  # evaluate the checkpoint's weight EMA (trained with --model-ema), timm's flag
     val_labels: str | None = None  # ground truth of a flat --data folder (as TrainConfig.val_labels)
     storage_options: Mapping[str, Any] | None = None  # fsspec options of the --labels store
+    crop_pct: float | None = None  # centre-crop fraction; None: the one the checkpoint was validated with
 
     def __post_init__(self) -> None:
         check_storage_options(self.storage_options)
         check_at_least(self, 1, "batch_size", "threads")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
         check_choice("device", self.device, DEVICE_CHOICES)
         check_choice("amp", self.amp, AMP_CHOICES)
 

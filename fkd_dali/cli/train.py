@@ -271,13 +271,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", default=d("amp"), choices=AMP_CHOICES)
     p.add_argument("--use-ema", action="store_true",
                    help="evaluate the weight EMA the checkpoint holds (a run with --model-ema), not the model")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="centre-crop fraction (default: the one the checkpoint's run validated with), timm's flag")
     p.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(data=args.data, checkpoint=args.checkpoint, labels=args.labels, batch_size=args.batch_size,
                      threads=args.threads, device=args.device, amp=args.amp, use_ema=args.use_ema,
-                     val_labels=args.val_labels, storage_options=args.storage_options)
+                     val_labels=args.val_labels, storage_options=args.storage_options, crop_pct=args.crop_pct)
     check_folder("--data", cfg.data, "give the validation folder (class subfolders, or ImageNet's flat folder with "
                                      "--val-labels)")
     check_file("--checkpoint", cfg.checkpoint, "give a checkpoint written by `fkd-dali train` (OUTPUT/last.pth)")

@@ -204,7 +204,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> EvalResult:
                             command="eval")
     with distributed(cfg.device) as (env, device):
         model = model_from_checkpoint(ckpt, cfg.checkpoint, ema=cfg.use_ema).to(device)
-        loader, cmap = validation_data(cfg.data, ckpt["data_config"], int(ckpt["num_classes"]),
+        pixels = ckpt["data_config"] if cfg.crop_pct is None else {**ckpt["data_config"], "crop_pct": cfg.crop_pct}
+        loader, cmap = validation_data(cfg.data, pixels, int(ckpt["num_classes"]),
                                        ckpt.get("model_classes"), cfg.batch_size, cfg.threads, device, env.rank,
                                        env.world, cfg.val_labels, ("--data", "--val-labels"))
         return evaluate(model, loader, cmap, device, resolve_amp(cfg.amp, device))

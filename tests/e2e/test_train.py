@@ -119,6 +119,19 @@ def test_vanilla_training_and_eval_cli(photo_root, tmp_path, capsys):
     assert main(["eval", "--data", str(photo_root), "--checkpoint", result.checkpoint, "-j", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["images"] == 21 and 0 <= out["top1"] <= out["top5"] <= 100
+    # --crop-pct (timm's flag) replaces the crop the run validated with, and only that
+    from fkd_dali.train.evaluate import evaluate, model_from_checkpoint, validation_data
+
+    model = model_from_checkpoint(ckpt, result.checkpoint)
+    for pct in (ckpt["data_config"]["crop_pct"], 0.5):
+        loader, cmap = validation_data(str(photo_root), {**ckpt["data_config"], "crop_pct": pct}, 7, None, 64, 2,
+                                       "cpu")
+        expected = evaluate(model, loader, cmap, "cpu")
+        assert main(["eval", "--data", str(photo_root), "--checkpoint", result.checkpoint, "--crop-pct", str(pct)]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (out["top1"], out["top5"]) == pytest.approx((expected.top1, expected.top5), abs=1e-3), pct
+    assert main(["eval", "--data", str(photo_root), "--checkpoint", result.checkpoint, "--crop-pct", "1.5"]) == 2
+    assert "--crop-pct must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_eval_of_a_distilled_checkpoint_maps_wordnet_folders_to_imagenet(photo_root, small_store, tmp_path, capsys):

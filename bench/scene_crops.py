@@ -72,10 +72,10 @@ def visibility(object_boxes: np.ndarray, crop_boxes: np.ndarray, visible: float 
     """
     _check_thresholds(visible, fill)
     ob = np.asarray(object_boxes, dtype=np.float64)
-    inter = _intersection(ob, crop_boxes)
+    cb = np.asarray(crop_boxes, dtype=np.float64)
+    inter = _intersection(ob, cb)
     obj_area = ob[..., 2] * ob[..., 3]
-    crop_area = (np.asarray(crop_boxes, dtype=np.float64)[:, None, :][..., 2]
-                 * np.asarray(crop_boxes, dtype=np.float64)[:, None, :][..., 3])
+    crop_area = (cb[:, 2] * cb[:, 3])[:, None]
     real = obj_area > 0
     seen = real & (inter >= visible * np.where(real, obj_area, 1.0) - 1e-12)
     if fill is not None:

@@ -329,7 +329,8 @@ def parse_args(argv: Sequence[str] | None) -> FidelityBenchConfig:
     src.add_argument("--data", metavar="DIR", help="photos: an ImageNet-style folder instead of the corpus")
     src.add_argument("--corpus-images", type=int, default=d.corpus_images, metavar="N")
     p.add_argument("--corpus-seed", type=int, default=d.corpus_seed)
-    p.add_argument("--crops", type=int, default=d.crops, help="about this many crops: the first ceil(crops / images) stored crops of every image")
+    p.add_argument("--crops", type=int, default=d.crops,
+                   help="about this many crops: the first ceil(crops / images) stored crops of every image")
     p.add_argument("--top-k", "-K", type=int, default=d.top_k)
     p.add_argument("--smoothing", type=float, default=d.smoothing, help="eps of the smoothing recovery")
     p.add_argument("--teacher", default=d.teacher, help="photos: the teacher (scenes: the one bench accuracy trained)")

@@ -31,10 +31,10 @@ from fkd_dali.defaults import (
 )
 from fkd_dali.errors import ConfigError
 
-_REQUIRED = ("data", "labels")
+_REQUIRED = ("data", "labels")  # required, but may come from --config instead of the command line
 VAL_LABELS_HELP = ("ground truth of ImageNet's flat validation folder (ILSVRC2012_val_*.JPEG): the devkit's "
                    "ILSVRC2012_validation_ground_truth.txt (with the devkit's meta.mat beside it), the devkit "
-                   "folder itself, or Kaggle's LOC_val_solution.csv; classes are matched by WordNet id")  # required, but may come from --config instead of the command line
+                   "folder itself, or Kaggle's LOC_val_solution.csv; classes are matched by WordNet id")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -200,18 +200,26 @@ def stacked_chart(path: str | os.PathLike[str], bars: Sequence[tuple[str, Sequen
 
 def run_cli(argv: Sequence[str] | None, name: str, parse_args: Callable[[Sequence[str] | None], Any],
             run: Callable[[Any], dict], summarize: Callable[[Any, dict], dict]) -> int:
-    """The `main` of every benchmark: parse, run, print a one-line JSON summary.
+    """The `main` of every benchmark: parse, run, print a one-line JSON summary (errors: `json_main`)."""
 
-    User errors (`FkdError`) print their message and return 2, as the CLI does.
-    """
+    def work() -> dict:
+        cfg = parse_args(argv)
+        doc = run(cfg)
+        out = Path(cfg.out)
+        return {"json": str(out / f"{name}.json"), "png": str(out / f"{name}.png"), **summarize(cfg, doc)}
+
+    return json_main(work)
+
+
+def json_main(work: Callable[[], dict]) -> int:
+    """Run `work` and print what it returns as one JSON line, status 0; a user error (`FkdError`)
+    prints its message instead and returns 2, as the CLI does."""
     from fkd_dali.errors import FkdError
 
     try:
-        cfg = parse_args(argv)
-        doc = run(cfg)
+        doc = work()
     except FkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out)
-    print(json.dumps({"json": str(out / f"{name}.json"), "png": str(out / f"{name}.png"), **summarize(cfg, doc)}))
+    print(json.dumps(doc))
     return 0

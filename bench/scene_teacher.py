@@ -23,6 +23,7 @@ import numpy as np
 
 from fkd_dali.errors import ConfigError, FkdError
 
+from .report import json_main
 from .scenes import SPLITS, SceneSet, load_scenes, scenes_for_index
 
 RUNS = "runs"  # ROOT/runs/<name>/ holds each cached run
@@ -301,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="crop-label correctness over M crops per train image (0 = skip; default %(default)s)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    try:
+
+    def work() -> dict:
         teacher = ensure_teacher(a.root, device=a.device)
         doc: dict = {"teacher": asdict(teacher)}
         if a.student:
@@ -309,11 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.crops:
             doc["crop_label_correctness"] = teacher_crop_correctness(a.root, teacher, crops_per_image=a.crops,
                                                                      device=a.device)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(doc))
-    return 0
+        return doc
+
+    return json_main(work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fkd_dali.errors import ConfigError, DatasetIndexError, FkdError
+from fkd_dali.errors import ConfigError, DatasetIndexError
+
+from .report import json_main
 
 #: Bumped whenever a change to this module changes any pixel or record of a scene.
 GENERATOR_VERSION = 1
@@ -545,7 +546,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Path, SceneConfig, argparse.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`bench scenes`: build (or reuse) a scene folder; prints a one-line JSON summary. FkdError -> exit 2."""
-    try:
+    def work() -> dict:
         root, config, args = parse_args(argv)
         built = build_scenes(root, config, progress=not args.no_progress)
         summary = {"root": built.root, "reused": built.reused, "seconds": round(built.seconds, 2),
@@ -554,11 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .scene_crops import crop_statistics
 
             summary["crops_train"] = crop_statistics(built.splits["train"], args.crop_stats)
-    except FkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+        return summary
+
+    return json_main(work)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ def defaults_of(config_cls: type) -> Callable[[str], Any]:
     return lambda name: field_default(config_cls, name)
 
 
+def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
+    """`config_cls` built from the parsed flags of the same names, with `progress` = not `--no-progress`."""
+    fields = {f: getattr(args, f) for f in config_cls.__dataclass_fields__ if f != "progress" and hasattr(args, f)}
+    return config_cls(**fields, progress=not args.no_progress)
+
+
 def _floats(text: str, n: int, example: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))

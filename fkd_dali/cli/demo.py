@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from fkd_dali.cli._common import check_writable, defaults_of
+from fkd_dali.cli._common import check_writable, config_from_args, defaults_of
 from fkd_dali.config import DemoConfig
 from fkd_dali.defaults import DEVICE_CHOICES
 
@@ -46,8 +46,7 @@ def _passive_openmp() -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    fields = {f: getattr(args, f) for f in DemoConfig.__dataclass_fields__ if hasattr(args, f) and f != "progress"}
-    cfg = DemoConfig(**fields, progress=not args.no_progress)
+    cfg = config_from_args(DemoConfig, args)
     check_writable("--output", cfg.output)
     _passive_openmp()
     from fkd_dali.demo import run_demo

@@ -15,6 +15,7 @@ from fkd_dali.cli._common import (
     check_store,
     check_store_out,
     check_writable,
+    config_from_args,
     defaults_of,
     float_pair,
     float_triple,
@@ -87,8 +88,7 @@ def _add_generate(lsub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    fields = {f: getattr(args, f) for f in LabelGenConfig.__dataclass_fields__ if hasattr(args, f)}
-    cfg = LabelGenConfig(**fields, progress=not args.no_progress)
+    cfg = config_from_args(LabelGenConfig, args)
     check_folder("--data", cfg.data, _DATA_REMEDY)
     check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
     check_store("--reference", cfg.reference)
@@ -349,8 +349,7 @@ def _add_relabel_maps(lsub: argparse._SubParsersAction) -> None:
 
 
 def _relabel_maps(args: argparse.Namespace) -> int:
-    fields = {f: getattr(args, f) for f in LabelMapsConfig.__dataclass_fields__ if hasattr(args, f)}
-    cfg = LabelMapsConfig(**fields, progress=not args.no_progress)
+    cfg = config_from_args(LabelMapsConfig, args)
     check_folder("--data", cfg.data, _DATA_REMEDY)
     check_file("--checkpoint", cfg.checkpoint, "give the teacher's local weights file")
     check_writable("--out", cfg.out)
